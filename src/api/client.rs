@@ -1,0 +1,829 @@
+//! The HTTP client for the SkyLight Web Chat API.
+//!
+//! Owns: one reqwest connection pool, the API key (as a sensitive header,
+//! never formatted anywhere), retries with capped exponential backoff and
+//! jitter, the tolerant envelope and pagination decoding of SPEC §1, the
+//! server-clock estimate from `Date` headers, and the no-blind-resend rule for
+//! messages. Does not own: what to poll or when (the watcher), or whether an
+//! action should be taken at all (the executor).
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use reqwest::header::{HeaderMap, HeaderValue};
+use reqwest::{Method, StatusCode, Url};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::error::{ApiError, Transient};
+use super::types::{
+    Analytics, ListQuery, Message, Period, SenderType, Session, SessionDetail, SessionStatus,
+    Timestamp,
+};
+
+/// The production base URL.
+pub const DEFAULT_BASE_URL: &str = "https://dashboard.skylightchat.com/api/v1";
+/// The API's limit on one agent message, in characters.
+pub const MAX_MESSAGE_CHARS: usize = 4096;
+/// The API's page-size limit.
+pub const MAX_PER_PAGE: u32 = 100;
+/// Walking pages stops here whatever the server says, so a broken paginator
+/// can never keep the watcher busy forever.
+const MAX_PAGES: u32 = 10_000;
+
+/// The SkyLight API key. Its `Debug` and `Display` never show it.
+#[derive(Clone)]
+pub struct ApiKey(String);
+
+impl ApiKey {
+    /// Wraps a key, trimming the newline a key file usually ends with.
+    pub fn new(key: impl Into<String>) -> Self {
+        ApiKey(key.into().trim().to_string())
+    }
+
+    /// True when nothing is left after trimming.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn header(&self) -> Result<HeaderValue, ApiError> {
+        let mut v = HeaderValue::from_str(&self.0).map_err(|_| {
+            ApiError::Invalid(
+                "the API key contains characters that cannot be sent in a header; check SKYLIGHT_API_KEY or `api.api_key_file`".into(),
+            )
+        })?;
+        v.set_sensitive(true);
+        Ok(v)
+    }
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiKey(<redacted>)")
+    }
+}
+
+impl std::fmt::Display for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// How hard to try before giving up on a request.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Requests per call, first included.
+    pub max_attempts: u32,
+    /// Delay before the first retry; doubles each time.
+    pub base_delay: Duration,
+    /// Largest delay between two attempts.
+    pub max_delay: Duration,
+    /// Largest `Retry-After` honoured; a longer one is clamped to this.
+    pub max_retry_after: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 5,
+            base_delay: Duration::from_millis(250),
+            max_delay: Duration::from_secs(10),
+            max_retry_after: Duration::from_secs(60),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Capped exponential backoff with jitter in [50%, 100%] of the step, so
+    /// many engines restarting together do not retry in lock step.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let exp = self
+            .base_delay
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
+        let step = exp.min(self.max_delay);
+        step.mul_f64(rand::rng().random_range(0.5..=1.0))
+    }
+}
+
+/// Client settings.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// e.g. `https://dashboard.skylightchat.com/api/v1`.
+    pub base_url: String,
+    /// The key sent as `X-Api-Key`.
+    pub api_key: ApiKey,
+    /// Limit for one request, connect to last byte.
+    pub timeout: Duration,
+    /// Retry behaviour.
+    pub retry: RetryPolicy,
+}
+
+impl ClientConfig {
+    /// Defaults for everything but the address and key.
+    pub fn new(base_url: impl Into<String>, api_key: ApiKey) -> Self {
+        ClientConfig {
+            base_url: base_url.into(),
+            api_key,
+            timeout: Duration::from_secs(10),
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+/// The server's clock as seen from here: local time plus an offset learned
+/// from `Date` headers. Timers (SPEC §2) run on the server's clock.
+#[derive(Debug, Default)]
+pub struct ServerClock {
+    offset_ms: AtomicI64,
+}
+
+impl ServerClock {
+    /// The current time on the server's clock (best estimate).
+    pub fn now(&self) -> Timestamp {
+        chrono::Utc::now() + chrono::Duration::milliseconds(self.offset_ms.load(Ordering::Relaxed))
+    }
+
+    /// Server minus local, in milliseconds.
+    pub fn offset_ms(&self) -> i64 {
+        self.offset_ms.load(Ordering::Relaxed)
+    }
+
+    fn observe(&self, headers: &HeaderMap) {
+        let Some(date) = headers
+            .get(reqwest::header::DATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| httpdate::parse_http_date(s).ok())
+        else {
+            return;
+        };
+        let server: Timestamp = date.into();
+        // `Date` has one-second resolution and is truncated: the true server
+        // time lies in [date, date + 1s), so aim at the middle.
+        let server = server + chrono::Duration::milliseconds(500);
+        let offset = (server - chrono::Utc::now()).num_milliseconds();
+        self.offset_ms.store(offset, Ordering::Relaxed);
+    }
+}
+
+/// One page of `GET /web-chat/sessions`, whatever shape the server used.
+#[derive(Debug, Clone, Default)]
+pub struct Page {
+    /// The sessions on this page.
+    pub sessions: Vec<Session>,
+    /// `current_page`, when the server said.
+    pub current_page: Option<u64>,
+    /// `last_page`, when the server said.
+    pub last_page: Option<u64>,
+    /// Whether a next-page link was present (`None`: no link fields at all).
+    pub has_next: Option<bool>,
+}
+
+/// The typed SkyLight Web Chat client. Cheap to clone; clones share the pool
+/// and the clock.
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: Url,
+    retry: RetryPolicy,
+    clock: Arc<ServerClock>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("base", &self.base.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why one attempt failed.
+enum Fail {
+    Final(ApiError),
+    Retry(Transient),
+}
+
+impl Client {
+    /// Builds a client; fails on a malformed base URL or key.
+    pub fn new(config: ClientConfig) -> Result<Client, ApiError> {
+        let base = Url::parse(config.base_url.trim()).map_err(|e| {
+            ApiError::Invalid(format!(
+                "`api.base_url` {:?} is not a valid URL ({e}); expected e.g. {DEFAULT_BASE_URL}",
+                config.base_url
+            ))
+        })?;
+        if !matches!(base.scheme(), "http" | "https") || base.cannot_be_a_base() {
+            return Err(ApiError::Invalid(format!(
+                "`api.base_url` {:?} must be an http:// or https:// URL",
+                config.base_url
+            )));
+        }
+        if config.api_key.is_empty() {
+            return Err(ApiError::Invalid(
+                "the API key is empty; set SKYLIGHT_API_KEY or `api.api_key_file`".into(),
+            ));
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert("x-api-key", config.api_key.header()?);
+        headers.insert(
+            reqwest::header::ACCEPT,
+            HeaderValue::from_static("application/json"),
+        );
+        let http = reqwest::Client::builder()
+            .default_headers(headers)
+            .timeout(config.timeout)
+            .connect_timeout(config.timeout.min(Duration::from_secs(5)))
+            .user_agent(concat!("skyrules/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ApiError::Invalid(format!("cannot build the HTTP client: {e}")))?;
+        Ok(Client {
+            http,
+            base,
+            retry: config.retry,
+            clock: Arc::new(ServerClock::default()),
+        })
+    }
+
+    /// The server's clock, as learned from its responses.
+    pub fn clock(&self) -> &Arc<ServerClock> {
+        &self.clock
+    }
+
+    /// The base URL (contains no secret).
+    pub fn base_url(&self) -> &str {
+        self.base.as_str()
+    }
+
+    /// `GET /web-chat/analytics?period=`.
+    pub async fn analytics(&self, period: Period) -> Result<Analytics, ApiError> {
+        let url = self.url(&["web-chat", "analytics"]);
+        let v = self
+            .call(
+                Method::GET,
+                url,
+                &[("period", period.as_str().to_string())],
+                None,
+                "analytics",
+            )
+            .await?;
+        decode(unwrap_envelope(v), "analytics")
+    }
+
+    /// `GET /web-chat/sessions` for one page.
+    pub async fn list_sessions(&self, query: &ListQuery, page: u32) -> Result<Page, ApiError> {
+        let per_page = query.per_page.unwrap_or(25);
+        if !(1..=MAX_PER_PAGE).contains(&per_page) {
+            return Err(ApiError::Invalid(format!(
+                "per_page must be between 1 and {MAX_PER_PAGE}, not {per_page}"
+            )));
+        }
+        let mut params = vec![
+            ("per_page", per_page.to_string()),
+            ("page", page.to_string()),
+        ];
+        if let Some(s) = &query.status {
+            params.push(("status", s.to_string()));
+        }
+        if let Some(h) = &query.handled_by {
+            params.push(("handled_by", h.to_string()));
+        }
+        if let Some(s) = &query.search {
+            params.push(("search", s.clone()));
+        }
+        let url = self.url(&["web-chat", "sessions"]);
+        let v = self
+            .call(Method::GET, url, &params, None, "the session list")
+            .await?;
+        parse_page(v).map_err(|e| ApiError::Unavailable {
+            what: "the session list".into(),
+            attempts: 1,
+            last: Transient::Malformed(e),
+        })
+    }
+
+    /// Every session matching `query`, across all pages. Stops on an empty
+    /// page, a page seen before, or the server's last page, whichever first.
+    pub async fn list_all_sessions(&self, query: &ListQuery) -> Result<Vec<Session>, ApiError> {
+        let mut query = query.clone();
+        let per_page = *query.per_page.get_or_insert(MAX_PER_PAGE) as usize;
+        let mut out = Vec::new();
+        let mut ids = HashSet::new();
+        let mut signatures = HashSet::new();
+        for page in 1..=MAX_PAGES {
+            let p = self.list_sessions(&query, page).await?;
+            if p.sessions.is_empty() {
+                break;
+            }
+            let sig = (
+                p.sessions[0].session_id.clone(),
+                p.sessions[p.sessions.len() - 1].session_id.clone(),
+                p.sessions.len(),
+            );
+            if !signatures.insert(sig) {
+                tracing::debug!(page, "session list repeated a page; stopping");
+                break;
+            }
+            let more = match (p.last_page, p.has_next) {
+                (Some(last), _) => p.current_page.unwrap_or(page as u64) < last,
+                (None, Some(next)) => next,
+                (None, None) => p.sessions.len() >= per_page,
+            };
+            for s in p.sessions {
+                if ids.insert(s.session_id.clone()) {
+                    out.push(s);
+                }
+            }
+            if !more {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// `GET /web-chat/sessions/{id}`: the session and its whole history.
+    pub async fn get_session(&self, id: &str) -> Result<SessionDetail, ApiError> {
+        check_id(id)?;
+        let url = self.url(&["web-chat", "sessions", id]);
+        let what = format!("session {id}");
+        let v = self.call(Method::GET, url, &[], None, &what).await?;
+        decode(unwrap_envelope(v), &what)
+    }
+
+    /// `POST …/{id}/take-over`: a human takes the chat; the AI stops.
+    pub async fn take_over(&self, id: &str) -> Result<Option<Session>, ApiError> {
+        self.session_action(id, "take-over").await
+    }
+
+    /// `POST …/{id}/release`: the chat goes back to the AI.
+    pub async fn release(&self, id: &str) -> Result<Option<Session>, ApiError> {
+        self.session_action(id, "release").await
+    }
+
+    /// `POST …/{id}/end`: closes the chat.
+    pub async fn end(&self, id: &str) -> Result<Option<Session>, ApiError> {
+        self.session_action(id, "end").await
+    }
+
+    /// `POST …/{id}/messages`: sends an agent reply.
+    ///
+    /// Refuses empty or over-long text before sending. When the outcome of a
+    /// send is unknown (timeout, broken connection, 5xx, garbled body) the
+    /// session is re-read and the message is sent again only if it is not
+    /// there: a visitor must never get the same reply twice.
+    pub async fn send_message(&self, id: &str, text: &str) -> Result<Message, ApiError> {
+        check_id(id)?;
+        check_message(text)?;
+        let url = self.url(&["web-chat", "sessions", id, "messages"]);
+        let what = format!("sending a message to session {id}");
+        let body = serde_json::json!({ "message": text });
+        // Anything of ours created after this instant is this send. The
+        // margin covers the one-second resolution of the clock estimate.
+        let since = self.clock.now() - chrono::Duration::seconds(3);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let fail = match self
+                .attempt(Method::POST, url.clone(), &[], Some(&body), &what)
+                .await
+            {
+                Ok(v) => match serde_json::from_value::<Message>(unwrap_envelope(v)) {
+                    Ok(m) => return Ok(m),
+                    // Accepted, but we cannot read what was stored: find it.
+                    Err(e) => Transient::Malformed(e.to_string()),
+                },
+                Err(Fail::Final(e)) => return Err(e),
+                Err(Fail::Retry(t)) => t,
+            };
+            if fail.outcome_unknown() {
+                tracing::warn!(session_id = id, error = %fail, "send outcome unknown; re-reading the session before any resend");
+                let detail = self.get_session(id).await?;
+                if let Some(m) = find_sent(&detail, text, since) {
+                    tracing::info!(
+                        session_id = id,
+                        message_id = m.id,
+                        "message was delivered despite the error; not re-sending"
+                    );
+                    return Ok(m.clone());
+                }
+                if detail.session.status == SessionStatus::Ended {
+                    return Err(ApiError::Rejected {
+                        what,
+                        status: 422,
+                        message: "the session has ended".into(),
+                    });
+                }
+            }
+            if attempt >= self.retry.max_attempts {
+                return Err(ApiError::Unavailable {
+                    what,
+                    attempts: attempt,
+                    last: fail,
+                });
+            }
+            self.pause(&fail, attempt, &what).await;
+        }
+    }
+
+    async fn session_action(&self, id: &str, verb: &str) -> Result<Option<Session>, ApiError> {
+        check_id(id)?;
+        let url = self.url(&["web-chat", "sessions", id, verb]);
+        let what = format!("{verb} of session {id}");
+        // take-over, release and end are idempotent, so a retry after an
+        // unknown outcome is safe.
+        let v = self.call(Method::POST, url, &[], None, &what).await?;
+        Ok(serde_json::from_value(unwrap_envelope(v)).ok())
+    }
+
+    fn url(&self, segments: &[&str]) -> Url {
+        let mut url = self.base.clone();
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty().extend(segments);
+        }
+        url
+    }
+
+    /// One logical call: attempts with backoff until success, a final error,
+    /// or the attempt budget is spent.
+    async fn call(
+        &self,
+        method: Method,
+        url: Url,
+        query: &[(&str, String)],
+        body: Option<&Value>,
+        what: &str,
+    ) -> Result<Value, ApiError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self
+                .attempt(method.clone(), url.clone(), query, body, what)
+                .await
+            {
+                Ok(v) => return Ok(v),
+                Err(Fail::Final(e)) => return Err(e),
+                Err(Fail::Retry(t)) if attempt >= self.retry.max_attempts => {
+                    return Err(ApiError::Unavailable {
+                        what: what.to_string(),
+                        attempts: attempt,
+                        last: t,
+                    })
+                }
+                Err(Fail::Retry(t)) => self.pause(&t, attempt, what).await,
+            }
+        }
+    }
+
+    async fn pause(&self, t: &Transient, attempt: u32, what: &str) {
+        let delay = match t {
+            Transient::RateLimited {
+                retry_after: Some(d),
+            } => (*d).min(self.retry.max_retry_after),
+            _ => self.retry.backoff(attempt),
+        };
+        tracing::warn!(error = %t, attempt, retry_in = %humantime::format_duration(round_ms(delay)), "{what}: retrying");
+        tokio::time::sleep(delay).await;
+    }
+
+    async fn attempt(
+        &self,
+        method: Method,
+        url: Url,
+        query: &[(&str, String)],
+        body: Option<&Value>,
+        what: &str,
+    ) -> Result<Value, Fail> {
+        let started = Instant::now();
+        let mut req = self.http.request(method.clone(), url.clone());
+        if !query.is_empty() {
+            req = req.query(query);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.map_err(|e| Fail::Retry(transport(&e)))?;
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        self.clock.observe(&headers);
+        let bytes = resp.bytes().await.map_err(|e| Fail::Retry(transport(&e)))?;
+        tracing::debug!(
+            method = %method,
+            path = url.path(),
+            status = status.as_u16(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "skylight request"
+        );
+        if status.is_success() {
+            if bytes.iter().all(u8::is_ascii_whitespace) {
+                return Ok(Value::Null);
+            }
+            let v: Value = serde_json::from_slice(&bytes)
+                .map_err(|e| Fail::Retry(Transient::Malformed(format!("{e}"))))?;
+            if v.get("success") == Some(&Value::Bool(false)) {
+                return Err(Fail::Final(ApiError::Rejected {
+                    what: what.to_string(),
+                    status: status.as_u16(),
+                    message: error_message(&bytes),
+                }));
+            }
+            return Ok(v);
+        }
+        let message = error_message(&bytes);
+        Err(match status {
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                Fail::Final(ApiError::Unauthorized {
+                    status: status.as_u16(),
+                    message,
+                })
+            }
+            StatusCode::NOT_FOUND => Fail::Final(ApiError::NotFound {
+                what: what.to_string(),
+                message,
+            }),
+            StatusCode::TOO_MANY_REQUESTS => Fail::Retry(Transient::RateLimited {
+                retry_after: retry_after(&headers),
+            }),
+            s if s.is_server_error() => Fail::Retry(Transient::Server {
+                status: s.as_u16(),
+                message,
+            }),
+            s => Fail::Final(ApiError::Rejected {
+                what: what.to_string(),
+                status: s.as_u16(),
+                message,
+            }),
+        })
+    }
+}
+
+fn round_ms(d: Duration) -> Duration {
+    Duration::from_millis(d.as_millis() as u64)
+}
+
+fn check_id(id: &str) -> Result<(), ApiError> {
+    if id.trim().is_empty() {
+        return Err(ApiError::Invalid("the session id is empty".into()));
+    }
+    Ok(())
+}
+
+/// Refuses a message the API would refuse, before anything is sent.
+pub fn check_message(text: &str) -> Result<(), ApiError> {
+    let n = text.chars().count();
+    if text.trim().is_empty() {
+        return Err(ApiError::Invalid("the message is empty".into()));
+    }
+    if n > MAX_MESSAGE_CHARS {
+        return Err(ApiError::Invalid(format!(
+            "the message is {n} characters long; SkyLight accepts at most {MAX_MESSAGE_CHARS}"
+        )));
+    }
+    Ok(())
+}
+
+fn find_sent<'a>(detail: &'a SessionDetail, text: &str, since: Timestamp) -> Option<&'a Message> {
+    detail.messages.iter().rev().find(|m| {
+        m.sender_type == SenderType::Agent
+            && m.text() == text
+            // A message with no timestamp counts as ours: a missed duplicate
+            // is worse than a missed resend the next rule run can redo.
+            && m.created_at.is_none_or(|t| t >= since)
+    })
+}
+
+fn transport(e: &reqwest::Error) -> Transient {
+    // reqwest's Display includes the URL, which carries no secret here; the
+    // key travels only in a sensitive header.
+    if e.is_timeout() {
+        Transient::Timeout
+    } else if e.is_connect() {
+        Transient::Connect(error_chain(e))
+    } else {
+        Transient::Connection(error_chain(e))
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let next = c.to_string();
+        if !s.contains(&next) {
+            s.push_str(": ");
+            s.push_str(&next);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let v = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(v).ok()?;
+    // Relative to the server's own Date, so clock skew does not matter.
+    let now = headers
+        .get(reqwest::header::DATE)
+        .and_then(|d| d.to_str().ok())
+        .and_then(|d| httpdate::parse_http_date(d).ok())
+        .unwrap_or_else(std::time::SystemTime::now);
+    Some(at.duration_since(now).unwrap_or_default())
+}
+
+/// Pulls a one-line explanation out of an error body of either documented
+/// shape; falls back to a short excerpt of whatever came back.
+fn error_message(bytes: &[u8]) -> String {
+    let Ok(v) = serde_json::from_slice::<Value>(bytes) else {
+        let text = String::from_utf8_lossy(bytes);
+        let text = text.trim();
+        return if text.is_empty() {
+            "no details".into()
+        } else {
+            text.chars().take(200).collect::<String>().replace('\n', " ")
+        };
+    };
+    let mut msg = v
+        .get("message")
+        .and_then(Value::as_str)
+        .unwrap_or("no details")
+        .to_string();
+    if let Some(errors) = v.get("errors").and_then(Value::as_object) {
+        let details: Vec<String> = errors
+            .iter()
+            .map(|(field, e)| {
+                let texts: Vec<&str> = match e {
+                    Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
+                    Value::String(s) => vec![s.as_str()],
+                    _ => vec![],
+                };
+                format!("{field}: {}", texts.join("; "))
+            })
+            .collect();
+        if !details.is_empty() {
+            msg = format!("{msg} ({})", details.join(", "));
+        }
+    }
+    msg
+}
+
+/// `{"success": true, "data": X}` → X; a bare object stays as it is.
+fn unwrap_envelope(v: Value) -> Value {
+    match v {
+        Value::Object(mut o) if o.contains_key("data") && !o.contains_key("session_id") => {
+            o.remove("data").unwrap_or(Value::Null)
+        }
+        other => other,
+    }
+}
+
+fn decode<T: DeserializeOwned>(v: Value, what: &str) -> Result<T, ApiError> {
+    serde_json::from_value(v).map_err(|e| ApiError::Unavailable {
+        what: what.to_string(),
+        attempts: 1,
+        last: Transient::Malformed(e.to_string()),
+    })
+}
+
+/// Decodes a session-list body in any of the three shapes SPEC §1 names.
+pub fn parse_page(v: Value) -> Result<Page, String> {
+    fn num(v: Option<&Value>) -> Option<u64> {
+        match v? {
+            Value::Number(n) => n.as_u64(),
+            Value::String(s) => s.parse().ok(),
+            _ => None,
+        }
+    }
+    fn link(v: Option<&Value>) -> Option<bool> {
+        match v {
+            None => None,
+            Some(Value::String(s)) => Some(!s.is_empty()),
+            Some(_) => Some(false),
+        }
+    }
+    fn sessions(items: Vec<Value>) -> Vec<Session> {
+        items
+            .into_iter()
+            .filter_map(|item| match serde_json::from_value::<Session>(item) {
+                Ok(s) if !s.session_id.is_empty() => Some(s),
+                Ok(_) => None,
+                Err(e) => {
+                    tracing::warn!(error = %e, "skipping a session the API sent in a form skyrules cannot read");
+                    None
+                }
+            })
+            .collect()
+    }
+    match v {
+        Value::Array(items) => Ok(Page {
+            sessions: sessions(items),
+            ..Page::default()
+        }),
+        Value::Object(mut o) => match o.remove("data") {
+            Some(Value::Array(items)) => {
+                let meta = o.get("meta");
+                let current_page = num(meta.and_then(|m| m.get("current_page")))
+                    .or_else(|| num(o.get("current_page")));
+                let last_page = num(meta.and_then(|m| m.get("last_page")))
+                    .or_else(|| num(o.get("last_page")));
+                let has_next = link(o.get("links").and_then(|l| l.get("next")))
+                    .or_else(|| link(o.get("next_page_url")));
+                Ok(Page {
+                    sessions: sessions(items),
+                    current_page,
+                    last_page,
+                    has_next,
+                })
+            }
+            Some(Value::Object(mut p)) => match p.remove("data") {
+                Some(Value::Array(items)) => Ok(Page {
+                    sessions: sessions(items),
+                    current_page: num(p.get("current_page")),
+                    last_page: num(p.get("last_page")),
+                    has_next: link(p.get("next_page_url")),
+                }),
+                _ => Err("`data` is an object without a `data` list of sessions".into()),
+            },
+            Some(Value::Null) | None => Err("the response has no `data` list of sessions".into()),
+            Some(_) => Err("`data` is neither a list nor a paginator".into()),
+        },
+        _ => Err("the response is neither a list nor an object".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_key_never_shows_in_debug_or_display() {
+        let key = ApiKey::new("sk_live_very_secret\n");
+        assert!(!format!("{key:?} {key}").contains("very_secret"));
+        let cfg = ClientConfig::new("http://localhost", key);
+        assert!(!format!("{cfg:?}").contains("very_secret"));
+    }
+
+    #[test]
+    fn all_three_page_shapes_decode() {
+        let laravel_resource = json!({"success": true, "data": [{"session_id": "a"}],
+            "meta": {"current_page": 1, "last_page": 3}, "links": {"next": "http://x?page=2"}});
+        let p = parse_page(laravel_resource).unwrap();
+        assert_eq!(
+            (p.sessions.len(), p.current_page, p.last_page, p.has_next),
+            (1, Some(1), Some(3), Some(true))
+        );
+
+        let paginator = json!({"success": true, "data": {"data": [{"session_id": "a"}, {"session_id": "b"}],
+            "current_page": 2, "last_page": 2, "next_page_url": null}});
+        let p = parse_page(paginator).unwrap();
+        assert_eq!(
+            (p.sessions.len(), p.current_page, p.last_page, p.has_next),
+            (2, Some(2), Some(2), Some(false))
+        );
+
+        let bare = json!([{"session_id": "a"}, {"bogus": 1}]);
+        let p = parse_page(bare).unwrap();
+        assert_eq!((p.sessions.len(), p.last_page, p.has_next), (1, None, None));
+
+        assert!(parse_page(json!({"success": true, "message": "ok"})).is_err());
+    }
+
+    #[test]
+    fn error_bodies_become_one_line() {
+        let m = error_message(br#"{"message":"The given data was invalid.","errors":{"message":["The message may not be greater than 4096 characters."]}}"#);
+        assert_eq!(
+            m,
+            "The given data was invalid. (message: The message may not be greater than 4096 characters.)"
+        );
+        assert_eq!(error_message(b"<html>\nBad Gateway</html>"), "<html> Bad Gateway</html>");
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let p = RetryPolicy {
+            max_attempts: 10,
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(1),
+            max_retry_after: Duration::from_secs(5),
+        };
+        assert!(p.backoff(1) <= Duration::from_millis(100));
+        assert!(p.backoff(1) >= Duration::from_millis(50));
+        assert!(p.backoff(30) <= Duration::from_secs(1));
+        assert!(p.backoff(30) >= Duration::from_millis(500));
+    }
+
+    #[test]
+    fn messages_are_checked_before_sending() {
+        assert!(check_message("").is_err());
+        assert!(check_message("   ").is_err());
+        assert!(check_message(&"é".repeat(4096)).is_ok());
+        assert!(check_message(&"é".repeat(4097)).is_err());
+    }
+}

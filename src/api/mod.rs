@@ -1,0 +1,14 @@
+//! The SkyLight Web Chat API as the rest of skyrules sees it: typed data
+//! (`types`), a client that speaks HTTP with retries and tolerant decoding
+//! (`client`), and its error classes (`error`).
+//!
+//! Nothing here knows about rules, events or state; the watcher and the
+//! executor are its only callers inside the engine.
+
+pub mod client;
+pub mod error;
+pub mod types;
+
+pub use client::{ApiKey, Client, ClientConfig, Page, RetryPolicy, ServerClock};
+pub use error::{ApiError, Transient};
+pub use types::*;

@@ -1,0 +1,10 @@
+//! skyrules: an automation and escalation engine for SkyLight Chat's Web Chat.
+//!
+//! Data flows one way: the watcher polls the API and diffs snapshots into
+//! events, the rules runtime turns events into intended actions, and the
+//! executor carries them out against the API and records them in the state
+//! store. Each module owns one step of that flow.
+
+pub mod api;
+// sim wired once src/sim lands
+
