@@ -1,0 +1,418 @@
+//! Configuration: built-in defaults, then the TOML file, then `SKYRULES_*`
+//! environment variables and flags (SPEC §4), validated before anything
+//! starts.
+//!
+//! Owns: the schema, its defaults, and errors that name the key and file.
+//! Does not own: parsing the command line (the `cli` module hands over an
+//! [`Overrides`]) or acting on any setting.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::api::{ApiKey, DEFAULT_BASE_URL};
+
+/// The config file looked for when `--config` is not given.
+pub const DEFAULT_CONFIG_FILE: &str = "skyrules.toml";
+/// The environment variable holding the API key when no key file is set.
+pub const API_KEY_ENV: &str = "SKYLIGHT_API_KEY";
+
+/// A configuration problem; always names the file or variable and the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid, or a key is unknown or has a bad value.
+    #[error("{path}:{line}:{column}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line of the offending key or value.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What is wrong, naming the key.
+        message: String,
+    },
+    /// A value from a flag or environment variable is bad.
+    #[error("{source_name}: {message}")]
+    Override {
+        /// e.g. `--poll-interval / SKYRULES_POLL_INTERVAL`.
+        source_name: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A setting is missing or unusable.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The `[api]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// SkyLight API base URL.
+    pub base_url: String,
+    /// File holding the API key; else `SKYLIGHT_API_KEY`.
+    pub api_key_file: Option<PathBuf>,
+    /// Limit for one HTTP request.
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// Attempts per API call before giving up (1 = no retries).
+    pub max_attempts: u32,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            base_url: DEFAULT_BASE_URL.to_string(),
+            api_key_file: None,
+            timeout: Duration::from_secs(10),
+            max_attempts: 5,
+        }
+    }
+}
+
+/// The `[engine]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    /// Directory of `*.rhai` rule files.
+    pub rules_dir: PathBuf,
+    /// Time between two polls of the session list.
+    #[serde(deserialize_with = "duration")]
+    pub poll_interval: Duration,
+    /// The state database file.
+    pub state_path: PathBuf,
+    /// Log actions instead of taking them.
+    pub dry_run: bool,
+    /// Sessions whose actions may run at the same time.
+    pub max_concurrency: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            rules_dir: PathBuf::from("rules"),
+            poll_interval: Duration::from_secs(5),
+            state_path: PathBuf::from("skyrules.db"),
+            dry_run: false,
+            max_concurrency: 8,
+        }
+    }
+}
+
+/// The `[guard]` table: the reply-loop guard of SPEC §3.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GuardConfig {
+    /// Replies skyrules may send to one session per window.
+    pub max_replies: u32,
+    /// The sliding window.
+    #[serde(deserialize_with = "duration")]
+    pub window: Duration,
+}
+
+impl Default for GuardConfig {
+    fn default() -> Self {
+        GuardConfig {
+            max_replies: 5,
+            window: Duration::from_secs(600),
+        }
+    }
+}
+
+/// The whole configuration, after all layers are applied.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `[api]`.
+    pub api: ApiConfig,
+    /// `[engine]`.
+    pub engine: EngineConfig,
+    /// `[guard]`.
+    pub guard: GuardConfig,
+    /// The file the settings came from, if any.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
+}
+
+/// Settings from flags or `SKYRULES_*` variables, which beat the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--base-url` / `SKYRULES_BASE_URL`.
+    pub base_url: Option<String>,
+    /// `--rules` / `SKYRULES_RULES_DIR`.
+    pub rules_dir: Option<PathBuf>,
+    /// `--poll-interval` / `SKYRULES_POLL_INTERVAL`, unparsed.
+    pub poll_interval: Option<String>,
+    /// `--state` / `SKYRULES_STATE_PATH`.
+    pub state_path: Option<PathBuf>,
+    /// `--dry-run` / `SKYRULES_DRY_RUN`.
+    pub dry_run: bool,
+}
+
+impl Config {
+    /// Loads `path`, or `./skyrules.toml` when `path` is `None` and the file
+    /// exists, or the defaults; then applies `overrides`.
+    pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let mut config = match path {
+            Some(p) => Config::from_file(p)?,
+            None if Path::new(DEFAULT_CONFIG_FILE).is_file() => {
+                Config::from_file(Path::new(DEFAULT_CONFIG_FILE))?
+            }
+            None => Config::default(),
+        };
+        config.apply(overrides)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses one TOML file (no overrides, no validation).
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut config = Config::from_toml(&text).map_err(|e| {
+            let (line, column) = e
+                .span()
+                .map(|s| line_col(&text, s.start))
+                .unwrap_or((1, 1));
+            ConfigError::Parse {
+                path: path.to_path_buf(),
+                line,
+                column,
+                message: explain(&text, &e),
+            }
+        })?;
+        config.source = Some(path.to_path_buf());
+        Ok(config)
+    }
+
+    fn from_toml(text: &str) -> Result<Config, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    fn apply(&mut self, o: &Overrides) -> Result<(), ConfigError> {
+        if let Some(u) = &o.base_url {
+            self.api.base_url = u.clone();
+        }
+        if let Some(d) = &o.rules_dir {
+            self.engine.rules_dir = d.clone();
+        }
+        if let Some(p) = &o.poll_interval {
+            self.engine.poll_interval =
+                parse_duration(p).map_err(|message| ConfigError::Override {
+                    source_name: "--poll-interval / SKYRULES_POLL_INTERVAL".into(),
+                    message,
+                })?;
+        }
+        if let Some(s) = &o.state_path {
+            self.engine.state_path = s.clone();
+        }
+        self.engine.dry_run |= o.dry_run;
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let file = self
+            .source
+            .as_ref()
+            .map(|p| format!(" in {}", p.display()))
+            .unwrap_or_default();
+        let bad = |key: &str, why: &str| ConfigError::Invalid(format!("`{key}`{file}: {why}"));
+        let url = self.api.base_url.trim();
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(bad(
+                "api.base_url",
+                &format!("{url:?} must start with http:// or https://"),
+            ));
+        }
+        if self.engine.poll_interval < Duration::from_millis(100) {
+            return Err(bad("engine.poll_interval", "must be at least 100ms"));
+        }
+        if self.api.timeout.is_zero() {
+            return Err(bad("api.timeout", "must be more than zero"));
+        }
+        if self.api.max_attempts == 0 {
+            return Err(bad("api.max_attempts", "must be at least 1"));
+        }
+        if self.engine.max_concurrency == 0 {
+            return Err(bad("engine.max_concurrency", "must be at least 1"));
+        }
+        if self.guard.window.is_zero() {
+            return Err(bad("guard.window", "must be more than zero"));
+        }
+        Ok(())
+    }
+
+    /// The API key: from `api.api_key_file` if set, else `SKYLIGHT_API_KEY`.
+    pub fn api_key(&self) -> Result<ApiKey, ConfigError> {
+        if let Some(file) = &self.api.api_key_file {
+            let text = std::fs::read_to_string(file).map_err(|e| {
+                ConfigError::Invalid(format!(
+                    "cannot read the API key file {} (`api.api_key_file`): {e}",
+                    file.display()
+                ))
+            })?;
+            let key = ApiKey::new(text);
+            if key.is_empty() {
+                return Err(ConfigError::Invalid(format!(
+                    "the API key file {} (`api.api_key_file`) is empty",
+                    file.display()
+                )));
+            }
+            return Ok(key);
+        }
+        match std::env::var(API_KEY_ENV) {
+            Ok(k) if !k.trim().is_empty() => Ok(ApiKey::new(k)),
+            _ => Err(ConfigError::Invalid(format!(
+                "no SkyLight API key: set {API_KEY_ENV}, or `api.api_key_file` in {}",
+                self.source
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| DEFAULT_CONFIG_FILE.to_string())
+            ))),
+        }
+    }
+
+    /// The client settings this config describes.
+    pub fn client_config(&self) -> Result<crate::api::ClientConfig, ConfigError> {
+        let mut c = crate::api::ClientConfig::new(self.api.base_url.trim(), self.api_key()?);
+        c.timeout = self.api.timeout;
+        c.retry.max_attempts = self.api.max_attempts;
+        Ok(c)
+    }
+}
+
+/// Parses a humantime duration (`5s`, `1m 30s`) with an error that shows
+/// the expected form.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("invalid duration {s:?} ({e}); expected e.g. \"5s\" or \"1m 30s\""))
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// toml's messages name the field but not its table; add the dotted key the
+/// user has to fix.
+fn explain(text: &str, e: &toml::de::Error) -> String {
+    let msg = e.message().trim().replace('\n', " ");
+    let Some(span) = e.span() else { return msg };
+    let table = text[..span.start.min(text.len())]
+        .lines()
+        .rev()
+        .find_map(|l| {
+            let l = l.trim();
+            l.strip_prefix('[')
+                .and_then(|r| r.strip_suffix(']'))
+                .map(str::to_string)
+        });
+    // The span covers the key for unknown keys and the value for bad values;
+    // either way the key is what stands before `=` on that line.
+    let line_start = text[..span.start.min(text.len())]
+        .rfind('\n')
+        .map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let key = match line.split_once('=') {
+        Some((k, _)) => k.trim().to_string(),
+        None => String::new(),
+    };
+    match table {
+        Some(t) if !key.is_empty() && !key.contains(['[', '\n', '"']) => {
+            format!("`{t}.{key}`: {msg}")
+        }
+        Some(t) => format!("in [{t}]: {msg}"),
+        None => msg,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("skyrules.toml");
+        std::fs::write(&p, text).unwrap();
+        Config::load(Some(&p), &Overrides::default())
+    }
+
+    #[test]
+    fn the_spec_example_loads() {
+        let c = parse(
+            r#"
+[api]
+base_url = "https://dashboard.skylightchat.com/api/v1"
+api_key_file = "/run/secrets/skylight"
+[engine]
+rules_dir = "rules"
+poll_interval = "1m 30s"
+state_path = "skyrules.db"
+dry_run = false
+[guard]
+max_replies = 5
+window = "10m"
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.engine.poll_interval, Duration::from_secs(90));
+        assert_eq!(c.guard.window, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn unknown_key_names_table_key_and_line() {
+        let e = parse("[engine]\nrules_dir = \"r\"\npoll_intervall = \"5s\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("skyrules.toml:3:1"), "{e}");
+        assert!(e.contains("engine.poll_intervall"), "{e}");
+        assert!(!e.contains('\n'), "{e}");
+    }
+
+    #[test]
+    fn bad_duration_names_the_key() {
+        let e = parse("[guard]\nwindow = \"ten minutes\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(":2:") && e.contains("guard.window"), "{e}");
+        assert!(e.contains("ten minutes"), "{e}");
+    }
+
+    #[test]
+    fn overrides_beat_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "[engine]\npoll_interval = \"5s\"\n").unwrap();
+        let o = Overrides {
+            poll_interval: Some("2s".into()),
+            ..Overrides::default()
+        };
+        let c = Config::load(Some(&p), &o).unwrap();
+        assert_eq!(c.engine.poll_interval, Duration::from_secs(2));
+        let bad = Overrides {
+            poll_interval: Some("soon".into()),
+            ..Overrides::default()
+        };
+        let e = Config::load(Some(&p), &bad).unwrap_err().to_string();
+        assert!(e.contains("SKYRULES_POLL_INTERVAL"), "{e}");
+    }
+}

@@ -1,0 +1,335 @@
+//! The `ev` object a handler receives, and the actions it records.
+//!
+//! Everything a handler can do goes through here, and nothing here does
+//! I/O: actions and memory writes are only recorded, and the executor and
+//! the state store carry them out after the handler has run to completion.
+
+use std::sync::{Arc, Mutex};
+
+use rhai::{Array, Dynamic, EvalAltResult, ImmutableString, Map, Position};
+
+use crate::api::{format_ts, Message, Session, SessionStatus, Timestamp, MAX_MESSAGE_CHARS};
+use crate::events::Event;
+
+/// What a rule asked for; carried out in order after its handler returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// `ev.take_over()`.
+    TakeOver,
+    /// `ev.release()`.
+    Release,
+    /// `ev.reply(text)`, with the template already filled.
+    Reply(String),
+    /// `ev.end()`.
+    End,
+}
+
+impl Action {
+    /// The action's name as rules and the audit log spell it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::TakeOver => "take_over",
+            Action::Release => "release",
+            Action::Reply(_) => "reply",
+            Action::End => "end",
+        }
+    }
+}
+
+/// Per-session, per-rule memory (`once`, `get`, `set`), as JSON values so
+/// the state store can keep it across restarts.
+pub type Memory = serde_json::Map<String, serde_json::Value>;
+
+/// The event data shared by every rule that handles one event.
+#[derive(Debug)]
+pub struct EventData {
+    /// The event.
+    pub event: Event,
+    /// `ev.session`, built once per event.
+    pub session: Map,
+    /// The raw session, for templates.
+    pub raw_session: Session,
+    /// `ev.message`, or unit.
+    pub message: Dynamic,
+    /// Recent history for `ev.messages()`.
+    pub history: Vec<Message>,
+    /// `ev.now`, formatted.
+    pub now: ImmutableString,
+}
+
+impl EventData {
+    /// Prepares the script-facing views of an event.
+    pub fn new(event: Event, session: &Session, history: &[Message], now: Timestamp) -> Self {
+        let message = event
+            .message
+            .as_ref()
+            .map(|m| Dynamic::from_map(message_map(m)))
+            .unwrap_or(Dynamic::UNIT);
+        EventData {
+            session: session_map(session),
+            raw_session: session.clone(),
+            message,
+            history: history.to_vec(),
+            now: format_ts(&now).into(),
+            event,
+        }
+    }
+}
+
+/// What one handler call produced.
+#[derive(Debug, Default)]
+pub struct Recorded {
+    /// Actions, in call order.
+    pub actions: Vec<Action>,
+    /// The memory after the call.
+    pub memory: Memory,
+    /// Whether the handler changed the memory.
+    pub memory_changed: bool,
+    /// Template fields that sessions do not have, for a warning.
+    pub unknown_fields: Vec<String>,
+}
+
+/// The `ev` value. Cloning shares the recorder, as Rhai clones custom types
+/// when passing them around.
+#[derive(Clone)]
+pub struct Ev {
+    data: Arc<EventData>,
+    rule: ImmutableString,
+    rec: Arc<Mutex<Recorded>>,
+}
+
+impl Ev {
+    /// A fresh `ev` for one rule's handler.
+    pub fn new(data: Arc<EventData>, rule: &str, memory: Memory) -> Ev {
+        Ev {
+            data,
+            rule: rule.into(),
+            rec: Arc::new(Mutex::new(Recorded {
+                memory,
+                ..Recorded::default()
+            })),
+        }
+    }
+
+    /// Takes what the handler recorded.
+    pub fn finish(self) -> Recorded {
+        let mut rec = self.rec.lock().unwrap_or_else(|p| p.into_inner());
+        std::mem::take(&mut *rec)
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut Recorded) -> R) -> R {
+        let mut rec = self.rec.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut rec)
+    }
+
+    fn push(&mut self, a: Action) {
+        self.with(|r| r.actions.push(a));
+    }
+
+    fn reply(&mut self, text: &str) -> Result<(), Box<EvalAltResult>> {
+        let (filled, unknown) = fill_template(text, &self.data.raw_session);
+        if filled.trim().is_empty() {
+            return Err(runtime_error("reply text is empty after filling the template"));
+        }
+        let n = filled.chars().count();
+        if n > MAX_MESSAGE_CHARS {
+            return Err(runtime_error(format!(
+                "reply is {n} characters after filling the template; SkyLight accepts at most {MAX_MESSAGE_CHARS}"
+            )));
+        }
+        self.with(|r| {
+            r.unknown_fields.extend(unknown);
+            r.actions.push(Action::Reply(filled));
+        });
+        Ok(())
+    }
+
+    fn once(&mut self, key: &str) -> bool {
+        self.with(|r| {
+            if r.memory.contains_key(key) {
+                false
+            } else {
+                r.memory.insert(key.to_string(), serde_json::Value::Bool(true));
+                r.memory_changed = true;
+                true
+            }
+        })
+    }
+
+    fn get(&mut self, key: &str) -> Dynamic {
+        self.with(|r| {
+            r.memory
+                .get(key)
+                .and_then(|v| rhai::serde::to_dynamic(v).ok())
+                .unwrap_or(Dynamic::UNIT)
+        })
+    }
+
+    fn set(&mut self, key: &str, value: Dynamic) -> Result<(), Box<EvalAltResult>> {
+        let v: serde_json::Value = rhai::serde::from_dynamic(&value).map_err(|_| {
+            runtime_error(format!(
+                "ev.set({key:?}, …): a {} cannot be remembered; use strings, numbers, booleans, arrays or maps",
+                value.type_name()
+            ))
+        })?;
+        self.with(|r| {
+            r.memory.insert(key.to_string(), v);
+            r.memory_changed = true;
+        });
+        Ok(())
+    }
+}
+
+fn runtime_error(msg: impl Into<String>) -> Box<EvalAltResult> {
+    Box::new(EvalAltResult::ErrorRuntime(
+        Dynamic::from(msg.into()),
+        Position::NONE,
+    ))
+}
+
+/// Registers the `Ev` type, its fields and its methods.
+pub fn register(engine: &mut rhai::Engine) {
+    engine
+        .register_type_with_name::<Ev>("Event")
+        .register_get("kind", |ev: &mut Ev| -> ImmutableString {
+            ev.data.event.kind.name().into()
+        })
+        .register_get("rule", |ev: &mut Ev| ev.rule.clone())
+        .register_get("now", |ev: &mut Ev| ev.data.now.clone())
+        .register_get("session", |ev: &mut Ev| ev.data.session.clone())
+        .register_get("message", |ev: &mut Ev| ev.data.message.clone())
+        .register_get("waited", |ev: &mut Ev| -> Dynamic {
+            ev.data
+                .event
+                .waited
+                .map(|w| Dynamic::from_int(w.as_secs() as i64))
+                .unwrap_or(Dynamic::UNIT)
+        })
+        .register_fn("messages", |ev: &mut Ev| -> Array {
+            ev.data
+                .history
+                .iter()
+                .map(|m| Dynamic::from_map(message_map(m)))
+                .collect()
+        })
+        .register_fn("take_over", |ev: &mut Ev| ev.push(Action::TakeOver))
+        .register_fn("release", |ev: &mut Ev| ev.push(Action::Release))
+        .register_fn("end", |ev: &mut Ev| ev.push(Action::End))
+        .register_fn("reply", |ev: &mut Ev, text: ImmutableString| ev.reply(&text))
+        .register_fn("once", |ev: &mut Ev, key: ImmutableString| ev.once(&key))
+        .register_fn("get", |ev: &mut Ev, key: ImmutableString| ev.get(&key))
+        .register_fn("set", |ev: &mut Ev, key: ImmutableString, v: Dynamic| {
+            ev.set(&key, v)
+        })
+        .register_fn("to_string", |ev: &mut Ev| -> String {
+            format!(
+                "Event({} of {} for rule {})",
+                ev.data.event.kind, ev.data.event.session_id, ev.rule
+            )
+        });
+}
+
+/// `ev.session`: every session field of the API, nulls as `()`.
+pub fn session_map(s: &Session) -> Map {
+    match rhai::serde::to_dynamic(s).map(|d| d.try_cast::<Map>()) {
+        Ok(Some(m)) => m,
+        _ => Map::new(),
+    }
+}
+
+/// `ev.message`: `id`, `text`, `sender_type`, `type`, `media_url`,
+/// `created_at` (SPEC §3 names, not the API's).
+pub fn message_map(m: &Message) -> Map {
+    let mut map = Map::new();
+    map.insert("id".into(), Dynamic::from_int(m.id));
+    map.insert("text".into(), m.text().into());
+    map.insert("sender_type".into(), m.sender_type.as_str().into());
+    map.insert("type".into(), m.message_type.clone().into());
+    map.insert(
+        "media_url".into(),
+        m.media_url.clone().map(Dynamic::from).unwrap_or(Dynamic::UNIT),
+    );
+    map.insert(
+        "created_at".into(),
+        m.created_at
+            .as_ref()
+            .map(|t| Dynamic::from(format_ts(t)))
+            .unwrap_or(Dynamic::UNIT),
+    );
+    map
+}
+
+/// Fills `{{field}}` from the session; `{{visitor_name}}` falls back to
+/// "there". Returns the text and any field names sessions do not have
+/// (filled with nothing, so a customer never sees raw braces).
+pub fn fill_template(text: &str, s: &Session) -> (String, Vec<String>) {
+    let mut out = String::with_capacity(text.len());
+    let mut unknown = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("{{") {
+        let Some(len) = rest[start + 2..].find("}}") else {
+            break;
+        };
+        out.push_str(&rest[..start]);
+        let name = rest[start + 2..start + 2 + len].trim();
+        match field_text(s, name) {
+            Some(v) => out.push_str(&v),
+            None => unknown.push(name.to_string()),
+        }
+        rest = &rest[start + 2 + len + 2..];
+    }
+    out.push_str(rest);
+    (out, unknown)
+}
+
+/// The text of a session field for templates; `None` for an unknown name.
+pub fn field_text(s: &Session, name: &str) -> Option<String> {
+    let opt = |v: &Option<String>| v.clone().unwrap_or_default();
+    let ts = |v: &Option<Timestamp>| v.as_ref().map(format_ts).unwrap_or_default();
+    Some(match name {
+        "visitor_name" => s
+            .visitor_name
+            .clone()
+            .filter(|n| !n.trim().is_empty())
+            .unwrap_or_else(|| "there".into()),
+        "session_id" => s.session_id.clone(),
+        "status" => s.status.to_string(),
+        "handled_by" => s.handled_by.to_string(),
+        "visitor_email" => opt(&s.visitor_email),
+        "visitor_phone" => opt(&s.visitor_phone),
+        "visitor_ip" => opt(&s.visitor_ip),
+        "visitor_page_url" => opt(&s.visitor_page_url),
+        "visitor_referrer" => opt(&s.visitor_referrer),
+        "has_visitor_messages" => s.has_visitor_messages.to_string(),
+        "human_requested_at" => ts(&s.human_requested_at),
+        "human_took_over_at" => ts(&s.human_took_over_at),
+        "last_activity_at" => ts(&s.last_activity_at),
+        "created_at" => ts(&s.created_at),
+        _ => return None,
+    })
+}
+
+/// Whether the session can still receive actions.
+pub fn is_open(s: &Session) -> bool {
+    s.status != SessionStatus::Ended
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_fill_fields_and_fall_back_for_the_name() {
+        let mut s = Session {
+            session_id: "sess_1".into(),
+            ..Session::default()
+        };
+        let (t, u) = fill_template("Hi {{visitor_name}}, ref {{ session_id }}.", &s);
+        assert_eq!(t, "Hi there, ref sess_1.");
+        assert!(u.is_empty());
+        s.visitor_name = Some("Ahmad".into());
+        let (t, u) = fill_template("Hi {{visitor_name}}{{nope}}! {{unclosed", &s);
+        assert_eq!(t, "Hi Ahmad! {{unclosed");
+        assert_eq!(u, ["nope"]);
+    }
+}

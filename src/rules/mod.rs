@@ -1,0 +1,565 @@
+//! The rules runtime: Rhai rule files, compiled once, called per event.
+//!
+//! Owns: the sandboxed `Engine` (built once), loading a directory of
+//! `*.rhai` files into a [`RuleSet`] (each file compiled to an `AST` once,
+//! its top-level code run once to register handlers), and calling the
+//! matching handlers for an event. Does not own: where events come from
+//! (the watcher), carrying out actions (the executor) or keeping memory
+//! (the state store) — handlers only record intents through [`ev`].
+
+pub mod ev;
+pub mod reload;
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use rhai::{Dynamic, Engine, EvalAltResult, FnPtr, ImmutableString, NativeCallContext, Position, AST};
+
+use crate::events::{Event, EventKind, TimerSpec};
+pub use ev::{Action, EventData, Memory};
+
+/// Limits of the sandbox. Generous for real rules, small enough that a
+/// runaway handler fails in well under a second.
+pub mod limits {
+    use std::time::Duration;
+    /// Rhai operations per handler call.
+    pub const MAX_OPERATIONS: u64 = 2_000_000;
+    /// Wall-clock time per handler call.
+    pub const MAX_CALL_TIME: Duration = Duration::from_millis(500);
+    /// Nested function calls.
+    pub const MAX_CALL_LEVELS: usize = 32;
+    /// Expression nesting (global, inside functions).
+    pub const MAX_EXPR_DEPTHS: (usize, usize) = (64, 32);
+    /// Bytes in one string.
+    pub const MAX_STRING_SIZE: usize = 256 * 1024;
+    /// Items in one array.
+    pub const MAX_ARRAY_SIZE: usize = 10_000;
+    /// Entries in one map.
+    pub const MAX_MAP_SIZE: usize = 10_000;
+    /// Variables alive at once.
+    pub const MAX_VARIABLES: usize = 1_000;
+}
+
+/// A rule that failed to load or a handler that failed to run, with where.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}{}: {message}", path.display(), position_text(*line, *column))]
+pub struct RuleError {
+    /// The rule file.
+    pub path: PathBuf,
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// 1-based column, when known.
+    pub column: Option<usize>,
+    /// What went wrong.
+    pub message: String,
+}
+
+fn position_text(line: Option<usize>, column: Option<usize>) -> String {
+    match (line, column) {
+        (Some(l), Some(c)) => format!(":{l}:{c}"),
+        (Some(l), None) => format!(":{l}"),
+        _ => String::new(),
+    }
+}
+
+impl RuleError {
+    fn new(path: &Path, pos: Position, message: impl Into<String>) -> RuleError {
+        RuleError {
+            path: path.to_path_buf(),
+            line: pos.line(),
+            column: pos.position(),
+            message: message.into(),
+        }
+    }
+
+    fn from_eval(path: &Path, e: &EvalAltResult) -> RuleError {
+        // The innermost error carries the position inside the rule; an outer
+        // "error in function call" only points at the call.
+        let inner = e.unwrap_inner();
+        let pos = if inner.position().is_none() {
+            e.position()
+        } else {
+            inner.position()
+        };
+        let message = match inner {
+            EvalAltResult::ErrorRuntime(v, _) => v.to_string(),
+            EvalAltResult::ErrorTooManyOperations(_) => {
+                "the handler ran too long (operation limit reached); look for an endless loop".into()
+            }
+            EvalAltResult::ErrorTerminated(_, _) => format!(
+                "the handler ran longer than {} ms and was stopped",
+                limits::MAX_CALL_TIME.as_millis()
+            ),
+            other => {
+                let mut s = other.to_string();
+                // Rhai appends " (line x, position y)"; we print it our way.
+                if let Some(i) = s.rfind(" (line ") {
+                    s.truncate(i);
+                }
+                s
+            }
+        };
+        RuleError::new(path, pos, message)
+    }
+
+    /// The error with the offending source line and a caret under the
+    /// column, as `skyrules check` prints it.
+    pub fn render(&self, source: Option<&str>) -> String {
+        let mut out = self.to_string();
+        if let (Some(src), Some(line)) = (source, self.line) {
+            if let Some(text) = src.lines().nth(line.saturating_sub(1)) {
+                let gutter = line.to_string().len();
+                out.push_str(&format!("\n{:gutter$} |\n{line} | {text}", ""));
+                if let Some(col) = self.column {
+                    let pad: String = text
+                        .chars()
+                        .take(col.saturating_sub(1))
+                        .map(|c| if c == '\t' { '\t' } else { ' ' })
+                        .collect();
+                    out.push_str(&format!("\n{:gutter$} | {pad}^", ""));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// One `on(...)` registration.
+#[derive(Debug, Clone)]
+pub struct Handler {
+    /// The event it handles.
+    pub kind: EventKind,
+    /// For timers, after how long.
+    pub after: Option<Duration>,
+    /// The script function to call.
+    pub func: FnPtr,
+    /// Where `on` was called, for messages.
+    pub position: Position,
+}
+
+/// A loaded rule file.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    /// The file stem.
+    pub id: String,
+    /// The file.
+    pub path: PathBuf,
+    /// Compiled once; handlers are called against it.
+    pub ast: Arc<AST>,
+    /// Registered handlers, in registration order.
+    pub handlers: Vec<Handler>,
+}
+
+/// Every loaded rule, in file-name order. Immutable once built: a reload
+/// builds a new set and publishes it whole.
+#[derive(Debug, Clone, Default)]
+pub struct RuleSet {
+    /// Rules sorted by id.
+    pub rules: Vec<Rule>,
+}
+
+impl RuleSet {
+    /// Every timer any rule registered, deduplicated.
+    pub fn timers(&self) -> Vec<TimerSpec> {
+        let mut t: Vec<TimerSpec> = self
+            .rules
+            .iter()
+            .flat_map(|r| &r.handlers)
+            .filter_map(|h| h.after.map(|after| TimerSpec { kind: h.kind, after }))
+            .collect();
+        t.sort();
+        t.dedup();
+        t
+    }
+
+    /// Whether some rule handles `kind` at all.
+    pub fn handles(&self, kind: EventKind) -> bool {
+        self.rules.iter().flat_map(|r| &r.handlers).any(|h| h.kind == kind)
+    }
+
+    /// Replaces or adds one rule, keeping file-name order.
+    pub fn upsert(&mut self, rule: Rule) {
+        match self.rules.binary_search_by(|r| r.id.cmp(&rule.id)) {
+            Ok(i) => self.rules[i] = rule,
+            Err(i) => self.rules.insert(i, rule),
+        }
+    }
+
+    /// Removes a rule by id; true if it was there.
+    pub fn remove(&mut self, id: &str) -> bool {
+        let before = self.rules.len();
+        self.rules.retain(|r| r.id != id);
+        before != self.rules.len()
+    }
+}
+
+/// What one rule did with one event.
+#[derive(Debug)]
+pub struct RuleRun {
+    /// The rule.
+    pub rule: String,
+    /// Actions to carry out, in order (empty if the handler failed).
+    pub actions: Vec<Action>,
+    /// The rule's memory for the session, if the handler changed it.
+    pub memory: Option<Memory>,
+    /// Why the handler failed; its actions and memory writes are dropped.
+    pub error: Option<RuleError>,
+}
+
+thread_local! {
+    /// Handlers registered by the file being loaded on this thread.
+    static LOADING: RefCell<Option<Vec<Handler>>> = const { RefCell::new(None) };
+    /// When the running script must stop.
+    static DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// (rule, session) of the running script, for `log`.
+    static CURRENT: RefCell<(String, String)> = const { RefCell::new((String::new(), String::new())) };
+}
+
+/// The sandboxed Rhai engine and the currently published rule set.
+pub struct Runtime {
+    engine: Engine,
+    current: RwLock<Arc<RuleSet>>,
+}
+
+impl Default for Runtime {
+    fn default() -> Self {
+        Runtime::new()
+    }
+}
+
+impl Runtime {
+    /// Builds the engine once, with every sandbox limit set.
+    pub fn new() -> Runtime {
+        Runtime {
+            engine: build_engine(),
+            current: RwLock::new(Arc::new(RuleSet::default())),
+        }
+    }
+
+    /// The rule set events are evaluated against right now.
+    pub fn rules(&self) -> Arc<RuleSet> {
+        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Publishes a new rule set atomically: an event sees all of it or none.
+    pub fn publish(&self, set: RuleSet) {
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(set);
+    }
+
+    /// Compiles one file and runs its top-level code to collect handlers.
+    pub fn load_file(&self, path: &Path) -> Result<Rule, RuleError> {
+        let source = std::fs::read_to_string(path).map_err(|e| {
+            RuleError::new(path, Position::NONE, format!("cannot read the rule file: {e}"))
+        })?;
+        self.load_source(path, &source)
+    }
+
+    /// Like [`Runtime::load_file`], from text already read.
+    pub fn load_source(&self, path: &Path, source: &str) -> Result<Rule, RuleError> {
+        let id = rule_id(path);
+        let ast = self.engine.compile(source).map_err(|e| {
+            let mut msg = e.0.to_string();
+            if let Some(i) = msg.rfind(" (line ") {
+                msg.truncate(i);
+            }
+            RuleError::new(path, e.1, msg)
+        })?;
+        LOADING.with(|l| *l.borrow_mut() = Some(Vec::new()));
+        CURRENT.with(|c| *c.borrow_mut() = (id.clone(), String::new()));
+        DEADLINE.with(|d| d.set(Some(Instant::now() + limits::MAX_CALL_TIME)));
+        let ran = self.engine.run_ast(&ast);
+        DEADLINE.with(|d| d.set(None));
+        let handlers = LOADING.with(|l| l.borrow_mut().take()).unwrap_or_default();
+        ran.map_err(|e| RuleError::from_eval(path, &e))?;
+        Ok(Rule {
+            id,
+            path: path.to_path_buf(),
+            ast: Arc::new(ast),
+            handlers,
+        })
+    }
+
+    /// Loads every `*.rhai` in `dir`, in file-name order. Returns the rules
+    /// that loaded and the errors of those that did not.
+    pub fn load_dir(&self, dir: &Path) -> Result<(RuleSet, Vec<RuleError>), RuleError> {
+        let mut set = RuleSet::default();
+        let mut errors = Vec::new();
+        for path in rule_files(dir)? {
+            match self.load_file(&path) {
+                Ok(rule) => set.upsert(rule),
+                Err(e) => errors.push(e),
+            }
+        }
+        Ok((set, errors))
+    }
+
+    /// Runs every matching handler of every rule, in file-name order, for
+    /// one event. `memory` holds each rule's memory for the session and is
+    /// updated in place for the rules that changed it.
+    pub fn evaluate(
+        &self,
+        set: &RuleSet,
+        data: &Arc<EventData>,
+        memory: &mut HashMap<String, Memory>,
+    ) -> Vec<RuleRun> {
+        let event = &data.event;
+        let mut runs = Vec::new();
+        for rule in &set.rules {
+            let matching: Vec<&Handler> = rule
+                .handlers
+                .iter()
+                .filter(|h| handles(h, event))
+                .collect();
+            if matching.is_empty() {
+                continue;
+            }
+            let mem = memory.get(&rule.id).cloned().unwrap_or_default();
+            let ev = ev::Ev::new(data.clone(), &rule.id, mem);
+            let mut error = None;
+            CURRENT.with(|c| *c.borrow_mut() = (rule.id.clone(), event.session_id.clone()));
+            for h in matching {
+                DEADLINE.with(|d| d.set(Some(Instant::now() + limits::MAX_CALL_TIME)));
+                let result = h.func.call::<Dynamic>(&self.engine, &rule.ast, (ev.clone(),));
+                DEADLINE.with(|d| d.set(None));
+                if let Err(e) = result {
+                    error = Some(RuleError::from_eval(&rule.path, &e));
+                    break;
+                }
+            }
+            let rec = ev.finish();
+            if !rec.unknown_fields.is_empty() {
+                tracing::warn!(rule = %rule.id, session_id = %event.session_id, fields = ?rec.unknown_fields, "reply template names fields sessions do not have; filled with nothing");
+            }
+            if let Some(err) = error {
+                runs.push(RuleRun {
+                    rule: rule.id.clone(),
+                    actions: Vec::new(),
+                    memory: None,
+                    error: Some(err),
+                });
+                continue;
+            }
+            let changed = rec.memory_changed.then(|| rec.memory.clone());
+            if let Some(m) = &changed {
+                memory.insert(rule.id.clone(), m.clone());
+            }
+            runs.push(RuleRun {
+                rule: rule.id.clone(),
+                actions: rec.actions,
+                memory: changed,
+                error: None,
+            });
+        }
+        runs
+    }
+}
+
+fn handles(h: &Handler, event: &Event) -> bool {
+    h.kind == event.kind
+        && match (h.after, event.timer) {
+            (Some(after), Some(t)) => after == t.after,
+            (None, None) => true,
+            _ => false,
+        }
+}
+
+/// The rule id of a file: its stem.
+pub fn rule_id(path: &Path) -> String {
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Whether a path is a rule file (not an editor's temp or backup file).
+pub fn is_rule_file(path: &Path) -> bool {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    name.ends_with(".rhai") && !name.starts_with('.') && !name.starts_with('#')
+}
+
+/// The rule files of a directory, sorted by name.
+pub fn rule_files(dir: &Path) -> Result<Vec<PathBuf>, RuleError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| {
+        RuleError::new(
+            dir,
+            Position::NONE,
+            format!("cannot read the rules directory: {e}"),
+        )
+    })?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| is_rule_file(p) && p.is_file())
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+fn rt_err(msg: String, pos: Position) -> Box<EvalAltResult> {
+    Box::new(EvalAltResult::ErrorRuntime(msg.into(), pos))
+}
+
+fn register_handler(
+    ctx: &NativeCallContext,
+    kind: &str,
+    after: Option<&str>,
+    func: FnPtr,
+) -> Result<(), Box<EvalAltResult>> {
+    let pos = ctx.call_position();
+    let Some(k) = EventKind::from_name(kind) else {
+        let names: Vec<&str> = EventKind::ALL.iter().map(|k| k.name()).collect();
+        return Err(rt_err(
+            format!("unknown event {kind:?}; events are {}", names.join(", ")),
+            pos,
+        ));
+    };
+    let after = match (k.is_timer(), after) {
+        (true, None) => {
+            return Err(rt_err(
+                format!("{kind:?} is a timer and needs a duration: on({kind:?}, \"15m\", |ev| …)"),
+                pos,
+            ))
+        }
+        (false, Some(_)) => {
+            return Err(rt_err(
+                format!("{kind:?} is not a timer and takes no duration: on({kind:?}, |ev| …)"),
+                pos,
+            ))
+        }
+        (true, Some(d)) => Some(crate::config::parse_duration(d).map_err(|e| rt_err(e, pos))?),
+        (false, None) => None,
+    };
+    LOADING.with(|l| match l.borrow_mut().as_mut() {
+        Some(list) => {
+            list.push(Handler {
+                kind: k,
+                after,
+                func,
+                position: pos,
+            });
+            Ok(())
+        }
+        None => Err(rt_err(
+            "on(...) registers handlers and only works at the top level of a rule file".into(),
+            pos,
+        )),
+    })
+}
+
+fn build_engine() -> Engine {
+    let mut engine = Engine::new();
+    engine
+        .set_max_operations(limits::MAX_OPERATIONS)
+        .set_max_call_levels(limits::MAX_CALL_LEVELS)
+        .set_max_expr_depths(limits::MAX_EXPR_DEPTHS.0, limits::MAX_EXPR_DEPTHS.1)
+        .set_max_string_size(limits::MAX_STRING_SIZE)
+        .set_max_array_size(limits::MAX_ARRAY_SIZE)
+        .set_max_map_size(limits::MAX_MAP_SIZE)
+        .set_max_variables(limits::MAX_VARIABLES)
+        .set_strict_variables(true)
+        .disable_symbol("eval");
+    engine.on_progress(|ops| {
+        // Reading the clock on every operation would cost more than the
+        // script; every 4096 operations is well under a millisecond.
+        if ops % 4096 == 0 {
+            let late = DEADLINE.with(|d| d.get().is_some_and(|t| Instant::now() > t));
+            if late {
+                return Some(Dynamic::from("deadline"));
+            }
+        }
+        None
+    });
+    engine.on_print(|s| {
+        CURRENT.with(|c| {
+            let c = c.borrow();
+            tracing::info!(rule = %c.0, session_id = %c.1, "{s}");
+        })
+    });
+    engine.on_debug(|s, _, pos| {
+        CURRENT.with(|c| {
+            let c = c.borrow();
+            tracing::debug!(rule = %c.0, session_id = %c.1, %pos, "{s}");
+        })
+    });
+    engine.register_fn("log", |text: ImmutableString| {
+        CURRENT.with(|c| {
+            let c = c.borrow();
+            tracing::info!(rule = %c.0, session_id = %c.1, "{text}");
+        })
+    });
+    engine.register_fn("on", |ctx: NativeCallContext, kind: &str, f: FnPtr| {
+        register_handler(&ctx, kind, None, f)
+    });
+    engine.register_fn(
+        "on",
+        |ctx: NativeCallContext, kind: &str, after: &str, f: FnPtr| {
+            register_handler(&ctx, kind, Some(after), f)
+        },
+    );
+    ev::register(&mut engine);
+    engine
+}
+
+/// Loads the rules of `dir` into `runtime` and returns the errors; used by
+/// `run`, `demo` and `check`.
+pub fn load_into(runtime: &Runtime, dir: &Path) -> Result<Vec<RuleError>, RuleError> {
+    let (set, errors) = runtime.load_dir(dir)?;
+    runtime.publish(set);
+    Ok(errors)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{Session, SessionDetail};
+
+    fn load(src: &str) -> Result<Rule, RuleError> {
+        Runtime::new().load_source(Path::new("rules/t.rhai"), src)
+    }
+
+    #[test]
+    fn load_errors_carry_file_line_and_column() {
+        let e = load("on(\"visitor_message\", |ev| {\n  ev.reply(\"hi\")\n  let x = ;\n});").unwrap_err();
+        assert_eq!(e.path, Path::new("rules/t.rhai"));
+        assert!(e.line.is_some() && e.column.is_some(), "{e}");
+        let e = load("\n  on(\"visitor_mesage\", |ev| {});").unwrap_err();
+        assert_eq!((e.line, e.column), (Some(2), Some(3)), "{e}");
+        assert!(e.message.contains("unknown event"), "{e}");
+        let e = load("on(\"idle\", |ev| {});").unwrap_err();
+        assert!(e.message.contains("needs a duration"), "{e}");
+        let e = load("on(\"idle\", \"fifteen\", |ev| {});").unwrap_err();
+        assert!(e.message.contains("invalid duration"), "{e}");
+        let e = load("on(\"idle\", \"5m\", |ev| { undefined_var });").unwrap_err();
+        assert!(e.message.contains("undefined_var"), "{e}");
+        let e = load("let x = eval(\"1\");").unwrap_err();
+        assert!(e.line.is_some(), "{e}");
+    }
+
+    #[test]
+    fn a_looping_handler_fails_alone() {
+        let rt = Runtime::new();
+        let a = rt
+            .load_source(Path::new("a.rhai"), "on(\"session_started\", |ev| { loop { } });")
+            .unwrap();
+        let b = rt
+            .load_source(
+                Path::new("b.rhai"),
+                "on(\"session_started\", |ev| { if ev.once(\"x\") { ev.reply(\"Hi {{visitor_name}}\"); } });",
+            )
+            .unwrap();
+        let set = RuleSet { rules: vec![a, b] };
+        let s = Session { session_id: "s1".into(), ..Session::default() };
+        let (_, events) = crate::events::diff(None, SessionDetail { session: s.clone(), messages: vec![] }, false);
+        let data = Arc::new(EventData::new(events[0].clone(), &s, &[], chrono::Utc::now()));
+        let mut mem = HashMap::new();
+        let runs = rt.evaluate(&set, &data, &mut mem);
+        assert!(runs[0].error.as_ref().unwrap().message.contains("too long"), "{:?}", runs[0].error);
+        assert_eq!(runs[1].actions, vec![Action::Reply("Hi there".into())]);
+        let runs = rt.evaluate(&set, &data, &mut mem);
+        assert!(runs[1].actions.is_empty(), "once holds across calls");
+    }
+}

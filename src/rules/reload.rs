@@ -1,0 +1,245 @@
+//! Hot reload of the rules directory.
+//!
+//! Owns: watching the directory (not single files: editors save by writing
+//! a new file and renaming it over the old one), debouncing, and rescanning.
+//! A rescan recompiles only files whose content changed, keeps the previous
+//! version of a file that no longer compiles, drops deleted files, and
+//! publishes the new rule set in one step. A slow periodic rescan backs up
+//! the watcher, for file systems where notifications do not arrive.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::{is_rule_file, rule_files, RuleError, RuleSet, Runtime};
+
+/// Time between periodic rescans when no notification arrives.
+const FALLBACK_RESCAN: Duration = Duration::from_secs(2);
+/// Quiet time the debouncer waits for before reporting changes.
+const DEBOUNCE: Duration = Duration::from_millis(150);
+
+/// The load status of one rule file, for logs and the status page.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileStatus {
+    /// Rule id.
+    pub id: String,
+    /// Whether a version of the rule is running.
+    pub running: bool,
+    /// The latest load error, if the file on disk does not compile.
+    pub error: Option<RuleError>,
+}
+
+/// What a rescan changed.
+#[derive(Debug, Default, PartialEq)]
+pub struct ReloadReport {
+    /// Rules (re)loaded.
+    pub loaded: Vec<String>,
+    /// Rules removed because their file was deleted.
+    pub removed: Vec<String>,
+    /// Files that failed to load (their previous version, if any, stays).
+    pub errors: Vec<RuleError>,
+}
+
+impl ReloadReport {
+    /// True when nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.loaded.is_empty() && self.removed.is_empty() && self.errors.is_empty()
+    }
+}
+
+struct Known {
+    hash: u64,
+    error: Option<RuleError>,
+}
+
+/// Loads a rules directory into a [`Runtime`] and keeps it current.
+pub struct Reloader {
+    runtime: Arc<Runtime>,
+    dir: PathBuf,
+    known: Mutex<HashMap<PathBuf, Known>>,
+}
+
+impl Reloader {
+    /// A reloader for `dir`; nothing is loaded until [`Reloader::rescan`].
+    pub fn new(runtime: Arc<Runtime>, dir: impl Into<PathBuf>) -> Reloader {
+        Reloader {
+            runtime,
+            dir: dir.into(),
+            known: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The directory watched.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Every rule file's status, by id.
+    pub fn status(&self) -> Vec<FileStatus> {
+        let set = self.runtime.rules();
+        let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: BTreeMap<String, FileStatus> = BTreeMap::new();
+        for r in &set.rules {
+            out.insert(
+                r.id.clone(),
+                FileStatus {
+                    id: r.id.clone(),
+                    running: true,
+                    error: None,
+                },
+            );
+        }
+        for (path, k) in known.iter() {
+            let id = super::rule_id(path);
+            let entry = out.entry(id.clone()).or_insert(FileStatus {
+                id,
+                running: false,
+                error: None,
+            });
+            entry.error = k.error.clone();
+        }
+        out.into_values().collect()
+    }
+
+    /// Re-reads the directory and publishes what changed. Blocking (file
+    /// reads, compilation): call it from a blocking thread.
+    pub fn rescan(&self) -> Result<ReloadReport, RuleError> {
+        let files = rule_files(&self.dir)?;
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        let mut set: RuleSet = (*self.runtime.rules()).clone();
+        let mut report = ReloadReport::default();
+        for path in &files {
+            let Ok(source) = std::fs::read_to_string(path) else {
+                // Vanished between listing and reading: the next rescan sees it.
+                continue;
+            };
+            let hash = hash(&source);
+            if known.get(path).is_some_and(|k| k.hash == hash) {
+                continue;
+            }
+            match self.runtime.load_source(path, &source) {
+                Ok(rule) => {
+                    report.loaded.push(rule.id.clone());
+                    set.upsert(rule);
+                    known.insert(path.clone(), Known { hash, error: None });
+                }
+                Err(e) => {
+                    report.errors.push(e.clone());
+                    known.insert(
+                        path.clone(),
+                        Known {
+                            hash,
+                            error: Some(e),
+                        },
+                    );
+                }
+            }
+        }
+        let gone: Vec<PathBuf> = known
+            .keys()
+            .filter(|p| !files.contains(p))
+            .cloned()
+            .collect();
+        for path in gone {
+            known.remove(&path);
+            let id = super::rule_id(&path);
+            if set.remove(&id) {
+                report.removed.push(id);
+            }
+        }
+        if !report.loaded.is_empty() || !report.removed.is_empty() {
+            self.runtime.publish(set);
+        }
+        Ok(report)
+    }
+
+    /// Watches the directory until `shutdown`, rescanning on every change
+    /// and every few seconds regardless. Never returns early on errors: a
+    /// broken watcher is recreated and the periodic rescan carries on.
+    pub async fn watch(self: Arc<Self>, shutdown: CancellationToken) {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let mut watcher = start_watcher(&self.dir, tx.clone());
+        let mut tick = tokio::time::interval(FALLBACK_RESCAN);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                Some(()) = rx.recv() => {
+                    // Coalesce a burst of notifications into one rescan.
+                    while rx.try_recv().is_ok() {}
+                }
+                _ = tick.tick() => {
+                    if watcher.is_none() {
+                        watcher = start_watcher(&self.dir, tx.clone());
+                    }
+                }
+            }
+            let me = self.clone();
+            match tokio::task::spawn_blocking(move || me.rescan()).await {
+                Ok(Ok(report)) => log_report(&report),
+                Ok(Err(e)) => tracing::error!(error = %e, "cannot rescan the rules directory; the loaded rules keep running"),
+                Err(e) => tracing::error!(error = %e, "rule reload task failed; the loaded rules keep running"),
+            }
+        }
+        drop(watcher);
+    }
+}
+
+/// Logs what a rescan did, one line per change.
+pub fn log_report(report: &ReloadReport) {
+    for id in &report.loaded {
+        tracing::info!(rule = %id, "rule loaded");
+    }
+    for id in &report.removed {
+        tracing::info!(rule = %id, "rule removed (file deleted)");
+    }
+    for e in &report.errors {
+        tracing::error!(rule = %super::rule_id(&e.path), error = %e, "rule failed to load; its previous version (if any) keeps running");
+    }
+}
+
+type Watcher = notify_debouncer_full::Debouncer<
+    notify::RecommendedWatcher,
+    notify_debouncer_full::RecommendedCache,
+>;
+
+fn start_watcher(dir: &Path, tx: tokio::sync::mpsc::UnboundedSender<()>) -> Option<Watcher> {
+    let handler = move |res: notify_debouncer_full::DebounceEventResult| match res {
+        Ok(events) => {
+            let relevant = events
+                .iter()
+                .any(|e| e.paths.iter().any(|p| is_rule_file(p)));
+            if relevant {
+                let _ = tx.send(());
+            }
+        }
+        Err(errors) => {
+            for e in errors {
+                tracing::warn!(error = %e, "rules directory watcher error");
+            }
+            let _ = tx.send(());
+        }
+    };
+    let mut debouncer = match notify_debouncer_full::new_debouncer(DEBOUNCE, None, handler) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot start the rules watcher; falling back to rescanning every {}s", FALLBACK_RESCAN.as_secs());
+            return None;
+        }
+    };
+    if let Err(e) = debouncer.watch(dir, notify::RecursiveMode::NonRecursive) {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the rules directory; falling back to rescanning every {}s", FALLBACK_RESCAN.as_secs());
+        return None;
+    }
+    Some(debouncer)
+}
+
+fn hash(s: &str) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    s.hash(&mut h);
+    h.finish()
+}
