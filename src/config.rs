@@ -182,10 +182,7 @@ impl Config {
             source,
         })?;
         let mut config = Config::from_toml(&text).map_err(|e| {
-            let (line, column) = e
-                .span()
-                .map(|s| line_col(&text, s.start))
-                .unwrap_or((1, 1));
+            let (line, column) = e.span().map(|s| line_col(&text, s.start)).unwrap_or((1, 1));
             ConfigError::Parse {
                 path: path.to_path_buf(),
                 line,

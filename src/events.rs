@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::api::{HandledBy, Message, SenderType, Session, SessionDetail, SessionStatus, Timestamp};
+use crate::api::{
+    HandledBy, Message, SenderType, Session, SessionDetail, SessionStatus, Timestamp,
+};
 
 /// How many recent messages are kept per session for `ev.messages()` on
 /// events that did not re-read the session (timers).
@@ -156,7 +158,11 @@ pub fn needs_detail(prev: &Session, now: &Session) -> bool {
 /// Diffs a freshly read session against what we knew. `prev` is `None` for
 /// a session never seen; `baseline` marks the very first start, when open
 /// sessions are taken as they are and fire nothing.
-pub fn diff(prev: Option<&Tracked>, detail: SessionDetail, baseline: bool) -> (Tracked, Vec<Event>) {
+pub fn diff(
+    prev: Option<&Tracked>,
+    detail: SessionDetail,
+    baseline: bool,
+) -> (Tracked, Vec<Event>) {
     let SessionDetail { session, messages } = detail;
     let cursor_before = prev.map_or(0, |p| p.cursor);
     let cursor = messages
@@ -218,7 +224,11 @@ pub fn diff(prev: Option<&Tracked>, detail: SessionDetail, baseline: bool) -> (T
             && old.is_none_or(|o| o.status != SessionStatus::Ended)
         {
             // Always last: nothing a rule does can follow an end.
-            ranked.push((Timestamp::MAX_UTC, 9, ev(EventKind::SessionEnded, fallback, None)));
+            ranked.push((
+                Timestamp::MAX_UTC,
+                9,
+                ev(EventKind::SessionEnded, fallback, None),
+            ));
         }
         ranked.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
         events = ranked.into_iter().map(|(_, _, e)| e).collect();
@@ -258,8 +268,8 @@ fn timer_anchor(t: &Tracked, kind: EventKind) -> Option<(String, Timestamp)> {
         }
         EventKind::HumanWaiting => {
             let req = s.human_requested_at?;
-            let taken = s.handled_by == HandledBy::Human
-                || s.human_took_over_at.is_some_and(|t| t >= req);
+            let taken =
+                s.handled_by == HandledBy::Human || s.human_took_over_at.is_some_and(|t| t >= req);
             (!taken).then(|| (format!("r{}", req.timestamp_micros()), req))
         }
         _ => None,
@@ -299,10 +309,14 @@ pub fn due_timers(t: &mut Tracked, specs: &[TimerSpec], now: Timestamp) -> Vec<E
 /// Forgets fired keys whose occurrence is over (a newer message, a new
 /// request), so the set does not grow with the session's length.
 fn prune_fired(t: &mut Tracked) {
-    let live: Vec<(&str, String)> = [EventKind::Idle, EventKind::Unanswered, EventKind::HumanWaiting]
-        .into_iter()
-        .filter_map(|k| timer_anchor(t, k).map(|(anchor, _)| (k.name(), anchor)))
-        .collect();
+    let live: Vec<(&str, String)> = [
+        EventKind::Idle,
+        EventKind::Unanswered,
+        EventKind::HumanWaiting,
+    ]
+    .into_iter()
+    .filter_map(|k| timer_anchor(t, k).map(|(anchor, _)| (k.name(), anchor)))
+    .collect();
     t.fired.retain(|key| {
         let mut parts = key.splitn(3, ':');
         match (parts.next(), parts.next(), parts.next()) {
@@ -371,7 +385,10 @@ mod tests {
         let mut d = d;
         d.messages.sort_by_key(|m| m.id);
         let (_, ev) = diff(None, d, false);
-        assert_eq!(kinds(&ev), ["session_started", "visitor_message", "bot_message"]);
+        assert_eq!(
+            kinds(&ev),
+            ["session_started", "visitor_message", "bot_message"]
+        );
     }
 
     #[test]
@@ -400,7 +417,10 @@ mod tests {
         s4.human_took_over_at = Some(ts("10:02:00"));
         let (t4, ev) = diff(
             Some(&t3),
-            SessionDetail { session: s4.clone(), messages: t3.recent.clone() },
+            SessionDetail {
+                session: s4.clone(),
+                messages: t3.recent.clone(),
+            },
             false,
         );
         assert_eq!(kinds(&ev), ["taken_over"]);
@@ -409,7 +429,10 @@ mod tests {
         s5.status = SessionStatus::Ended;
         let (_, ev) = diff(
             Some(&t4),
-            SessionDetail { session: s5, messages: t4.recent.clone() },
+            SessionDetail {
+                session: s5,
+                messages: t4.recent.clone(),
+            },
             false,
         );
         assert_eq!(kinds(&ev), ["released", "session_ended"]);
@@ -418,8 +441,14 @@ mod tests {
     #[test]
     fn timers_fire_once_per_occurrence() {
         let specs = [
-            TimerSpec { kind: EventKind::Idle, after: Duration::from_secs(300) },
-            TimerSpec { kind: EventKind::Unanswered, after: Duration::from_secs(60) },
+            TimerSpec {
+                kind: EventKind::Idle,
+                after: Duration::from_secs(300),
+            },
+            TimerSpec {
+                kind: EventKind::Unanswered,
+                after: Duration::from_secs(60),
+            },
         ];
         let d = SessionDetail {
             session: session("a"),
@@ -444,36 +473,81 @@ mod tests {
         let (mut t, _) = diff(Some(&t), d, false);
         assert!(due_timers(&mut t, &specs, ts("11:04:00")).is_empty());
         assert_eq!(kinds(&due_timers(&mut t, &specs, ts("11:05:00"))), ["idle"]);
-        assert_eq!(t.fired.len(), 1, "old occurrences are pruned: {:?}", t.fired);
+        assert_eq!(
+            t.fired.len(),
+            1,
+            "old occurrences are pruned: {:?}",
+            t.fired
+        );
     }
 
     #[test]
     fn human_waiting_stops_at_take_over_and_rearms_on_a_new_request() {
-        let spec = [TimerSpec { kind: EventKind::HumanWaiting, after: Duration::from_secs(120) }];
+        let spec = [TimerSpec {
+            kind: EventKind::HumanWaiting,
+            after: Duration::from_secs(120),
+        }];
         let mut s = session("a");
         s.human_requested_at = Some(ts("10:00:00"));
         s.handled_by = HandledBy::Pending;
-        let (mut t, _) = diff(None, SessionDetail { session: s.clone(), messages: vec![] }, true);
-        assert_eq!(kinds(&due_timers(&mut t, &spec, ts("10:02:00"))), ["human_waiting"]);
+        let (mut t, _) = diff(
+            None,
+            SessionDetail {
+                session: s.clone(),
+                messages: vec![],
+            },
+            true,
+        );
+        assert_eq!(
+            kinds(&due_timers(&mut t, &spec, ts("10:02:00"))),
+            ["human_waiting"]
+        );
         assert!(due_timers(&mut t, &spec, ts("10:09:00")).is_empty());
         s.handled_by = HandledBy::Human;
         s.human_took_over_at = Some(ts("10:10:00"));
-        let (t2, _) = diff(Some(&t), SessionDetail { session: s.clone(), messages: vec![] }, false);
+        let (t2, _) = diff(
+            Some(&t),
+            SessionDetail {
+                session: s.clone(),
+                messages: vec![],
+            },
+            false,
+        );
         let mut t2 = t2;
         assert!(due_timers(&mut t2, &spec, ts("10:30:00")).is_empty());
         s.handled_by = HandledBy::Pending;
         s.human_requested_at = Some(ts("10:40:00"));
-        let (mut t3, ev) = diff(Some(&t2), SessionDetail { session: s, messages: vec![] }, false);
+        let (mut t3, ev) = diff(
+            Some(&t2),
+            SessionDetail {
+                session: s,
+                messages: vec![],
+            },
+            false,
+        );
         assert_eq!(kinds(&ev), ["human_requested"]);
-        assert_eq!(kinds(&due_timers(&mut t3, &spec, ts("10:42:00"))), ["human_waiting"]);
+        assert_eq!(
+            kinds(&due_timers(&mut t3, &spec, ts("10:42:00"))),
+            ["human_waiting"]
+        );
     }
 
     #[test]
     fn ended_sessions_have_no_timers() {
-        let spec = [TimerSpec { kind: EventKind::Idle, after: Duration::from_secs(1) }];
+        let spec = [TimerSpec {
+            kind: EventKind::Idle,
+            after: Duration::from_secs(1),
+        }];
         let mut s = session("a");
         s.status = SessionStatus::Ended;
-        let (mut t, _) = diff(None, SessionDetail { session: s, messages: vec![] }, true);
+        let (mut t, _) = diff(
+            None,
+            SessionDetail {
+                session: s,
+                messages: vec![],
+            },
+            true,
+        );
         assert!(due_timers(&mut t, &spec, ts("12:00:00")).is_empty());
     }
 }

@@ -6,5 +6,13 @@
 //! store. Each module owns one step of that flow.
 
 pub mod api;
-// sim wired once src/sim lands
-
+pub mod cli;
+pub mod config;
+pub mod engine;
+pub mod events;
+pub mod executor;
+pub mod rules;
+pub mod shutdown;
+pub mod sim;
+pub mod store;
+pub mod watcher;

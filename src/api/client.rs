@@ -646,7 +646,10 @@ fn error_message(bytes: &[u8]) -> String {
         return if text.is_empty() {
             "no details".into()
         } else {
-            text.chars().take(200).collect::<String>().replace('\n', " ")
+            text.chars()
+                .take(200)
+                .collect::<String>()
+                .replace('\n', " ")
         };
     };
     let mut msg = v
@@ -730,8 +733,8 @@ pub fn parse_page(v: Value) -> Result<Page, String> {
                 let meta = o.get("meta");
                 let current_page = num(meta.and_then(|m| m.get("current_page")))
                     .or_else(|| num(o.get("current_page")));
-                let last_page = num(meta.and_then(|m| m.get("last_page")))
-                    .or_else(|| num(o.get("last_page")));
+                let last_page =
+                    num(meta.and_then(|m| m.get("last_page"))).or_else(|| num(o.get("last_page")));
                 let has_next = link(o.get("links").and_then(|l| l.get("next")))
                     .or_else(|| link(o.get("next_page_url")));
                 Ok(Page {
@@ -802,7 +805,10 @@ mod tests {
             m,
             "The given data was invalid. (message: The message may not be greater than 4096 characters.)"
         );
-        assert_eq!(error_message(b"<html>\nBad Gateway</html>"), "<html> Bad Gateway</html>");
+        assert_eq!(
+            error_message(b"<html>\nBad Gateway</html>"),
+            "<html> Bad Gateway</html>"
+        );
     }
 
     #[test]

@@ -210,7 +210,10 @@ pub struct Message {
     #[serde(default)]
     pub message_text: Option<String>,
     /// `text` or a media kind.
-    #[serde(default = "default_message_type", deserialize_with = "string_or_default")]
+    #[serde(
+        default = "default_message_type",
+        deserialize_with = "string_or_default"
+    )]
     pub message_type: String,
     /// Link to the media, for media messages.
     #[serde(default)]

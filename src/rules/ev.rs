@@ -129,7 +129,9 @@ impl Ev {
     fn reply(&mut self, text: &str) -> Result<(), Box<EvalAltResult>> {
         let (filled, unknown) = fill_template(text, &self.data.raw_session);
         if filled.trim().is_empty() {
-            return Err(runtime_error("reply text is empty after filling the template"));
+            return Err(runtime_error(
+                "reply text is empty after filling the template",
+            ));
         }
         let n = filled.chars().count();
         if n > MAX_MESSAGE_CHARS {
@@ -149,7 +151,8 @@ impl Ev {
             if r.memory.contains_key(key) {
                 false
             } else {
-                r.memory.insert(key.to_string(), serde_json::Value::Bool(true));
+                r.memory
+                    .insert(key.to_string(), serde_json::Value::Bool(true));
                 r.memory_changed = true;
                 true
             }
@@ -215,7 +218,9 @@ pub fn register(engine: &mut rhai::Engine) {
         .register_fn("take_over", |ev: &mut Ev| ev.push(Action::TakeOver))
         .register_fn("release", |ev: &mut Ev| ev.push(Action::Release))
         .register_fn("end", |ev: &mut Ev| ev.push(Action::End))
-        .register_fn("reply", |ev: &mut Ev, text: ImmutableString| ev.reply(&text))
+        .register_fn("reply", |ev: &mut Ev, text: ImmutableString| {
+            ev.reply(&text)
+        })
         .register_fn("once", |ev: &mut Ev, key: ImmutableString| ev.once(&key))
         .register_fn("get", |ev: &mut Ev, key: ImmutableString| ev.get(&key))
         .register_fn("set", |ev: &mut Ev, key: ImmutableString, v: Dynamic| {
@@ -247,7 +252,10 @@ pub fn message_map(m: &Message) -> Map {
     map.insert("type".into(), m.message_type.clone().into());
     map.insert(
         "media_url".into(),
-        m.media_url.clone().map(Dynamic::from).unwrap_or(Dynamic::UNIT),
+        m.media_url
+            .clone()
+            .map(Dynamic::from)
+            .unwrap_or(Dynamic::UNIT),
     );
     map.insert(
         "created_at".into(),

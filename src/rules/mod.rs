@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use rhai::{Dynamic, Engine, EvalAltResult, FnPtr, ImmutableString, NativeCallContext, Position, AST};
+use rhai::{
+    Dynamic, Engine, EvalAltResult, FnPtr, ImmutableString, NativeCallContext, Position, AST,
+};
 
 use crate::events::{Event, EventKind, TimerSpec};
 pub use ev::{Action, EventData, Memory};
@@ -87,7 +89,8 @@ impl RuleError {
         let message = match inner {
             EvalAltResult::ErrorRuntime(v, _) => v.to_string(),
             EvalAltResult::ErrorTooManyOperations(_) => {
-                "the handler ran too long (operation limit reached); look for an endless loop".into()
+                "the handler ran too long (operation limit reached); look for an endless loop"
+                    .into()
             }
             EvalAltResult::ErrorTerminated(_, _) => format!(
                 "the handler ran longer than {} ms and was stopped",
@@ -168,7 +171,12 @@ impl RuleSet {
             .rules
             .iter()
             .flat_map(|r| &r.handlers)
-            .filter_map(|h| h.after.map(|after| TimerSpec { kind: h.kind, after }))
+            .filter_map(|h| {
+                h.after.map(|after| TimerSpec {
+                    kind: h.kind,
+                    after,
+                })
+            })
             .collect();
         t.sort();
         t.dedup();
@@ -177,7 +185,10 @@ impl RuleSet {
 
     /// Whether some rule handles `kind` at all.
     pub fn handles(&self, kind: EventKind) -> bool {
-        self.rules.iter().flat_map(|r| &r.handlers).any(|h| h.kind == kind)
+        self.rules
+            .iter()
+            .flat_map(|r| &r.handlers)
+            .any(|h| h.kind == kind)
     }
 
     /// Replaces or adds one rule, keeping file-name order.
@@ -241,7 +252,10 @@ impl Runtime {
 
     /// The rule set events are evaluated against right now.
     pub fn rules(&self) -> Arc<RuleSet> {
-        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Publishes a new rule set atomically: an event sees all of it or none.
@@ -252,7 +266,11 @@ impl Runtime {
     /// Compiles one file and runs its top-level code to collect handlers.
     pub fn load_file(&self, path: &Path) -> Result<Rule, RuleError> {
         let source = std::fs::read_to_string(path).map_err(|e| {
-            RuleError::new(path, Position::NONE, format!("cannot read the rule file: {e}"))
+            RuleError::new(
+                path,
+                Position::NONE,
+                format!("cannot read the rule file: {e}"),
+            )
         })?;
         self.load_source(path, &source)
     }
@@ -308,11 +326,8 @@ impl Runtime {
         let event = &data.event;
         let mut runs = Vec::new();
         for rule in &set.rules {
-            let matching: Vec<&Handler> = rule
-                .handlers
-                .iter()
-                .filter(|h| handles(h, event))
-                .collect();
+            let matching: Vec<&Handler> =
+                rule.handlers.iter().filter(|h| handles(h, event)).collect();
             if matching.is_empty() {
                 continue;
             }
@@ -322,7 +337,9 @@ impl Runtime {
             CURRENT.with(|c| *c.borrow_mut() = (rule.id.clone(), event.session_id.clone()));
             for h in matching {
                 DEADLINE.with(|d| d.set(Some(Instant::now() + limits::MAX_CALL_TIME)));
-                let result = h.func.call::<Dynamic>(&self.engine, &rule.ast, (ev.clone(),));
+                let result = h
+                    .func
+                    .call::<Dynamic>(&self.engine, &rule.ast, (ev.clone(),));
                 DEADLINE.with(|d| d.set(None));
                 if let Err(e) = result {
                     error = Some(RuleError::from_eval(&rule.path, &e));
@@ -523,7 +540,8 @@ mod tests {
 
     #[test]
     fn load_errors_carry_file_line_and_column() {
-        let e = load("on(\"visitor_message\", |ev| {\n  ev.reply(\"hi\")\n  let x = ;\n});").unwrap_err();
+        let e = load("on(\"visitor_message\", |ev| {\n  ev.reply(\"hi\")\n  let x = ;\n});")
+            .unwrap_err();
         assert_eq!(e.path, Path::new("rules/t.rhai"));
         assert!(e.line.is_some() && e.column.is_some(), "{e}");
         let e = load("\n  on(\"visitor_mesage\", |ev| {});").unwrap_err();
@@ -543,7 +561,10 @@ mod tests {
     fn a_looping_handler_fails_alone() {
         let rt = Runtime::new();
         let a = rt
-            .load_source(Path::new("a.rhai"), "on(\"session_started\", |ev| { loop { } });")
+            .load_source(
+                Path::new("a.rhai"),
+                "on(\"session_started\", |ev| { loop { } });",
+            )
             .unwrap();
         let b = rt
             .load_source(
@@ -552,12 +573,31 @@ mod tests {
             )
             .unwrap();
         let set = RuleSet { rules: vec![a, b] };
-        let s = Session { session_id: "s1".into(), ..Session::default() };
-        let (_, events) = crate::events::diff(None, SessionDetail { session: s.clone(), messages: vec![] }, false);
-        let data = Arc::new(EventData::new(events[0].clone(), &s, &[], chrono::Utc::now()));
+        let s = Session {
+            session_id: "s1".into(),
+            ..Session::default()
+        };
+        let (_, events) = crate::events::diff(
+            None,
+            SessionDetail {
+                session: s.clone(),
+                messages: vec![],
+            },
+            false,
+        );
+        let data = Arc::new(EventData::new(
+            events[0].clone(),
+            &s,
+            &[],
+            chrono::Utc::now(),
+        ));
         let mut mem = HashMap::new();
         let runs = rt.evaluate(&set, &data, &mut mem);
-        assert!(runs[0].error.as_ref().unwrap().message.contains("too long"), "{:?}", runs[0].error);
+        assert!(
+            runs[0].error.as_ref().unwrap().message.contains("too long"),
+            "{:?}",
+            runs[0].error
+        );
         assert_eq!(runs[1].actions, vec![Action::Reply("Hi there".into())]);
         let runs = rt.evaluate(&set, &data, &mut mem);
         assert!(runs[1].actions.is_empty(), "once holds across calls");

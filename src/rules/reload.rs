@@ -160,7 +160,13 @@ impl Reloader {
     /// Watches the directory until `shutdown`, rescanning on every change
     /// and every few seconds regardless. Never returns early on errors: a
     /// broken watcher is recreated and the periodic rescan carries on.
-    pub async fn watch(self: Arc<Self>, shutdown: CancellationToken) {
+    /// Non-empty reports go to `reports` when given (the caller logs them),
+    /// else they are logged here.
+    pub async fn watch_with(
+        self: Arc<Self>,
+        shutdown: CancellationToken,
+        reports: Option<tokio::sync::mpsc::UnboundedSender<ReloadReport>>,
+    ) {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
         let mut watcher = start_watcher(&self.dir, tx.clone());
         let mut tick = tokio::time::interval(FALLBACK_RESCAN);
@@ -180,9 +186,19 @@ impl Reloader {
             }
             let me = self.clone();
             match tokio::task::spawn_blocking(move || me.rescan()).await {
-                Ok(Ok(report)) => log_report(&report),
-                Ok(Err(e)) => tracing::error!(error = %e, "cannot rescan the rules directory; the loaded rules keep running"),
-                Err(e) => tracing::error!(error = %e, "rule reload task failed; the loaded rules keep running"),
+                Ok(Ok(report)) if report.is_empty() => {}
+                Ok(Ok(report)) => match &reports {
+                    Some(tx) => {
+                        let _ = tx.send(report);
+                    }
+                    None => log_report(&report),
+                },
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "cannot rescan the rules directory; the loaded rules keep running")
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "rule reload task failed; the loaded rules keep running")
+                }
             }
         }
         drop(watcher);

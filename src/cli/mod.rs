@@ -1,0 +1,163 @@
+//! The `skyrules` command line: argument parsing, logging set-up, and one
+//! function per subcommand.
+//!
+//! Owns: flags, output formats (tables for people, `--json` for scripts) and
+//! exit codes (0 ok, 1 user error, 2 runtime failure). Does not own any
+//! behaviour: every subcommand calls into the library modules.
+
+mod api_cmds;
+mod logging;
+mod sim_cmd;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::api::ApiError;
+use crate::config::{Config, ConfigError, Overrides};
+
+pub use logging::LogFormat;
+
+/// An error the user can fix (bad arguments, input or rules): exit code 1.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UserError(pub String);
+
+/// skyrules — automation and escalation rules for SkyLight Web Chat.
+#[derive(Debug, Parser)]
+#[command(name = "skyrules", version, about, max_term_width = 100)]
+pub struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Args)]
+struct GlobalArgs {
+    /// Config file [default: ./skyrules.toml if present]
+    #[arg(long, global = true, env = "SKYRULES_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// SkyLight API base URL (overrides `api.base_url`)
+    #[arg(long, global = true, env = "SKYRULES_BASE_URL", value_name = "URL")]
+    base_url: Option<String>,
+    /// Log level or RUST_LOG-style filter, e.g. `debug` or `skyrules=trace`
+    #[arg(long, global = true, value_name = "FILTER")]
+    log_level: Option<String>,
+    /// Log format
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Auto)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the SkyLight simulator alone, for rule authors and tests
+    Sim(sim_cmd::SimArgs),
+    /// List, inspect and act on chat sessions
+    #[command(subcommand)]
+    Sessions(api_cmds::SessionsCmd),
+    /// Show Web Chat analytics
+    Analytics(api_cmds::AnalyticsArgs),
+}
+
+/// Parses the command line, runs the command, and turns the outcome into an
+/// exit code. Errors are printed as one line with their cause chain.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { 1 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    install_panic_hook();
+    if let Err(e) = logging::init(cli.global.log_level.as_deref(), cli.global.log_format) {
+        eprintln!("error: {e}");
+        return ExitCode::from(1);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(run(cli));
+    // Background tasks (a hung request, a file watcher) must not hold the
+    // exit hostage once the command is done.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {}", one_line(&e));
+            ExitCode::from(exit_code(&e))
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let g = &cli.global;
+    match cli.command {
+        Command::Sim(args) => sim_cmd::run(args).await,
+        Command::Sessions(cmd) => api_cmds::sessions(load_config(g, Overrides::default())?, cmd).await,
+        Command::Analytics(args) => {
+            api_cmds::analytics(load_config(g, Overrides::default())?, args).await
+        }
+    }
+}
+
+fn load_config(g: &GlobalArgs, mut o: Overrides) -> Result<Config, ConfigError> {
+    o.base_url = g.base_url.clone();
+    Config::load(g.config.as_deref(), &o)
+}
+
+/// 1 for what the user can fix, 2 for everything else.
+fn exit_code(e: &anyhow::Error) -> u8 {
+    for cause in e.chain() {
+        if cause.is::<ConfigError>() || cause.is::<UserError>() {
+            return 1;
+        }
+        if let Some(api) = cause.downcast_ref::<ApiError>() {
+            return if api.is_user_error() { 1 } else { 2 };
+        }
+    }
+    2
+}
+
+/// The cause chain on one line, without repeating a cause a parent already
+/// quoted.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out.replace('\n', " ")
+}
+
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let place = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let what = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown cause".into());
+        eprintln!("error: internal error{place}: {what} (this is a skyrules bug; please report it)");
+    }));
+}

@@ -1,0 +1,174 @@
+//! The action executor: carries out what rules asked for, against the API.
+//!
+//! Owns: validation against the session as last seen (no reply to an ended
+//! chat, no take-over of a chat a human already has), the reply-loop guard
+//! (SPEC §3), dry-run, and turning each attempt into an outcome for the
+//! audit log. Does not own: deciding what to do (the rules), ordering per
+//! session (the engine runs one session's actions in sequence), or
+//! retries (the API client).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::api::{Client, HandledBy, Session, SessionStatus};
+use crate::rules::Action;
+
+/// How an action ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Done.
+    Taken,
+    /// `--dry-run`: logged, not done.
+    DryRun,
+    /// Not needed or not possible (ended session, already handled).
+    Skipped(String),
+    /// Dropped by the reply-loop guard.
+    Capped(String),
+    /// The API refused or was unavailable.
+    Failed(String),
+}
+
+impl Outcome {
+    /// The outcome's name in logs, metrics and the audit log.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Outcome::Taken => "taken",
+            Outcome::DryRun => "dry_run",
+            Outcome::Skipped(_) => "skipped",
+            Outcome::Capped(_) => "capped",
+            Outcome::Failed(_) => "failed",
+        }
+    }
+
+    /// The reason, for anything but `taken`/`dry_run`.
+    pub fn detail(&self) -> Option<&str> {
+        match self {
+            Outcome::Skipped(d) | Outcome::Capped(d) | Outcome::Failed(d) => Some(d),
+            _ => None,
+        }
+    }
+}
+
+/// Reply-loop guard settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Guard {
+    /// Replies allowed per session per window.
+    pub max_replies: u32,
+    /// The sliding window.
+    pub window: Duration,
+}
+
+/// Carries out actions. Shared by every session worker.
+pub struct Executor {
+    api: Client,
+    dry_run: bool,
+    guard: Guard,
+    sent: Mutex<HashMap<String, VecDeque<Instant>>>,
+}
+
+impl Executor {
+    /// An executor talking to `api`.
+    pub fn new(api: Client, dry_run: bool, guard: Guard) -> Executor {
+        Executor {
+            api,
+            dry_run,
+            guard,
+            sent: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether actions are only logged.
+    pub fn dry_run(&self) -> bool {
+        self.dry_run
+    }
+
+    /// Carries out one action. `session` is the session as this batch sees
+    /// it and is updated with the action's effect, so that a reply after an
+    /// `end` in the same batch is skipped.
+    pub async fn execute(&self, session: &mut Session, action: &Action) -> Outcome {
+        let id = session.session_id.clone();
+        if session.status == SessionStatus::Ended {
+            return Outcome::Skipped("the session has ended".into());
+        }
+        match action {
+            Action::TakeOver if session.handled_by == HandledBy::Human => {
+                return Outcome::Skipped("a human already handles the session".into())
+            }
+            Action::Release if session.handled_by == HandledBy::Ai => {
+                return Outcome::Skipped("the AI already handles the session".into())
+            }
+            Action::Reply(_) => {
+                if let Err(why) = self.admit_reply(&id) {
+                    return Outcome::Capped(why);
+                }
+            }
+            _ => {}
+        }
+        if self.dry_run {
+            apply(session, action);
+            return Outcome::DryRun;
+        }
+        let result = match action {
+            Action::TakeOver => self.api.take_over(&id).await.map(|_| ()),
+            Action::Release => self.api.release(&id).await.map(|_| ()),
+            Action::End => self.api.end(&id).await.map(|_| ()),
+            Action::Reply(text) => self.api.send_message(&id, text).await.map(|_| ()),
+        };
+        match result {
+            Ok(()) => {
+                apply(session, action);
+                Outcome::Taken
+            }
+            Err(e) => {
+                if e.is_gone() {
+                    session.status = SessionStatus::Ended;
+                }
+                if let Action::Reply(_) = action {
+                    self.refund_reply(&id);
+                }
+                Outcome::Failed(e.to_string())
+            }
+        }
+    }
+
+    /// Counts a reply against the session's window, or says why not.
+    fn admit_reply(&self, id: &str) -> Result<(), String> {
+        let now = Instant::now();
+        let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
+        let q = sent.entry(id.to_string()).or_default();
+        while q.front().is_some_and(|t| now.duration_since(*t) >= self.guard.window) {
+            q.pop_front();
+        }
+        if q.len() as u32 >= self.guard.max_replies {
+            return Err(format!(
+                "reply-loop guard: {} replies to this session within {} already (guard.max_replies)",
+                self.guard.max_replies,
+                humantime::format_duration(self.guard.window)
+            ));
+        }
+        q.push_back(now);
+        Ok(())
+    }
+
+    fn refund_reply(&self, id: &str) {
+        let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(q) = sent.get_mut(id) {
+            q.pop_back();
+        }
+    }
+
+    /// Forgets a session's guard window (it ended and left tracking).
+    pub fn forget(&self, id: &str) {
+        self.sent.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+    }
+}
+
+fn apply(session: &mut Session, action: &Action) {
+    match action {
+        Action::TakeOver => session.handled_by = HandledBy::Human,
+        Action::Release => session.handled_by = HandledBy::Ai,
+        Action::End => session.status = SessionStatus::Ended,
+        Action::Reply(_) => {}
+    }
+}
