@@ -6,6 +6,8 @@
 //! behaviour: every subcommand calls into the library modules.
 
 mod api_cmds;
+mod demo_cmd;
+mod engine_cmds;
 mod logging;
 mod sim_cmd;
 
@@ -52,6 +54,12 @@ struct GlobalArgs {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the engine: watch live chats and apply the rules
+    Run(engine_cmds::EngineArgs),
+    /// Load every rule and report errors with file, line and column
+    Check(engine_cmds::CheckArgs),
+    /// The simulator with generated visitors and the engine, narrated
+    Demo(demo_cmd::DemoArgs),
     /// Run the SkyLight simulator alone, for rule authors and tests
     Sim(sim_cmd::SimArgs),
     /// List, inspect and act on chat sessions
@@ -73,7 +81,14 @@ pub fn main() -> ExitCode {
         }
     };
     install_panic_hook();
-    if let Err(e) = logging::init(cli.global.log_level.as_deref(), cli.global.log_format) {
+    // The demo narrates on stdout; its logs would only interleave with it.
+    let quiet = matches!(cli.command, Command::Demo(_) | Command::Check(_));
+    let level = cli
+        .global
+        .log_level
+        .clone()
+        .or_else(|| quiet.then(|| "warn".to_string()));
+    if let Err(e) = logging::init(level.as_deref(), cli.global.log_format) {
         eprintln!("error: {e}");
         return ExitCode::from(1);
     }
@@ -103,6 +118,13 @@ pub fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let g = &cli.global;
     match cli.command {
+        Command::Run(a) => {
+            engine_cmds::run(engine_cmds::load(g.config.as_deref(), g.base_url.clone(), &a)?).await
+        }
+        Command::Check(a) => {
+            engine_cmds::check(load_config(g, Overrides::default())?, a).await
+        }
+        Command::Demo(a) => demo_cmd::run(a).await,
         Command::Sim(args) => sim_cmd::run(args).await,
         Command::Sessions(cmd) => api_cmds::sessions(load_config(g, Overrides::default())?, cmd).await,
         Command::Analytics(args) => {

@@ -438,9 +438,14 @@ impl World {
         Some(message)
     }
 
+    /// The visitor asks for a person at `at`. A chat already waiting keeps
+    /// its original request time; one a human has is left alone.
     fn request_human_at(&mut self, id: &str, at: Timestamp) {
         if let Some(s) = self.sessions.get_mut(id) {
-            if s.is_active() && s.session.handled_by != HandledBy::Human {
+            let fresh = s.session.handled_by == HandledBy::Ai
+                || (s.session.handled_by == HandledBy::Pending
+                    && s.session.human_requested_at.is_none());
+            if s.is_active() && fresh {
                 s.session.human_requested_at = Some(at);
                 s.session.handled_by = HandledBy::Pending;
             }
@@ -905,6 +910,12 @@ mod tests {
         assert_eq!(d.session.handled_by, HandledBy::Pending);
         assert!(d.session.human_requested_at.is_some());
         assert_eq!(d.messages[1].text(), bot::HANDOFF_REPLY);
+        // Asking again while waiting does not restart the wait.
+        w.advance_secs(60.0).unwrap();
+        let again = w.request_human("a").unwrap();
+        assert_eq!(again.human_requested_at, d.session.human_requested_at);
+        w.take_over("a").unwrap();
+        assert_eq!(w.request_human("a").unwrap().handled_by, HandledBy::Human);
     }
 
     #[test]

@@ -1,0 +1,160 @@
+//! `skyrules run`, `skyrules check` and `skyrules demo`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+
+use super::UserError;
+use crate::api::Client;
+use crate::config::{Config, Overrides};
+use crate::engine::{Engine, EngineOptions};
+use crate::executor::Guard;
+use crate::rules::reload::log_report;
+use crate::rules::Runtime;
+use crate::store::MemoryStore;
+
+/// Engine flags shared by `run` and `demo`; each beats the config file.
+#[derive(Debug, Args, Clone, Default)]
+pub struct EngineArgs {
+    /// Rules directory (`engine.rules_dir`)
+    #[arg(long = "rules", env = "SKYRULES_RULES_DIR", value_name = "DIR")]
+    pub rules_dir: Option<PathBuf>,
+    /// Poll interval, e.g. 5s or "1m 30s" (`engine.poll_interval`)
+    #[arg(long, env = "SKYRULES_POLL_INTERVAL", value_name = "DURATION")]
+    pub poll_interval: Option<String>,
+    /// State database file (`engine.state_path`)
+    #[arg(long = "state", env = "SKYRULES_STATE_PATH", value_name = "FILE")]
+    pub state_path: Option<PathBuf>,
+    /// Log every action instead of taking it (`engine.dry_run`)
+    #[arg(long, env = "SKYRULES_DRY_RUN")]
+    pub dry_run: bool,
+}
+
+impl EngineArgs {
+    /// As config overrides.
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            base_url: None,
+            rules_dir: self.rules_dir.clone(),
+            poll_interval: self.poll_interval.clone(),
+            state_path: self.state_path.clone(),
+            dry_run: self.dry_run,
+        }
+    }
+}
+
+/// `skyrules check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Rules directory [default: `engine.rules_dir`, else ./rules]
+    dir: Option<PathBuf>,
+}
+
+/// Engine options from a loaded config.
+pub fn engine_options(config: &Config) -> EngineOptions {
+    EngineOptions {
+        rules_dir: config.engine.rules_dir.clone(),
+        poll_interval: config.engine.poll_interval,
+        dry_run: config.engine.dry_run,
+        max_concurrency: config.engine.max_concurrency,
+        guard: Guard {
+            max_replies: config.guard.max_replies,
+            window: config.guard.window,
+        },
+    }
+}
+
+/// Runs the engine against the configured API until Ctrl-C or SIGTERM.
+pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
+    let api = Client::new(config.client_config()?)?;
+    let opts = engine_options(&config);
+    ensure_rules_dir(&opts.rules_dir)?;
+    let store = Arc::new(MemoryStore::new());
+    let (engine, report) = Engine::new(api.clone(), store, opts.clone()).await?;
+    log_report(&report);
+    let running = engine.runtime().rules().rules.len();
+    tracing::info!(
+        base_url = api.base_url(),
+        rules = running,
+        rules_dir = %opts.rules_dir.display(),
+        poll_interval = %humantime::format_duration(opts.poll_interval),
+        dry_run = opts.dry_run,
+        "skyrules running"
+    );
+    if running == 0 {
+        tracing::warn!(rules_dir = %opts.rules_dir.display(), "no rule loaded; add *.rhai files (they are picked up without a restart)");
+    }
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        crate::shutdown::signal().await;
+        tracing::info!("shutting down");
+        stop.cancel();
+    });
+    engine.run(shutdown).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn ensure_rules_dir(dir: &Path) -> Result<(), UserError> {
+    if dir.is_dir() {
+        Ok(())
+    } else {
+        Err(UserError(format!(
+            "rules directory {} does not exist; create it or set `engine.rules_dir` / --rules",
+            dir.display()
+        )))
+    }
+}
+
+/// Loads every rule and prints each error with its source line and a caret.
+pub async fn check(config: Config, a: CheckArgs) -> anyhow::Result<ExitCode> {
+    let dir = a.dir.unwrap_or(config.engine.rules_dir);
+    ensure_rules_dir(&dir)?;
+    let files = crate::rules::rule_files(&dir).map_err(|e| UserError(e.to_string()))?;
+    let result = tokio::task::spawn_blocking(move || {
+        let runtime = Runtime::new();
+        let mut ok = Vec::new();
+        let mut errors = Vec::new();
+        for path in files {
+            let source = std::fs::read_to_string(&path).ok();
+            match runtime.load_file(&path) {
+                Ok(rule) => ok.push((rule.id, rule.handlers.len())),
+                Err(e) => errors.push(e.render(source.as_deref())),
+            }
+        }
+        (ok, errors)
+    })
+    .await
+    .context("rule check crashed")?;
+    let (ok, errors) = result;
+    for e in &errors {
+        eprintln!("error: {e}\n");
+    }
+    for (id, handlers) in &ok {
+        if *handlers == 0 {
+            eprintln!("warning: rule {id} registers no handler and will never act");
+        }
+    }
+    println!(
+        "{} rule(s) ok, {} with errors in {}",
+        ok.len(),
+        errors.len(),
+        dir.display()
+    );
+    Ok(if errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// Loads the config for an engine command.
+pub fn load(global_config: Option<&Path>, base_url: Option<String>, a: &EngineArgs) -> anyhow::Result<Config> {
+    let mut o = a.overrides();
+    o.base_url = base_url;
+    Ok(Config::load(global_config, &o)?)
+}

@@ -1,0 +1,331 @@
+//! `skyrules demo`: the simulator with generated traffic and the engine in
+//! one process, narrated in the terminal.
+//!
+//! Owns: wiring the two together on a fast simulated clock (so a 15-minute
+//! idle timer plays out in half a minute) and turning engine [`Note`]s into
+//! lines a newcomer can follow. Needs no account and no network. When no
+//! `rules/` directory is at hand, the rules shipped inside the binary are
+//! used.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{ApiKey, Client, ClientConfig};
+use crate::engine::{Engine, EngineOptions, Note};
+use crate::events::EventKind;
+use crate::executor::Guard;
+use crate::sim::{SimConfig, TrafficConfig};
+use crate::store::MemoryStore;
+
+/// The rules shipped in `rules/`, built into the binary.
+pub const EMBEDDED_RULES: &[(&str, &str)] = &[
+    (
+        "close-idle-ai-chats.rhai",
+        include_str!("../rules/close-idle-ai-chats.rhai"),
+    ),
+    (
+        "escalate-failing-bot.rhai",
+        include_str!("../rules/escalate-failing-bot.rhai"),
+    ),
+    (
+        "escalate-on-keywords.rhai",
+        include_str!("../rules/escalate-on-keywords.rhai"),
+    ),
+    (
+        "escalate-on-request.rhai",
+        include_str!("../rules/escalate-on-request.rhai"),
+    ),
+    (
+        "release-silent-agent.rhai",
+        include_str!("../rules/release-silent-agent.rhai"),
+    ),
+    ("sla-human-wait.rhai", include_str!("../rules/sla-human-wait.rhai")),
+];
+
+/// Demo settings.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// Rules to run; the embedded ones when the directory does not exist.
+    pub rules_dir: PathBuf,
+    /// Traffic seed.
+    pub seed: u64,
+    /// Visitors per simulated minute.
+    pub rate: f64,
+    /// Simulated seconds per real second.
+    pub speed: f64,
+    /// Real time between polls.
+    pub poll_interval: Duration,
+    /// Stop after this long (real time); `None` runs until Ctrl-C.
+    pub duration: Option<Duration>,
+    /// Take no action, only narrate what would be done.
+    pub dry_run: bool,
+}
+
+impl Default for DemoOptions {
+    fn default() -> Self {
+        DemoOptions {
+            rules_dir: PathBuf::from("rules"),
+            seed: 7,
+            rate: 0.4,
+            speed: 60.0,
+            poll_interval: Duration::from_secs(1),
+            duration: None,
+            dry_run: false,
+        }
+    }
+}
+
+/// What the demo saw, for the closing line (and tests).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct DemoSummary {
+    /// Sessions that started.
+    pub sessions: usize,
+    /// Events dispatched.
+    pub events: usize,
+    /// Actions taken.
+    pub actions: usize,
+    /// Take-overs taken.
+    pub escalations: usize,
+    /// Sessions ended by a rule.
+    pub closes: usize,
+    /// Handler failures.
+    pub rule_errors: usize,
+}
+
+/// Runs the demo until `shutdown` or the configured duration, writing the
+/// narration to `out`.
+pub async fn run(
+    opts: DemoOptions,
+    shutdown: CancellationToken,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<DemoSummary> {
+    let (rules_dir, embedded) = rules_dir(&opts.rules_dir)?;
+    let sim = crate::sim::start(
+        SimConfig {
+            api_key: "demo-key".into(),
+            seed: opts.seed,
+            bot_delay: Some(Duration::from_secs(3)),
+            clock_speed: opts.speed,
+            traffic: Some(TrafficConfig {
+                rate_per_min: opts.rate,
+            }),
+        },
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+    )
+    .await?;
+    let api = Client::new(ClientConfig::new(sim.base_url(), ApiKey::new("demo-key")))?;
+    let engine_opts = EngineOptions {
+        rules_dir: rules_dir.clone(),
+        poll_interval: opts.poll_interval,
+        dry_run: opts.dry_run,
+        max_concurrency: 8,
+        guard: Guard {
+            max_replies: 5,
+            window: Duration::from_secs(600),
+        },
+    };
+    let (engine, report) = Engine::new(api, Arc::new(MemoryStore::new()), engine_opts).await?;
+    let names: Vec<String> = engine
+        .runtime()
+        .rules()
+        .rules
+        .iter()
+        .map(|r| r.id.clone())
+        .collect();
+    writeln!(out, "skyrules demo: a simulated SkyLight Web Chat with generated visitors, and the engine running your rules.")?;
+    writeln!(
+        out,
+        "  simulator  {}  (key demo-key; simulated time runs {}x)",
+        sim.base_url(),
+        opts.speed
+    )?;
+    writeln!(
+        out,
+        "  rules      {} from {}{}",
+        names.join(", "),
+        rules_dir.display(),
+        if embedded { " (built-in copies)" } else { "" }
+    )?;
+    for e in &report.errors {
+        writeln!(out, "  rule error {e}")?;
+    }
+    if opts.dry_run {
+        writeln!(out, "  dry run: actions are narrated, not taken")?;
+    }
+    writeln!(out, "Press Ctrl-C to stop.\n")?;
+    out.flush()?;
+
+    let mut notes = engine.subscribe();
+    let stop = shutdown.child_token();
+    let engine_task = tokio::spawn(engine.run(stop.clone()));
+    let deadline = async {
+        match opts.duration {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(deadline);
+    let mut summary = DemoSummary::default();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = &mut deadline => break,
+            note = notes.recv() => match note {
+                Ok(n) => {
+                    let clock = sim.now().format("%H:%M:%S").to_string();
+                    if let Some(line) = narrate(&n, &mut summary) {
+                        writeln!(out, "{clock}  {line}")?;
+                        out.flush()?;
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    writeln!(out, "         … {n} notes skipped (terminal too slow)")?;
+                }
+                Err(_) => break,
+            }
+        }
+    }
+    stop.cancel();
+    let _ = engine_task.await;
+    sim.shutdown().await;
+    if embedded {
+        let _ = std::fs::remove_dir_all(&rules_dir);
+    }
+    writeln!(
+        out,
+        "\ndemo stopped: {} sessions, {} events, {} actions ({} escalations, {} chats closed), {} rule errors",
+        summary.sessions, summary.events, summary.actions, summary.escalations, summary.closes, summary.rule_errors
+    )?;
+    out.flush()?;
+    Ok(summary)
+}
+
+fn rules_dir(wanted: &Path) -> anyhow::Result<(PathBuf, bool)> {
+    if wanted.is_dir() {
+        return Ok((wanted.to_path_buf(), false));
+    }
+    let dir = std::env::temp_dir().join(format!("skyrules-demo-rules-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    for (name, text) in EMBEDDED_RULES {
+        std::fs::write(dir.join(name), text)?;
+    }
+    Ok((dir, true))
+}
+
+fn short(id: &str) -> &str {
+    // Session ids are long; the tail is enough to tell them apart here.
+    let n = id.len();
+    if n > 8 {
+        &id[n - 6..]
+    } else {
+        id
+    }
+}
+
+fn quote(text: &str) -> String {
+    let t: String = text.chars().take(70).collect();
+    let more = if text.chars().count() > 70 { "…" } else { "" };
+    format!("\"{}{more}\"", t.replace('\n', " "))
+}
+
+/// One narration line for a note, or `None` for notes not worth a line.
+fn narrate(n: &Note, s: &mut DemoSummary) -> Option<String> {
+    Some(match n {
+        Note::Event {
+            session_id,
+            kind,
+            text,
+            visitor,
+        } => {
+            s.events += 1;
+            let who = visitor.clone().unwrap_or_else(|| "visitor".into());
+            let chat = format!("chat …{:<6} {:<8}", short(session_id), truncate(&who, 8));
+            let what = match kind {
+                EventKind::SessionStarted => {
+                    s.sessions += 1;
+                    "arrives".to_string()
+                }
+                EventKind::VisitorMessage => format!("says {}", quote(text.as_deref().unwrap_or(""))),
+                EventKind::BotMessage => format!("bot: {}", quote(text.as_deref().unwrap_or(""))),
+                EventKind::AgentMessage => return None, // our own replies are narrated as actions
+                EventKind::HumanRequested => "asks for a human".into(),
+                EventKind::TakenOver => "is now handled by a human".into(),
+                EventKind::Released => "is back with the AI".into(),
+                EventKind::SessionEnded => "ended".into(),
+                EventKind::Idle => "has gone quiet (idle timer)".into(),
+                EventKind::Unanswered => "is waiting for an answer (unanswered timer)".into(),
+                EventKind::HumanWaiting => "still waits for a human (SLA timer)".into(),
+            };
+            format!("{chat} {what}")
+        }
+        Note::Action {
+            rule,
+            session_id,
+            action,
+            text,
+            outcome,
+            detail,
+            ..
+        } => {
+            let ok = outcome == "taken" || outcome == "dry_run";
+            if outcome == "taken" {
+                s.actions += 1;
+                match action.as_str() {
+                    "take_over" => s.escalations += 1,
+                    "end" => s.closes += 1,
+                    _ => {}
+                }
+            }
+            let what = match (action.as_str(), text) {
+                ("reply", Some(t)) => format!("reply {}", quote(t)),
+                ("take_over", _) => "TAKE OVER (escalate to a human)".into(),
+                ("end", _) => "END the chat".into(),
+                ("release", _) => "RELEASE to the AI".into(),
+                (a, _) => a.to_string(),
+            };
+            let status = if ok {
+                if outcome == "dry_run" { "(dry run)".to_string() } else { "✓".to_string() }
+            } else {
+                format!("✗ {outcome}: {}", detail.clone().unwrap_or_default())
+            };
+            format!("chat …{:<6}   ↳ rule {rule}: {what} {status}", short(session_id))
+        }
+        Note::RuleFailed {
+            rule,
+            session_id,
+            error,
+            ..
+        } => {
+            s.rule_errors += 1;
+            format!("chat …{:<6}   ↳ rule {rule} FAILED: {error}", short(session_id))
+        }
+        Note::PollFailed { error } => format!("poll failed (will retry): {error}"),
+        Note::Reloaded {
+            loaded,
+            removed,
+            errors,
+        } => {
+            let mut parts = Vec::new();
+            if !loaded.is_empty() {
+                parts.push(format!("loaded {}", loaded.join(", ")));
+            }
+            if !removed.is_empty() {
+                parts.push(format!("removed {}", removed.join(", ")));
+            }
+            for e in errors {
+                parts.push(format!("error {e}"));
+            }
+            format!("rules reloaded: {}", parts.join("; "))
+        }
+        Note::Cycle { .. } => return None,
+    })
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    s.chars().take(n).collect()
+}

@@ -1,0 +1,60 @@
+//! Helpers shared by the integration tests: a quiet simulator, seeding,
+//! request-log counting and an address nobody listens on.
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener};
+
+use serde_json::{json, Value};
+use skyrules::sim::{self, RequestRecord, SimConfig, SimHandle};
+
+/// 127.0.0.1 on a port the OS picks.
+pub fn loopback() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+/// A simulator that changes nothing by itself: no bot, no traffic.
+pub fn quiet(api_key: &str) -> SimConfig {
+    SimConfig {
+        api_key: api_key.to_string(),
+        bot_delay: None,
+        traffic: None,
+        ..SimConfig::default()
+    }
+}
+
+/// Starts a quiet simulator on a free loopback port.
+pub async fn start_sim(api_key: &str) -> SimHandle {
+    sim::start(quiet(api_key), loopback())
+        .await
+        .expect("start the simulator")
+}
+
+/// Creates a session from `body` and returns its id.
+pub fn create(sim: &SimHandle, body: Value) -> String {
+    sim.create_session(body)
+        .expect("create a session")
+        .session
+        .session_id
+}
+
+/// Creates `n` plain sessions (visitor `Visitor N`) and returns their ids.
+pub fn create_many(sim: &SimHandle, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| create(sim, json!({ "visitor_name": format!("Visitor {i}") })))
+        .collect()
+}
+
+/// Requests in `log` with `method` whose path ends with `suffix`.
+pub fn count(log: &[RequestRecord], method: &str, suffix: &str) -> usize {
+    log.iter()
+        .filter(|r| r.method == method && r.path.ends_with(suffix))
+        .count()
+}
+
+/// A base URL on a loopback port nobody listens on (bound, then released).
+pub fn dead_base_url() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    let port = listener.local_addr().expect("local addr").port();
+    drop(listener);
+    format!("http://127.0.0.1:{port}/api/v1")
+}
