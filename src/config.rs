@@ -376,6 +376,14 @@ window = "10m"
     }
 
     #[test]
+    fn the_shipped_example_loads() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/skyrules.toml");
+        let c = Config::load(Some(&p), &Overrides::default()).unwrap();
+        assert_eq!(c.engine.poll_interval, Duration::from_secs(5));
+        assert_eq!(c.guard.max_replies, 5);
+    }
+
+    #[test]
     fn unknown_key_names_table_key_and_line() {
         let e = parse("[engine]\nrules_dir = \"r\"\npoll_intervall = \"5s\"\n")
             .unwrap_err()

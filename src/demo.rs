@@ -44,7 +44,10 @@ pub const EMBEDDED_RULES: &[(&str, &str)] = &[
         "release-silent-agent.rhai",
         include_str!("../rules/release-silent-agent.rhai"),
     ),
-    ("sla-human-wait.rhai", include_str!("../rules/sla-human-wait.rhai")),
+    (
+        "sla-human-wait.rhai",
+        include_str!("../rules/sla-human-wait.rhai"),
+    ),
 ];
 
 /// Demo settings.
@@ -250,7 +253,9 @@ fn narrate(n: &Note, s: &mut DemoSummary) -> Option<String> {
                     s.sessions += 1;
                     "arrives".to_string()
                 }
-                EventKind::VisitorMessage => format!("says {}", quote(text.as_deref().unwrap_or(""))),
+                EventKind::VisitorMessage => {
+                    format!("says {}", quote(text.as_deref().unwrap_or("")))
+                }
                 EventKind::BotMessage => format!("bot: {}", quote(text.as_deref().unwrap_or(""))),
                 EventKind::AgentMessage => return None, // our own replies are narrated as actions
                 EventKind::HumanRequested => "asks for a human".into(),
@@ -289,11 +294,18 @@ fn narrate(n: &Note, s: &mut DemoSummary) -> Option<String> {
                 (a, _) => a.to_string(),
             };
             let status = if ok {
-                if outcome == "dry_run" { "(dry run)".to_string() } else { "✓".to_string() }
+                if outcome == "dry_run" {
+                    "(dry run)".to_string()
+                } else {
+                    "✓".to_string()
+                }
             } else {
                 format!("✗ {outcome}: {}", detail.clone().unwrap_or_default())
             };
-            format!("chat …{:<6}   ↳ rule {rule}: {what} {status}", short(session_id))
+            format!(
+                "chat …{:<6}   ↳ rule {rule}: {what} {status}",
+                short(session_id)
+            )
         }
         Note::RuleFailed {
             rule,
@@ -302,7 +314,10 @@ fn narrate(n: &Note, s: &mut DemoSummary) -> Option<String> {
             ..
         } => {
             s.rule_errors += 1;
-            format!("chat …{:<6}   ↳ rule {rule} FAILED: {error}", short(session_id))
+            format!(
+                "chat …{:<6}   ↳ rule {rule} FAILED: {error}",
+                short(session_id)
+            )
         }
         Note::PollFailed { error } => format!("poll failed (will retry): {error}"),
         Note::Reloaded {

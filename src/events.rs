@@ -230,7 +230,7 @@ pub fn diff(
                 ev(EventKind::SessionEnded, fallback, None),
             ));
         }
-        ranked.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        ranked.sort_by_key(|(at, rank, _)| (*at, *rank));
         events = ranked.into_iter().map(|(_, _, e)| e).collect();
     }
     let mut tracked = Tracked {

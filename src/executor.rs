@@ -137,7 +137,10 @@ impl Executor {
         let now = Instant::now();
         let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
         let q = sent.entry(id.to_string()).or_default();
-        while q.front().is_some_and(|t| now.duration_since(*t) >= self.guard.window) {
+        while q
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= self.guard.window)
+        {
             q.pop_front();
         }
         if q.len() as u32 >= self.guard.max_replies {
@@ -160,7 +163,10 @@ impl Executor {
 
     /// Forgets a session's guard window (it ended and left tracking).
     pub fn forget(&self, id: &str) {
-        self.sent.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+        self.sent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
     }
 }
 

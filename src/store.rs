@@ -115,14 +115,22 @@ impl Store for MemoryStore {
     }
 
     fn memory(&self, session_id: &str) -> Result<HashMap<String, Memory>, StoreError> {
-        Ok(self.lock().memory.get(session_id).cloned().unwrap_or_default())
+        Ok(self
+            .lock()
+            .memory
+            .get(session_id)
+            .cloned()
+            .unwrap_or_default())
     }
 
     fn commit(&self, batch: Batch) -> Result<(), StoreError> {
         let mut inner = self.lock();
         inner.loaded.baselined |= batch.baselined;
         for t in batch.sessions {
-            inner.loaded.sessions.insert(t.session.session_id.clone(), t);
+            inner
+                .loaded
+                .sessions
+                .insert(t.session.session_id.clone(), t);
         }
         for (session, rule, mem) in batch.memory {
             inner.memory.entry(session).or_default().insert(rule, mem);

@@ -70,7 +70,7 @@ pub mod ts {
 macro_rules! string_enum {
     ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
         $(#[$meta])*
-        #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
         pub enum $name {
             $($(#[$vmeta])* $variant,)+
             /// A value this version of skyrules does not know; kept verbatim.
@@ -120,35 +120,17 @@ macro_rules! string_enum {
 
 string_enum! {
     /// `status` of a session.
-    SessionStatus { Active => "active", Ended => "ended" }
-}
-
-impl Default for SessionStatus {
-    fn default() -> Self {
-        SessionStatus::Active
-    }
+    SessionStatus { #[default] Active => "active", Ended => "ended" }
 }
 
 string_enum! {
     /// `handled_by` of a session.
-    HandledBy { Ai => "ai", Human => "human", Pending => "pending" }
-}
-
-impl Default for HandledBy {
-    fn default() -> Self {
-        HandledBy::Ai
-    }
+    HandledBy { #[default] Ai => "ai", Human => "human", Pending => "pending" }
 }
 
 string_enum! {
     /// `sender_type` of a message.
-    SenderType { Visitor => "visitor", Bot => "bot", Agent => "agent" }
-}
-
-impl Default for SenderType {
-    fn default() -> Self {
-        SenderType::Visitor
-    }
+    SenderType { #[default] Visitor => "visitor", Bot => "bot", Agent => "agent" }
 }
 
 /// A chat session, as listed (no messages).

@@ -144,8 +144,14 @@ pub async fn sessions(config: Config, cmd: SessionsCmd) -> anyhow::Result<ExitCo
 
 async fn list(api: &Client, a: ListArgs) -> anyhow::Result<ExitCode> {
     let query = ListQuery {
-        status: a.status.as_deref().map(|s| s.parse::<SessionStatus>().unwrap_or_else(|e| match e {})),
-        handled_by: a.handled_by.as_deref().map(|s| s.parse::<HandledBy>().unwrap_or_else(|e| match e {})),
+        status: a
+            .status
+            .as_deref()
+            .map(|s| s.parse::<SessionStatus>().unwrap_or_else(|e| match e {})),
+        handled_by: a
+            .handled_by
+            .as_deref()
+            .map(|s| s.parse::<HandledBy>().unwrap_or_else(|e| match e {})),
         search: a.search,
         per_page: a.per_page,
     };
@@ -182,7 +188,10 @@ pub async fn analytics(config: Config, a: AnalyticsArgs) -> anyhow::Result<ExitC
         ("total messages", an.total_messages.to_string()),
         ("visitor messages", an.visitor_messages.to_string()),
         ("bot messages", an.bot_messages.to_string()),
-        ("messages per chat", format!("{:.1}", an.avg_messages_per_chat)),
+        (
+            "messages per chat",
+            format!("{:.1}", an.avg_messages_per_chat),
+        ),
         ("unique visitors", an.unique_visitors.to_string()),
     ] {
         t.add_row(vec![k.to_string(), v]);
@@ -216,18 +225,19 @@ fn table() -> Table {
 fn ago(t: Option<Timestamp>, now: Timestamp) -> String {
     let Some(t) = t else { return "-".into() };
     let secs = (now - t).num_seconds().max(0) as u64;
-    let d = std::time::Duration::from_secs(if secs >= 3600 {
-        secs / 60 * 60
-    } else {
-        secs
-    });
+    let d = std::time::Duration::from_secs(if secs >= 3600 { secs / 60 * 60 } else { secs });
     format!("{} ago", humantime::format_duration(d))
 }
 
 fn session_table(sessions: &[Session], now: Timestamp) -> Table {
     let mut t = table();
     t.set_header(vec![
-        "SESSION", "STATUS", "HANDLED BY", "VISITOR", "HUMAN REQUESTED", "LAST ACTIVITY",
+        "SESSION",
+        "STATUS",
+        "HANDLED BY",
+        "VISITOR",
+        "HUMAN REQUESTED",
+        "LAST ACTIVITY",
     ]);
     for s in sessions {
         let visitor = match (&s.visitor_name, &s.visitor_email) {

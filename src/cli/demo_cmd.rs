@@ -42,7 +42,7 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
     let dur = |flag: &str, v: &str| -> Result<Duration, UserError> {
         parse_duration(v).map_err(|e| UserError(format!("{flag}: {e}")))
     };
-    if !(a.rate > 0.0 && a.rate.is_finite()) || !(a.speed > 0.0 && a.speed.is_finite()) {
+    if !(a.rate > 0.0 && a.rate.is_finite() && a.speed > 0.0 && a.speed.is_finite()) {
         return Err(UserError("--rate and --speed must be more than 0".into()).into());
     }
     let opts = DemoOptions {

@@ -153,7 +153,11 @@ pub async fn check(config: Config, a: CheckArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Loads the config for an engine command.
-pub fn load(global_config: Option<&Path>, base_url: Option<String>, a: &EngineArgs) -> anyhow::Result<Config> {
+pub fn load(
+    global_config: Option<&Path>,
+    base_url: Option<String>,
+    a: &EngineArgs,
+) -> anyhow::Result<Config> {
     let mut o = a.overrides();
     o.base_url = base_url;
     Ok(Config::load(global_config, &o)?)

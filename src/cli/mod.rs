@@ -119,14 +119,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let g = &cli.global;
     match cli.command {
         Command::Run(a) => {
-            engine_cmds::run(engine_cmds::load(g.config.as_deref(), g.base_url.clone(), &a)?).await
+            engine_cmds::run(engine_cmds::load(
+                g.config.as_deref(),
+                g.base_url.clone(),
+                &a,
+            )?)
+            .await
         }
-        Command::Check(a) => {
-            engine_cmds::check(load_config(g, Overrides::default())?, a).await
-        }
+        Command::Check(a) => engine_cmds::check(load_config(g, Overrides::default())?, a).await,
         Command::Demo(a) => demo_cmd::run(a).await,
         Command::Sim(args) => sim_cmd::run(args).await,
-        Command::Sessions(cmd) => api_cmds::sessions(load_config(g, Overrides::default())?, cmd).await,
+        Command::Sessions(cmd) => {
+            api_cmds::sessions(load_config(g, Overrides::default())?, cmd).await
+        }
         Command::Analytics(args) => {
             api_cmds::analytics(load_config(g, Overrides::default())?, args).await
         }
@@ -180,6 +185,8 @@ fn install_panic_hook() {
             .map(|s| s.to_string())
             .or_else(|| info.payload().downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "unknown cause".into());
-        eprintln!("error: internal error{place}: {what} (this is a skyrules bug; please report it)");
+        eprintln!(
+            "error: internal error{place}: {what} (this is a skyrules bug; please report it)"
+        );
     }));
 }

@@ -43,14 +43,18 @@ pub async fn run(a: SimArgs) -> anyhow::Result<ExitCode> {
         return Err(super::UserError(format!("--rate must be 0 or more, not {}", a.rate)).into());
     }
     if !(a.speed > 0.0 && a.speed.is_finite()) {
-        return Err(super::UserError(format!("--speed must be more than 0, not {}", a.speed)).into());
+        return Err(
+            super::UserError(format!("--speed must be more than 0, not {}", a.speed)).into(),
+        );
     }
     let bot_delay = match a.bot_delay.trim() {
         "off" | "none" => None,
         d => Some(parse_duration(d).map_err(|e| super::UserError(format!("--bot-delay: {e}")))?),
     };
     let (api_key, key_note) = match std::env::var(API_KEY_ENV) {
-        Ok(k) if !k.trim().is_empty() => (k.trim().to_string(), format!("the key in {API_KEY_ENV}")),
+        Ok(k) if !k.trim().is_empty() => {
+            (k.trim().to_string(), format!("the key in {API_KEY_ENV}"))
+        }
         _ => (
             DEFAULT_SIM_KEY.to_string(),
             format!("key {DEFAULT_SIM_KEY:?} (export {API_KEY_ENV}={DEFAULT_SIM_KEY})"),
@@ -61,7 +65,9 @@ pub async fn run(a: SimArgs) -> anyhow::Result<ExitCode> {
         seed: a.seed,
         bot_delay,
         clock_speed: a.speed,
-        traffic: (a.rate > 0.0).then_some(TrafficConfig { rate_per_min: a.rate }),
+        traffic: (a.rate > 0.0).then_some(TrafficConfig {
+            rate_per_min: a.rate,
+        }),
     };
     let shutdown = CancellationToken::new();
     let addr = SocketAddr::new(a.bind, a.port);
@@ -72,7 +78,10 @@ pub async fn run(a: SimArgs) -> anyhow::Result<ExitCode> {
     println!("  base URL   {}", handle.base_url());
     println!("  control    {}", handle.control_url());
     println!("  accepting  {key_note}");
-    println!("Try: skyrules --base-url {} sessions list --all", handle.base_url());
+    println!(
+        "Try: skyrules --base-url {} sessions list --all",
+        handle.base_url()
+    );
     let stop = shutdown.clone();
     tokio::spawn(async move {
         crate::shutdown::signal().await;
