@@ -277,7 +277,6 @@ fn narrate(n: &Note, s: &mut DemoSummary) -> Option<String> {
             detail,
             ..
         } => {
-            let ok = outcome == "taken" || outcome == "dry_run";
             if outcome == "taken" {
                 s.actions += 1;
                 match action.as_str() {
@@ -293,14 +292,11 @@ fn narrate(n: &Note, s: &mut DemoSummary) -> Option<String> {
                 ("release", _) => "RELEASE to the AI".into(),
                 (a, _) => a.to_string(),
             };
-            let status = if ok {
-                if outcome == "dry_run" {
-                    "(dry run)".to_string()
-                } else {
-                    "✓".to_string()
-                }
-            } else {
-                format!("✗ {outcome}: {}", detail.clone().unwrap_or_default())
+            let status = match outcome.as_str() {
+                "taken" => "✓".to_string(),
+                "dry_run" => "(dry run)".to_string(),
+                "skipped" => format!("– skipped: {}", detail.clone().unwrap_or_default()),
+                other => format!("✗ {other}: {}", detail.clone().unwrap_or_default()),
             };
             format!(
                 "chat …{:<6}   ↳ rule {rule}: {what} {status}",
