@@ -95,6 +95,10 @@ pub struct EngineConfig {
     pub dry_run: bool,
     /// Sessions whose actions may run at the same time.
     pub max_concurrency: usize,
+    /// How long ended sessions' snapshots, messages and rule memory are
+    /// kept in the state file (the audit log keeps its ids).
+    #[serde(deserialize_with = "duration")]
+    pub retention: Duration,
 }
 
 impl Default for EngineConfig {
@@ -105,6 +109,7 @@ impl Default for EngineConfig {
             state_path: PathBuf::from("skyrules.db"),
             dry_run: false,
             max_concurrency: 8,
+            retention: Duration::from_secs(30 * 24 * 3600),
         }
     }
 }

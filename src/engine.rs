@@ -16,13 +16,19 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{broadcast, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{Client, Timestamp};
+use crate::api::{Client, Session, Timestamp};
 use crate::events::EventKind;
 use crate::executor::{Executor, Guard, Outcome};
 use crate::rules::reload::{log_report, ReloadReport, Reloader};
 use crate::rules::{Action, EventData, Memory, RuleError, Runtime};
-use crate::store::{AuditEntry, Batch, Store, StoreError};
+use crate::store::{Batch, Begin, Intent, Store, StoreError};
 use crate::watcher::{SessionCycle, Watcher};
+
+/// How long a shutdown waits for in-flight actions.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// How often ended sessions past their retention are purged.
+const PURGE_EVERY: Duration = Duration::from_secs(3600);
 
 /// Engine settings (from `[engine]` and `[guard]`).
 #[derive(Debug, Clone)]
@@ -38,6 +44,9 @@ pub struct EngineOptions {
     /// The reply-loop guard.
     pub guard: Guard,
 }
+
+/// Default retention of ended sessions' state (SPEC §6).
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// Something that happened inside the engine, for observers.
 #[derive(Debug, Clone, PartialEq)]
@@ -128,6 +137,7 @@ pub struct Engine {
     store: Arc<dyn Store>,
     executor: Arc<Executor>,
     opts: EngineOptions,
+    retention: Duration,
     notes: broadcast::Sender<Note>,
 }
 
@@ -163,10 +173,16 @@ impl Engine {
                 store,
                 executor,
                 opts,
+                retention: DEFAULT_RETENTION,
                 notes,
             },
             report,
         ))
+    }
+
+    /// How long ended sessions' snapshots, messages and memory are kept.
+    pub fn set_retention(&mut self, retention: Duration) {
+        self.retention = retention;
     }
 
     /// Observes what the engine does from now on.
@@ -194,7 +210,9 @@ impl Engine {
                 path: "state".into(),
                 message: e.to_string(),
             })??;
+        self.reconcile_pending(&loaded.sessions).await;
         let mut watcher = Watcher::new(self.api.clone(), loaded.sessions, loaded.baselined);
+        let mut last_purge: Option<std::time::Instant> = None;
         let reload_notes = self.notes.clone();
         let reloader = self.reloader.clone();
         let reload_stop = shutdown.child_token();
@@ -206,6 +224,10 @@ impl Engine {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tick.tick() => {}
+            }
+            if last_purge.is_none_or(|t| t.elapsed() >= PURGE_EVERY) {
+                self.purge().await;
+                last_purge = Some(std::time::Instant::now());
             }
             let timers = self.runtime.rules().timers();
             let polled = tokio::select! {
@@ -236,7 +258,22 @@ impl Engine {
                     "first start: open sessions taken as a baseline (no events for their history)"
                 );
             }
-            let batch = self.process(cycle.sessions, cycle.now).await;
+            let processing = self.process(cycle.sessions, cycle.now);
+            tokio::pin!(processing);
+            let batch = tokio::select! {
+                b = &mut processing => b,
+                _ = shutdown.cancelled() => {
+                    // Let in-flight actions finish, for a bounded time; what
+                    // does not finish is settled at the next start.
+                    match tokio::time::timeout(SHUTDOWN_GRACE, &mut processing).await {
+                        Ok(b) => b,
+                        Err(_) => {
+                            tracing::warn!("in-flight actions did not finish within {}s; they will be settled at the next start", SHUTDOWN_GRACE.as_secs());
+                            break;
+                        }
+                    }
+                }
+            };
             let store = self.store.clone();
             match tokio::task::spawn_blocking(move || store.commit(batch)).await {
                 Ok(Ok(())) => {}
@@ -268,18 +305,18 @@ impl Engine {
             });
         }
         let mut batch = Batch {
+            at: now,
             baselined: true,
             ..Batch::default()
         };
-        while let Some((sc, memory, audit)) = work.next().await {
+        while let Some((sc, memory)) = work.next().await {
             let id = sc.tracked.session.session_id.clone();
             for (rule, mem) in memory {
                 batch.memory.push((id.clone(), rule, mem));
             }
-            batch.audit.extend(audit);
             if sc.finished {
                 self.executor.forget(&id);
-                batch.removed.push(id);
+                batch.ended.push(sc.tracked);
             } else if sc.changed {
                 batch.sessions.push(sc.tracked);
             }
@@ -291,11 +328,10 @@ impl Engine {
         &self,
         sc: SessionCycle,
         now: Timestamp,
-    ) -> (SessionCycle, HashMap<String, Memory>, Vec<AuditEntry>) {
+    ) -> (SessionCycle, HashMap<String, Memory>) {
         let mut writes: HashMap<String, Memory> = HashMap::new();
-        let mut audit = Vec::new();
         if sc.events.is_empty() {
-            return (sc, writes, audit);
+            return (sc, writes);
         }
         let id = sc.tracked.session.session_id.clone();
         let store = self.store.clone();
@@ -304,11 +340,11 @@ impl Engine {
             Ok(Ok(m)) => m,
             Ok(Err(e)) => {
                 tracing::error!(session_id = %id, error = %e, "cannot read rule memory; skipping this session's events until it can");
-                return (sc, writes, audit);
+                return (sc, writes);
             }
             Err(e) => {
                 tracing::error!(session_id = %id, error = %e, "rule memory task failed");
-                return (sc, writes, audit);
+                return (sc, writes);
             }
         };
         let mut effective = sc.tracked.session.clone();
@@ -341,7 +377,7 @@ impl Engine {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::error!(session_id = %id, event = %kind, error = %e, "rule evaluation crashed; the event is skipped");
-                    return (sc, writes, audit);
+                    return (sc, writes);
                 }
             };
             memory = mem;
@@ -359,62 +395,185 @@ impl Engine {
                 if let Some(m) = run.memory {
                     writes.insert(run.rule.clone(), m);
                 }
-                for action in &run.actions {
-                    let outcome = self.executor.execute(&mut effective, action).await;
-                    audit.push(self.record(&run.rule, &id, kind, action, &outcome, now));
+                let event_key = event.key();
+                for (i, action) in run.actions.iter().enumerate() {
+                    let intent = Intent {
+                        key: format!("{event_key}|{}|{i}", run.rule),
+                        at: now,
+                        rule: run.rule.clone(),
+                        session_id: id.clone(),
+                        event: kind.name().to_string(),
+                        action: action.name().to_string(),
+                        text: match action {
+                            Action::Reply(t) => Some(t.clone()),
+                            _ => None,
+                        },
+                    };
+                    if let Some(outcome) = self.take_action(&mut effective, action, intent).await {
+                        self.record(&run.rule, &id, kind.name(), action, &outcome);
+                    }
                 }
             }
         }
-        (sc, writes, audit)
+        (sc, writes)
+    }
+
+    /// Records the intent, takes (or reconciles, or skips) the action, and
+    /// records the outcome. `None` when the action was already taken before
+    /// a restart and nothing was done now.
+    async fn take_action(
+        &self,
+        session: &mut Session,
+        action: &Action,
+        intent: Intent,
+    ) -> Option<Outcome> {
+        let store = self.store.clone();
+        let written = intent.clone();
+        let begin = tokio::task::spawn_blocking(move || store.begin_action(&written)).await;
+        let outcome = match begin {
+            Ok(Ok(Begin::New)) => self.executor.execute(session, action).await,
+            Ok(Ok(Begin::Pending(old))) => self.executor.reconcile(session, action, old.at).await,
+            Ok(Ok(Begin::Done { outcome })) => {
+                tracing::debug!(key = %intent.key, %outcome, "action already handled before a restart");
+                return None;
+            }
+            Ok(Err(e)) => {
+                tracing::error!(session_id = %intent.session_id, rule = %intent.rule, error = %e, "cannot record the action before taking it; not taking it");
+                return Some(Outcome::Failed(format!("state store: {e}")));
+            }
+            Err(e) => return Some(Outcome::Failed(format!("state store task failed: {e}"))),
+        };
+        self.finish(&intent.key, &outcome).await;
+        Some(outcome)
+    }
+
+    async fn finish(&self, key: &str, outcome: &Outcome) {
+        let store = self.store.clone();
+        let key = key.to_string();
+        let name = outcome.name();
+        let detail = outcome.detail().map(str::to_string);
+        let done =
+            tokio::task::spawn_blocking(move || store.finish_action(&key, name, detail.as_deref()))
+                .await;
+        if !matches!(done, Ok(Ok(()))) {
+            tracing::error!(
+                "cannot record an action's outcome; it will be reconciled at the next start"
+            );
+        }
+    }
+
+    /// Settles actions whose outcome was never recorded (the last run died
+    /// between intent and outcome), before anything else happens.
+    async fn reconcile_pending(&self, sessions: &HashMap<String, crate::events::Tracked>) {
+        let store = self.store.clone();
+        let pending = match tokio::task::spawn_blocking(move || store.pending_actions()).await {
+            Ok(Ok(p)) => p,
+            _ => {
+                tracing::error!("cannot read unfinished actions from the state store");
+                return;
+            }
+        };
+        for intent in pending {
+            let action = match (intent.action.as_str(), &intent.text) {
+                ("take_over", _) => Action::TakeOver,
+                ("release", _) => Action::Release,
+                ("end", _) => Action::End,
+                ("reply", Some(t)) => Action::Reply(t.clone()),
+                _ => {
+                    self.finish(
+                        &intent.key,
+                        &Outcome::Failed("unfinished action could not be recovered".into()),
+                    )
+                    .await;
+                    continue;
+                }
+            };
+            let mut session = sessions
+                .get(&intent.session_id)
+                .map(|t| t.session.clone())
+                .unwrap_or_else(|| Session {
+                    session_id: intent.session_id.clone(),
+                    ..Session::default()
+                });
+            tracing::info!(session_id = %intent.session_id, rule = %intent.rule, action = %intent.action, "settling an action left unfinished by the last run");
+            let outcome = self
+                .executor
+                .reconcile(&mut session, &action, intent.at)
+                .await;
+            self.finish(&intent.key, &outcome).await;
+            self.record(
+                &intent.rule,
+                &intent.session_id,
+                &intent.event,
+                &action,
+                &outcome,
+            );
+        }
+    }
+
+    async fn purge(&self) {
+        let store = self.store.clone();
+        let before = self.api.clock().now()
+            - chrono::Duration::from_std(self.retention)
+                .unwrap_or_else(|_| chrono::Duration::days(30));
+        match tokio::task::spawn_blocking(move || store.purge(before)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(sessions = n, "purged ended sessions past their retention"),
+            _ => tracing::warn!("cannot purge old sessions from the state store"),
+        }
     }
 
     fn record(
         &self,
         rule: &str,
         session_id: &str,
-        event: EventKind,
+        event: &str,
         action: &Action,
         outcome: &Outcome,
-        now: Timestamp,
-    ) -> AuditEntry {
+    ) {
         let text = match action {
             Action::Reply(t) => Some(t.clone()),
             _ => None,
         };
         match outcome {
             Outcome::Taken => {
-                tracing::info!(rule, session_id, event = %event, action = action.name(), "action taken")
+                tracing::info!(
+                    rule,
+                    session_id,
+                    event,
+                    action = action.name(),
+                    "action taken"
+                )
             }
             Outcome::DryRun => {
-                tracing::info!(rule, session_id, event = %event, action = action.name(), text = text.as_deref().unwrap_or(""), "dry run: would take action")
+                tracing::info!(
+                    rule,
+                    session_id,
+                    event,
+                    action = action.name(),
+                    text = text.as_deref().unwrap_or(""),
+                    "dry run: would take action"
+                )
             }
             Outcome::Skipped(why) => {
-                tracing::warn!(rule, session_id, event = %event, action = action.name(), reason = %why, "action skipped")
+                tracing::warn!(rule, session_id, event, action = action.name(), reason = %why, "action skipped")
             }
             Outcome::Capped(why) => {
-                tracing::warn!(rule, session_id, event = %event, action = action.name(), reason = %why, "reply dropped")
+                tracing::warn!(rule, session_id, event, action = action.name(), reason = %why, "reply dropped")
             }
             Outcome::Failed(why) => {
-                tracing::error!(rule, session_id, event = %event, action = action.name(), error = %why, "action failed")
+                tracing::error!(rule, session_id, event, action = action.name(), error = %why, "action failed")
             }
         }
         let _ = self.notes.send(Note::Action {
             rule: rule.to_string(),
             session_id: session_id.to_string(),
-            event,
+            event: EventKind::from_name(event).unwrap_or(EventKind::SessionStarted),
             action: action.name().to_string(),
             text,
             outcome: outcome.name().to_string(),
             detail: outcome.detail().map(str::to_string),
         });
-        AuditEntry {
-            at: now,
-            rule: rule.to_string(),
-            session_id: session_id.to_string(),
-            action: action.name().to_string(),
-            outcome: outcome.name().to_string(),
-            detail: outcome.detail().map(str::to_string),
-        }
     }
 }
 

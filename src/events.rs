@@ -125,6 +125,20 @@ pub struct Event {
     pub at: Timestamp,
 }
 
+impl Event {
+    /// A stable identity for this occurrence, the same every time the same
+    /// history is diffed: the state store uses it so that an event replayed
+    /// after a crash never acts twice.
+    pub fn key(&self) -> String {
+        let detail = match (&self.message, &self.timer) {
+            (Some(m), _) => format!("m{}", m.id),
+            (None, Some(t)) => format!("{}ms@{}", t.after.as_millis(), self.at.timestamp_micros()),
+            (None, None) => format!("@{}", self.at.timestamp_micros()),
+        };
+        format!("{}|{}|{detail}", self.session_id, self.kind.name())
+    }
+}
+
 /// What the watcher remembers about one session between polls.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Tracked {

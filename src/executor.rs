@@ -11,7 +11,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::api::{Client, HandledBy, Session, SessionStatus};
+use crate::api::client::find_sent;
+use crate::api::{Client, HandledBy, Session, SessionStatus, Timestamp};
 use crate::rules::Action;
 
 /// How an action ended.
@@ -130,6 +131,40 @@ impl Executor {
                 Outcome::Failed(e.to_string())
             }
         }
+    }
+
+    /// Finishes an action whose intent was recorded but whose outcome was
+    /// not (the process died in between). A reply is sent only if the
+    /// session does not already hold it; the other actions are idempotent
+    /// and simply taken again.
+    pub async fn reconcile(
+        &self,
+        session: &mut Session,
+        action: &Action,
+        since: Timestamp,
+    ) -> Outcome {
+        if let Action::Reply(text) = action {
+            if !self.dry_run {
+                // The window is wider than the client's own: the intent was
+                // written just before the send, on our clock estimate.
+                let since = since - chrono::Duration::seconds(5);
+                match self.api.get_session(&session.session_id).await {
+                    Ok(d) if find_sent(&d, text, since).is_some() => {
+                        tracing::info!(session_id = %session.session_id, "reply was delivered before the restart; not sending it again");
+                        // It counts against the loop guard like any reply.
+                        let _ = self.admit_reply(&session.session_id);
+                        return Outcome::Taken;
+                    }
+                    Ok(d) => session.status = d.session.status,
+                    Err(e) => {
+                        return Outcome::Failed(format!(
+                            "cannot check whether the reply was delivered: {e}"
+                        ))
+                    }
+                }
+            }
+        }
+        self.execute(session, action).await
     }
 
     /// Counts a reply against the session's window, or says why not.

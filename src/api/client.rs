@@ -582,7 +582,13 @@ pub fn check_message(text: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn find_sent<'a>(detail: &'a SessionDetail, text: &str, since: Timestamp) -> Option<&'a Message> {
+/// The agent message with exactly `text` created at or after `since`, if
+/// any: how an uncertain send is checked before it is repeated.
+pub fn find_sent<'a>(
+    detail: &'a SessionDetail,
+    text: &str,
+    since: Timestamp,
+) -> Option<&'a Message> {
     detail.messages.iter().rev().find(|m| {
         m.sender_type == SenderType::Agent
             && m.text() == text

@@ -15,7 +15,7 @@ use crate::engine::{Engine, EngineOptions};
 use crate::executor::Guard;
 use crate::rules::reload::log_report;
 use crate::rules::Runtime;
-use crate::store::MemoryStore;
+use crate::store::SqliteStore;
 
 /// Engine flags shared by `run` and `demo`; each beats the config file.
 #[derive(Debug, Args, Clone, Default)]
@@ -73,8 +73,12 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
     let api = Client::new(config.client_config()?)?;
     let opts = engine_options(&config);
     ensure_rules_dir(&opts.rules_dir)?;
-    let store = Arc::new(MemoryStore::new());
-    let (engine, report) = Engine::new(api.clone(), store, opts.clone()).await?;
+    let path = config.engine.state_path.clone();
+    let store = tokio::task::spawn_blocking(move || SqliteStore::open(&path))
+        .await
+        .context("opening the state file crashed")??;
+    let (mut engine, report) = Engine::new(api.clone(), Arc::new(store), opts.clone()).await?;
+    engine.set_retention(config.engine.retention);
     log_report(&report);
     let running = engine.runtime().rules().rules.len();
     tracing::info!(
@@ -83,6 +87,7 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
         rules_dir = %opts.rules_dir.display(),
         poll_interval = %humantime::format_duration(opts.poll_interval),
         dry_run = opts.dry_run,
+        state = %config.engine.state_path.display(),
         "skyrules running"
     );
     if running == 0 {

@@ -6,6 +6,7 @@
 //! behaviour: every subcommand calls into the library modules.
 
 mod api_cmds;
+mod audit_cmd;
 mod demo_cmd;
 mod engine_cmds;
 mod logging;
@@ -18,6 +19,8 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::api::ApiError;
 use crate::config::{Config, ConfigError, Overrides};
+use crate::engine::EngineError;
+use crate::store::StoreError;
 
 pub use logging::LogFormat;
 
@@ -67,6 +70,8 @@ enum Command {
     Sessions(api_cmds::SessionsCmd),
     /// Show Web Chat analytics
     Analytics(api_cmds::AnalyticsArgs),
+    /// Show what the engine did: time, rule, session, action, outcome
+    Audit(audit_cmd::AuditArgs),
 }
 
 /// Parses the command line, runs the command, and turns the outcome into an
@@ -128,6 +133,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Check(a) => engine_cmds::check(load_config(g, Overrides::default())?, a).await,
         Command::Demo(a) => demo_cmd::run(a).await,
+        Command::Audit(a) => audit_cmd::run(load_config(g, Overrides::default())?, a).await,
         Command::Sim(args) => sim_cmd::run(args).await,
         Command::Sessions(cmd) => {
             api_cmds::sessions(load_config(g, Overrides::default())?, cmd).await
@@ -151,6 +157,16 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         }
         if let Some(api) = cause.downcast_ref::<ApiError>() {
             return if api.is_user_error() { 1 } else { 2 };
+        }
+        if let Some(s) = cause.downcast_ref::<StoreError>() {
+            return if matches!(s, StoreError::Io { .. }) {
+                2
+            } else {
+                1
+            };
+        }
+        if let Some(EngineError::Rules(_)) = cause.downcast_ref::<EngineError>() {
+            return 1;
         }
     }
     2

@@ -1,0 +1,158 @@
+//! The in-memory store: same contract as SQLite, gone on exit. Used by the
+//! demo and by tests that do not restart.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use super::{AuditEntry, AuditFilter, Batch, Begin, Intent, Loaded, Store, StoreError};
+use crate::api::Timestamp;
+use crate::rules::Memory;
+
+/// Audit entries kept; older ones are dropped so a long demo stays small.
+const AUDIT_LIMIT: usize = 10_000;
+
+/// State kept in memory only.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    loaded: Loaded,
+    ended: HashMap<String, Timestamp>,
+    memory: HashMap<String, HashMap<String, Memory>>,
+    actions: Vec<(Intent, Option<(String, Option<String>)>)>,
+    index: HashMap<String, usize>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> MemoryStore {
+        MemoryStore::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Store for MemoryStore {
+    fn load(&self) -> Result<Loaded, StoreError> {
+        Ok(self.lock().loaded.clone())
+    }
+
+    fn memory(&self, session_id: &str) -> Result<HashMap<String, Memory>, StoreError> {
+        Ok(self
+            .lock()
+            .memory
+            .get(session_id)
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    fn commit(&self, batch: Batch) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        inner.loaded.baselined |= batch.baselined;
+        for t in batch.sessions {
+            inner
+                .loaded
+                .sessions
+                .insert(t.session.session_id.clone(), t);
+        }
+        for (session, rule, mem) in batch.memory {
+            inner.memory.entry(session).or_default().insert(rule, mem);
+        }
+        for t in batch.ended {
+            let id = t.session.session_id.clone();
+            inner.loaded.sessions.remove(&id);
+            inner.ended.insert(id, batch.at);
+        }
+        Ok(())
+    }
+
+    fn begin_action(&self, intent: &Intent) -> Result<Begin, StoreError> {
+        let mut inner = self.lock();
+        if let Some(&i) = inner.index.get(&intent.key) {
+            let (old, outcome) = &inner.actions[i];
+            return Ok(match outcome {
+                Some((o, _)) => Begin::Done { outcome: o.clone() },
+                None => Begin::Pending(old.clone()),
+            });
+        }
+        if inner.actions.len() >= AUDIT_LIMIT {
+            inner.actions.remove(0);
+            let actions = &inner.actions;
+            let index = actions
+                .iter()
+                .enumerate()
+                .map(|(i, (a, _))| (a.key.clone(), i))
+                .collect();
+            inner.index = index;
+        }
+        let n = inner.actions.len();
+        inner.index.insert(intent.key.clone(), n);
+        inner.actions.push((intent.clone(), None));
+        Ok(Begin::New)
+    }
+
+    fn finish_action(
+        &self,
+        key: &str,
+        outcome: &str,
+        detail: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        if let Some(&i) = inner.index.get(key) {
+            let entry = &mut inner.actions[i];
+            entry.0.text = None;
+            entry.1 = Some((outcome.to_string(), detail.map(str::to_string)));
+        }
+        Ok(())
+    }
+
+    fn pending_actions(&self) -> Result<Vec<Intent>, StoreError> {
+        Ok(self
+            .lock()
+            .actions
+            .iter()
+            .filter(|(_, o)| o.is_none())
+            .map(|(i, _)| i.clone())
+            .collect())
+    }
+
+    fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>, StoreError> {
+        Ok(self
+            .lock()
+            .actions
+            .iter()
+            .map(|(i, o)| AuditEntry {
+                at: i.at,
+                rule: i.rule.clone(),
+                session_id: i.session_id.clone(),
+                event: i.event.clone(),
+                action: i.action.clone(),
+                outcome: o
+                    .as_ref()
+                    .map_or_else(|| "pending".to_string(), |(o, _)| o.clone()),
+                detail: o.as_ref().and_then(|(_, d)| d.clone()),
+            })
+            .filter(|e| filter.matches(e))
+            .collect())
+    }
+
+    fn purge(&self, before: Timestamp) -> Result<usize, StoreError> {
+        let mut inner = self.lock();
+        let old: Vec<String> = inner
+            .ended
+            .iter()
+            .filter(|(_, at)| **at < before)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &old {
+            inner.ended.remove(id);
+            inner.memory.remove(id);
+        }
+        Ok(old.len())
+    }
+}

@@ -1,0 +1,191 @@
+//! The state store: what the engine must remember between polls and across
+//! restarts — per-session snapshots and message cursors, fired timers, rule
+//! memory, and every action as an intent and its outcome (the audit log).
+//!
+//! Owns: the [`Store`] interface, the SQLite implementation (the default,
+//! one file) and an in-memory one (the demo, tests). The watcher and the
+//! rules never see a store: the engine loads from it at start, records each
+//! action's intent before taking it and its outcome after, and commits one
+//! [`Batch`] per poll cycle.
+//!
+//! Exactly-once delivery rests on two facts: an event is identified by a
+//! key that is the same every time the same history is diffed, and an
+//! action's intent is written under `event key + rule + index` before the
+//! action runs. A crash before the cycle's commit replays the cycle's events
+//! after restart; their actions find their intents and are not taken again,
+//! and an intent left without an outcome is reconciled against the API.
+
+mod memory;
+mod sqlite;
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::api::Timestamp;
+use crate::events::Tracked;
+use crate::rules::Memory;
+
+pub use memory::MemoryStore;
+pub use sqlite::SqliteStore;
+
+/// A state-store failure; the message says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The file is held by another running engine.
+    #[error("state file {path} is in use by another skyrules process (lock on {path}.lock); stop that process first, or give this one its own --state file")]
+    Locked {
+        /// The state file.
+        path: String,
+    },
+    /// The file exists but is not a usable skyrules database.
+    #[error("state file {path} is unreadable or corrupt ({message}); it was left untouched: restore a backup, or move it aside to start fresh (skyrules then takes a new baseline of open chats)")]
+    Corrupt {
+        /// The state file.
+        path: String,
+        /// What SQLite said.
+        message: String,
+    },
+    /// The file was written by a newer skyrules.
+    #[error("state file {path} has schema version {found}, newer than this skyrules understands ({known}); upgrade skyrules or point --state elsewhere")]
+    TooNew {
+        /// The state file.
+        path: String,
+        /// Version in the file.
+        found: i64,
+        /// Newest version known here.
+        known: i64,
+    },
+    /// Any other read or write failure.
+    #[error("state file {path}: {message}")]
+    Io {
+        /// The state file.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// One action, as the audit log keeps it (ids, never texts).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// When it was decided, on the server's clock.
+    pub at: Timestamp,
+    /// The rule that asked for it.
+    pub rule: String,
+    /// The session.
+    pub session_id: String,
+    /// The event that triggered it.
+    pub event: String,
+    /// `take_over`, `release`, `reply` or `end`.
+    pub action: String,
+    /// `taken`, `dry_run`, `skipped`, `capped`, `failed`, or `pending`
+    /// while in flight.
+    pub outcome: String,
+    /// Why, for anything but `taken`.
+    pub detail: Option<String>,
+}
+
+/// An action about to be taken, written before it is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Intent {
+    /// `event key|rule|index`: the same when a replayed event asks again.
+    pub key: String,
+    /// When it was decided, on the server's clock.
+    pub at: Timestamp,
+    /// The rule.
+    pub rule: String,
+    /// The session.
+    pub session_id: String,
+    /// The event kind.
+    pub event: String,
+    /// The action name.
+    pub action: String,
+    /// The reply text, kept only until the outcome is known (needed to
+    /// reconcile a send that was cut short).
+    pub text: Option<String>,
+}
+
+/// What the store knew of an intent before it was written.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Begin {
+    /// First time: take the action.
+    New,
+    /// Already taken (or refused) before: do not take it again.
+    Done {
+        /// The recorded outcome.
+        outcome: String,
+    },
+    /// Written but never finished (a crash in between): reconcile.
+    Pending(Intent),
+}
+
+/// Filters of `skyrules audit`.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    /// Only this session.
+    pub session_id: Option<String>,
+    /// Only this rule.
+    pub rule: Option<String>,
+    /// Only entries at or after this time.
+    pub since: Option<Timestamp>,
+}
+
+impl AuditFilter {
+    /// Whether an entry passes.
+    pub fn matches(&self, e: &AuditEntry) -> bool {
+        self.session_id.as_ref().is_none_or(|s| *s == e.session_id)
+            && self.rule.as_ref().is_none_or(|r| *r == e.rule)
+            && self.since.is_none_or(|t| e.at >= t)
+    }
+}
+
+/// What the engine knew when it last stopped.
+#[derive(Debug, Default, Clone)]
+pub struct Loaded {
+    /// Whether the first-start baseline was taken already.
+    pub baselined: bool,
+    /// Every session still tracked (ended ones are not).
+    pub sessions: HashMap<String, Tracked>,
+}
+
+/// Everything one poll cycle changed, committed together.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// When the cycle ran (server clock); ended sessions are stamped with it.
+    pub at: Timestamp,
+    /// Set once the first cycle has taken its baseline.
+    pub baselined: bool,
+    /// New or changed session states.
+    pub sessions: Vec<Tracked>,
+    /// Sessions that ended; kept until the retention purge, not tracked.
+    pub ended: Vec<Tracked>,
+    /// Rule memory writes: (session, rule, memory).
+    pub memory: Vec<(String, String, Memory)>,
+}
+
+/// Durable engine state. Every method blocks: call from a blocking thread.
+pub trait Store: Send + Sync + 'static {
+    /// Reads what the engine needs at start.
+    fn load(&self) -> Result<Loaded, StoreError>;
+    /// Every rule's memory for one session.
+    fn memory(&self, session_id: &str) -> Result<HashMap<String, Memory>, StoreError>;
+    /// Applies a batch atomically.
+    fn commit(&self, batch: Batch) -> Result<(), StoreError>;
+    /// Records an intent, unless one with its key exists; says which.
+    fn begin_action(&self, intent: &Intent) -> Result<Begin, StoreError>;
+    /// Records an intent's outcome (and forgets its text).
+    fn finish_action(
+        &self,
+        key: &str,
+        outcome: &str,
+        detail: Option<&str>,
+    ) -> Result<(), StoreError>;
+    /// Intents never finished, oldest first.
+    fn pending_actions(&self) -> Result<Vec<Intent>, StoreError>;
+    /// The audit log, oldest first.
+    fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>, StoreError>;
+    /// Forgets ended sessions (snapshots, messages, memory) that ended
+    /// before `before`; returns how many. The audit log keeps its ids.
+    fn purge(&self, before: Timestamp) -> Result<usize, StoreError>;
+}
