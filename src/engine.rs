@@ -211,6 +211,7 @@ impl Engine {
                 message: e.to_string(),
             })??;
         self.reconcile_pending(&loaded.sessions).await;
+        self.seed_guard().await;
         let mut watcher = Watcher::new(self.api.clone(), loaded.sessions, loaded.baselined);
         let mut last_purge: Option<std::time::Instant> = None;
         let reload_notes = self.notes.clone();
@@ -508,6 +509,30 @@ impl Engine {
                 &action,
                 &outcome,
             );
+        }
+    }
+
+    /// Replays the replies of the last guard window into the loop guard.
+    async fn seed_guard(&self) {
+        let now = self.api.clock().now();
+        let Ok(window) = chrono::Duration::from_std(self.opts.guard.window) else {
+            return;
+        };
+        let filter = crate::store::AuditFilter {
+            since: Some(now - window),
+            ..Default::default()
+        };
+        let store = self.store.clone();
+        let Ok(Ok(entries)) = tokio::task::spawn_blocking(move || store.audit(&filter)).await else {
+            tracing::warn!("cannot read recent replies; the reply-loop guard starts empty");
+            return;
+        };
+        for e in entries
+            .iter()
+            .filter(|e| e.action == "reply" && e.outcome == "taken")
+        {
+            let age = (now - e.at).to_std().unwrap_or_default();
+            self.executor.seed_reply(&e.session_id, age);
         }
     }
 

@@ -196,6 +196,16 @@ impl Executor {
         }
     }
 
+    /// Counts a reply sent `age` ago (before a restart) against the
+    /// session's window, so a restart does not reset the loop guard.
+    pub fn seed_reply(&self, id: &str, age: Duration) {
+        let Some(at) = Instant::now().checked_sub(age) else {
+            return;
+        };
+        let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
+        sent.entry(id.to_string()).or_default().push_back(at);
+    }
+
     /// Forgets a session's guard window (it ended and left tracking).
     pub fn forget(&self, id: &str) {
         self.sent
