@@ -16,7 +16,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{broadcast, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{Client, Session, Timestamp};
+use crate::api::{ApiError, Client, Session, Timestamp};
 use crate::events::EventKind;
 use crate::executor::{Executor, Guard, Outcome};
 use crate::rules::reload::{log_report, ReloadReport, Reloader};
@@ -127,6 +127,10 @@ pub enum EngineError {
     /// The state store failed.
     #[error("{0}")]
     Store(#[from] StoreError),
+    /// The very first poll was refused: the key is wrong. Later refusals
+    /// (a key revoked while running) are logged and retried instead.
+    #[error("{0}")]
+    Api(#[from] ApiError),
 }
 
 /// A running engine's parts.
@@ -219,6 +223,7 @@ impl Engine {
         let reload_stop = shutdown.child_token();
         let reload_task = tokio::spawn(watch_rules(reloader, reload_stop.clone(), reload_notes));
 
+        let mut polled_once = false;
         let mut tick = tokio::time::interval(self.opts.poll_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -236,7 +241,15 @@ impl Engine {
                 r = watcher.poll(&timers) => r,
             };
             let cycle = match polled {
-                Ok(c) => c,
+                Ok(c) => {
+                    polled_once = true;
+                    c
+                }
+                Err(e @ ApiError::Unauthorized { .. }) if !polled_once => {
+                    reload_stop.cancel();
+                    let _ = reload_task.await;
+                    return Err(e.into());
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "poll failed; retrying next interval");
                     let _ = self.notes.send(Note::PollFailed {
