@@ -1,0 +1,143 @@
+//! `skyrules check` and `skyrules demo`, as a user runs them.
+
+use std::io::Read;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn skyrules() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_skyrules"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("SKYRULES_") || k == "SKYLIGHT_API_KEY" || k == "RUST_LOG" {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+fn shipped_rules() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/rules"))
+}
+
+#[test]
+fn check_passes_on_the_shipped_rules() {
+    let out = skyrules()
+        .arg("check")
+        .arg(shipped_rules())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("6 rule(s) ok, 0 with errors"), "{stdout}");
+}
+
+#[test]
+fn check_reports_a_broken_copy_with_file_line_and_caret() {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(shipped_rules()).unwrap() {
+        let p = entry.unwrap().path();
+        std::fs::copy(&p, dir.path().join(p.file_name().unwrap())).unwrap();
+    }
+    let broken = dir.path().join("escalate-on-request.rhai");
+    let text = std::fs::read_to_string(&broken).unwrap();
+    // Drop the closing parenthesis of the `on(` call: a typical slip.
+    let text = text.replace("});", "};");
+    std::fs::write(&broken, text).unwrap();
+    std::fs::write(
+        dir.path().join("typo.rhai"),
+        "on(\"visitor_mesage\", |ev| { ev.take_over(); });\n",
+    )
+    .unwrap();
+
+    let out = skyrules().arg("check").arg(dir.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("5 rule(s) ok, 2 with errors"), "{stdout}");
+    assert!(
+        stderr.contains("escalate-on-request.rhai:"),
+        "names the file: {stderr}"
+    );
+    assert!(
+        stderr.contains("typo.rhai:1:1: unknown event \"visitor_mesage\""),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("1 | on(\"visitor_mesage\""),
+        "source line: {stderr}"
+    );
+    assert!(stderr.contains("  | ^"), "caret: {stderr}");
+}
+
+#[test]
+fn check_on_a_missing_directory_is_a_one_line_user_error() {
+    let out = skyrules()
+        .args(["check", "/nonexistent/rules"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("error: rules directory /nonexistent/rules does not exist"));
+}
+
+/// The README's first command: within a minute a newcomer sees an
+/// escalation and an idle chat being closed, and Ctrl-C exits cleanly.
+#[test]
+fn demo_shows_an_escalation_and_an_idle_close_then_stops_on_ctrl_c() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_path = dir.path().join("demo.out");
+    let mut child = skyrules()
+        .arg("demo")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let mut seen = String::new();
+    // Simulated time runs 60x: a 15-minute idle timer takes ~15 s of real
+    // time. The bound is generous for a loaded machine; it is not a speed
+    // assertion.
+    while started.elapsed() < Duration::from_secs(120) {
+        seen = std::fs::read_to_string(&out_path).unwrap_or_default();
+        if seen.contains("TAKE OVER (escalate to a human) ✓") && seen.contains("END the chat ✓")
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let interrupted = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(interrupted.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "demo did not stop on Ctrl-C");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let seen = std::fs::read_to_string(&out_path).unwrap_or(seen);
+    assert!(
+        seen.contains("TAKE OVER (escalate to a human) ✓"),
+        "no escalation:\n{seen}"
+    );
+    assert!(seen.contains("END the chat ✓"), "no idle close:\n{seen}");
+    assert!(seen.contains("demo stopped:"), "no clean stop:\n{seen}");
+    assert_eq!(status.code(), Some(0), "stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
