@@ -118,6 +118,15 @@ pub enum Note {
     },
 }
 
+/// How a cycle ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CycleEnd {
+    /// Polled, processed and committed.
+    Done,
+    /// Shutdown was requested before the cycle could finish.
+    Interrupted,
+}
+
 /// Why the engine could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -207,16 +216,7 @@ impl Engine {
     /// Runs until `shutdown`: polls every interval, never stops on API
     /// errors, and reloads rules as their files change.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), EngineError> {
-        let store = self.store.clone();
-        let loaded = tokio::task::spawn_blocking(move || store.load())
-            .await
-            .map_err(|e| StoreError::Io {
-                path: "state".into(),
-                message: e.to_string(),
-            })??;
-        self.reconcile_pending(&loaded.sessions).await;
-        self.seed_guard().await;
-        let mut watcher = Watcher::new(self.api.clone(), loaded.sessions, loaded.baselined);
+        let mut watcher = self.resume().await?;
         let mut last_purge: Option<std::time::Instant> = None;
         let reload_notes = self.notes.clone();
         let reloader = self.reloader.clone();
@@ -235,16 +235,9 @@ impl Engine {
                 self.purge().await;
                 last_purge = Some(std::time::Instant::now());
             }
-            let timers = self.runtime.rules().timers();
-            let polled = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                r = watcher.poll(&timers) => r,
-            };
-            let cycle = match polled {
-                Ok(c) => {
-                    polled_once = true;
-                    c
-                }
+            match self.cycle(&mut watcher, &shutdown).await {
+                Ok(CycleEnd::Done) => polled_once = true,
+                Ok(CycleEnd::Interrupted) => break,
                 Err(e @ ApiError::Unauthorized { .. }) if !polled_once => {
                     reload_stop.cancel();
                     let _ = reload_task.await;
@@ -255,55 +248,89 @@ impl Engine {
                     let _ = self.notes.send(Note::PollFailed {
                         error: e.to_string(),
                     });
-                    continue;
                 }
-            };
-            let events: usize = cycle.sessions.iter().map(|s| s.events.len()).sum();
-            tracing::debug!(
-                listed = cycle.listed,
-                details_read = cycle.details_read,
-                events,
-                baseline = cycle.baseline,
-                "poll cycle"
-            );
-            if cycle.baseline {
-                tracing::info!(
-                    sessions = cycle.listed,
-                    "first start: open sessions taken as a baseline (no events for their history)"
-                );
             }
-            let processing = self.process(cycle.sessions, cycle.now);
-            tokio::pin!(processing);
-            let batch = tokio::select! {
-                b = &mut processing => b,
-                _ = shutdown.cancelled() => {
-                    // Let in-flight actions finish, for a bounded time; what
-                    // does not finish is settled at the next start.
-                    match tokio::time::timeout(SHUTDOWN_GRACE, &mut processing).await {
-                        Ok(b) => b,
-                        Err(_) => {
-                            tracing::warn!("in-flight actions did not finish within {}s; they will be settled at the next start", SHUTDOWN_GRACE.as_secs());
-                            break;
-                        }
-                    }
-                }
-            };
-            let store = self.store.clone();
-            match tokio::task::spawn_blocking(move || store.commit(batch)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::error!(error = %e, "cannot save state"),
-                Err(e) => tracing::error!(error = %e, "state commit task failed"),
-            }
-            let _ = self.notes.send(Note::Cycle {
-                listed: cycle.listed,
-                details_read: cycle.details_read,
-                events,
-                baseline: cycle.baseline,
-            });
         }
         reload_stop.cancel();
         let _ = reload_task.await;
         Ok(())
+    }
+
+    /// Loads the state, settles actions the last run left unfinished, and
+    /// seeds the loop guard: everything before the first poll.
+    pub async fn resume(&self) -> Result<Watcher, EngineError> {
+        let store = self.store.clone();
+        let loaded = tokio::task::spawn_blocking(move || store.load())
+            .await
+            .map_err(|e| StoreError::Io {
+                path: "state".into(),
+                message: e.to_string(),
+            })??;
+        self.reconcile_pending(&loaded.sessions).await;
+        self.seed_guard().await;
+        Ok(Watcher::new(
+            self.api.clone(),
+            loaded.sessions,
+            loaded.baselined,
+        ))
+    }
+
+    /// One cycle: poll, run the events through the rules and the actions
+    /// through the executor, commit. Tools that drive the engine step by
+    /// step (tests, scenario runs) call this instead of [`Engine::run`].
+    pub async fn cycle(
+        &self,
+        watcher: &mut Watcher,
+        shutdown: &CancellationToken,
+    ) -> Result<CycleEnd, ApiError> {
+        let timers = self.runtime.rules().timers();
+        let cycle = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(CycleEnd::Interrupted),
+            r = watcher.poll(&timers) => r?,
+        };
+        let events: usize = cycle.sessions.iter().map(|s| s.events.len()).sum();
+        tracing::debug!(
+            listed = cycle.listed,
+            details_read = cycle.details_read,
+            events,
+            baseline = cycle.baseline,
+            "poll cycle"
+        );
+        if cycle.baseline {
+            tracing::info!(
+                sessions = cycle.listed,
+                "first start: open sessions taken as a baseline (no events for their history)"
+            );
+        }
+        let processing = self.process(cycle.sessions, cycle.now);
+        tokio::pin!(processing);
+        let batch = tokio::select! {
+            b = &mut processing => b,
+            _ = shutdown.cancelled() => {
+                // Let in-flight actions finish, for a bounded time; what
+                // does not finish is settled at the next start.
+                match tokio::time::timeout(SHUTDOWN_GRACE, &mut processing).await {
+                    Ok(b) => b,
+                    Err(_) => {
+                        tracing::warn!("in-flight actions did not finish within {}s; they will be settled at the next start", SHUTDOWN_GRACE.as_secs());
+                        return Ok(CycleEnd::Interrupted);
+                    }
+                }
+            }
+        };
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || store.commit(batch)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "cannot save state"),
+            Err(e) => tracing::error!(error = %e, "state commit task failed"),
+        }
+        let _ = self.notes.send(Note::Cycle {
+            listed: cycle.listed,
+            details_read: cycle.details_read,
+            events,
+            baseline: cycle.baseline,
+        });
+        Ok(CycleEnd::Done)
     }
 
     /// Runs every session's events through the rules and their actions
@@ -536,7 +563,8 @@ impl Engine {
             ..Default::default()
         };
         let store = self.store.clone();
-        let Ok(Ok(entries)) = tokio::task::spawn_blocking(move || store.audit(&filter)).await else {
+        let Ok(Ok(entries)) = tokio::task::spawn_blocking(move || store.audit(&filter)).await
+        else {
             tracing::warn!("cannot read recent replies; the reply-loop guard starts empty");
             return;
         };

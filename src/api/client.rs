@@ -378,9 +378,12 @@ impl Client {
         let url = self.url(&["web-chat", "sessions", id, "messages"]);
         let what = format!("sending a message to session {id}");
         let body = serde_json::json!({ "message": text });
-        // Anything of ours created after this instant is this send. The
-        // margin covers the one-second resolution of the clock estimate.
-        let since = self.clock.now() - chrono::Duration::seconds(3);
+        // Anything of ours created since the first attempt is this send. The
+        // window is placed on the server's clock only after the re-read (whose
+        // `Date` header calibrates it): before any response, a client whose
+        // clock runs ahead of the server's would miss its own message and
+        // send it twice.
+        let started = Instant::now();
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -399,6 +402,10 @@ impl Client {
             if fail.outcome_unknown() {
                 tracing::warn!(session_id = id, error = %fail, "send outcome unknown; re-reading the session before any resend");
                 let detail = self.get_session(id).await?;
+                // The margin covers the one-second resolution of `Date`.
+                let since = self.clock.now()
+                    - chrono::Duration::from_std(started.elapsed()).unwrap_or_default()
+                    - chrono::Duration::seconds(3);
                 if let Some(m) = find_sent(&detail, text, since) {
                     tracing::info!(
                         session_id = id,
