@@ -11,6 +11,9 @@ use crate::rules::Memory;
 /// Audit entries kept; older ones are dropped so a long demo stays small.
 const AUDIT_LIMIT: usize = 10_000;
 
+/// An action's outcome and its detail.
+type Finished = (String, Option<String>);
+
 /// State kept in memory only.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
@@ -22,7 +25,7 @@ struct Inner {
     loaded: Loaded,
     ended: HashMap<String, Timestamp>,
     memory: HashMap<String, HashMap<String, Memory>>,
-    actions: Vec<(Intent, Option<(String, Option<String>)>)>,
+    actions: Vec<(Intent, Option<Finished>)>,
     index: HashMap<String, usize>,
 }
 
