@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::api::client::find_sent;
-use crate::api::{Client, HandledBy, Session, SessionStatus, Timestamp};
+use crate::api::{ApiError, Client, HandledBy, Session, SessionStatus, Timestamp};
 use crate::rules::Action;
 
 /// How an action ended.
@@ -122,11 +122,17 @@ impl Executor {
                 Outcome::Taken
             }
             Err(e) => {
-                if e.is_gone() {
-                    session.status = SessionStatus::Ended;
-                }
                 if let Action::Reply(_) = action {
                     self.refund_reply(&id);
+                }
+                if e.is_gone()
+                    || (matches!(e, ApiError::Rejected { status: 422, .. })
+                        && self.has_ended(&id).await)
+                {
+                    // It ended after the poll that triggered this action:
+                    // nothing went wrong, there is just nobody to act on.
+                    session.status = SessionStatus::Ended;
+                    return Outcome::Skipped("the session has ended".into());
                 }
                 Outcome::Failed(e.to_string())
             }
@@ -165,6 +171,10 @@ impl Executor {
             }
         }
         self.execute(session, action).await
+    }
+
+    async fn has_ended(&self, id: &str) -> bool {
+        matches!(self.api.get_session(id).await, Ok(d) if d.session.status == SessionStatus::Ended)
     }
 
     /// Counts a reply against the session's window, or says why not.

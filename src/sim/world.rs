@@ -226,6 +226,10 @@ enum Event {
 #[derive(Debug)]
 pub struct World {
     clock: Clock,
+    // The last time a write was stamped with: writes get strictly increasing
+    // times, as on a real server, so that even on a frozen clock every
+    // change moves `last_activity_at` and a poller sees it.
+    last_write: Option<Timestamp>,
     bot_delay: Option<TimeDelta>,
     bot_rng: StdRng,
     id_rng: StdRng,
@@ -245,6 +249,7 @@ impl World {
     pub fn new(config: &SimConfig) -> Self {
         let mut world = World {
             clock: Clock::new(config.clock_speed),
+            last_write: None,
             bot_delay: config
                 .bot_delay
                 .map(|d| TimeDelta::from_std(d).map_or(MAX_BOT_DELAY, |d| d.min(MAX_BOT_DELAY))),
@@ -276,6 +281,18 @@ impl World {
         let now = self.clock.now();
         self.run_due(now);
         now
+    }
+
+    /// Like [`World::sync`], but the time returned is strictly after the
+    /// one the previous write got: for stamping writes.
+    fn stamp(&mut self) -> Timestamp {
+        let now = self.sync();
+        let t = match self.last_write {
+            Some(last) if now <= last => last + TimeDelta::microseconds(1),
+            _ => now,
+        };
+        self.last_write = Some(t);
+        t
     }
 
     /// Advances the simulated clock by `secs` seconds, delivers what became
@@ -548,7 +565,7 @@ impl World {
 
     /// A human agent takes the session over from the AI.
     pub fn take_over(&mut self, id: &str) -> Result<Session, SimError> {
-        let now = self.sync();
+        let now = self.stamp();
         let s = self.active_mut(id)?;
         s.session.handled_by = HandledBy::Human;
         s.session.human_took_over_at = Some(now);
@@ -558,7 +575,7 @@ impl World {
 
     /// The session goes back to the AI.
     pub fn release(&mut self, id: &str) -> Result<Session, SimError> {
-        let now = self.sync();
+        let now = self.stamp();
         let s = self.active_mut(id)?;
         s.session.handled_by = HandledBy::Ai;
         s.touch(now);
@@ -567,7 +584,7 @@ impl World {
 
     /// The session is closed (by an agent or the visitor); idempotent.
     pub fn end(&mut self, id: &str) -> Result<Session, SimError> {
-        let now = self.sync();
+        let now = self.stamp();
         if !self.sessions.contains_key(id) {
             return Err(SimError::NotFound);
         }
@@ -577,7 +594,7 @@ impl World {
 
     /// The visitor asks for a human (the widget's button).
     pub fn request_human(&mut self, id: &str) -> Result<Session, SimError> {
-        let now = self.sync();
+        let now = self.stamp();
         self.active_mut(id)?;
         self.request_human_at(id, now);
         self.detail(id).map(|d| d.session)
@@ -592,7 +609,7 @@ impl World {
         text: Option<&Value>,
         field: &str,
     ) -> Result<Message, SimError> {
-        let now = self.sync();
+        let now = self.stamp();
         let active = self.sessions.get(id).ok_or(SimError::NotFound)?.is_active();
         let text = validate_text(field, text)?;
         if let SenderType::Other(other) = &sender {
@@ -617,7 +634,7 @@ impl World {
     /// Creates a session from any subset of the session fields plus optional
     /// seed `messages` (which do not wake the bot).
     pub fn create_session(&mut self, body: Value) -> Result<SessionDetail, SimError> {
-        let now = self.sync();
+        let now = self.stamp();
         let Value::Object(mut obj) = body else {
             return Err(SimError::BadRequest(
                 "The request body must be a JSON object.".into(),
@@ -890,9 +907,11 @@ mod tests {
         assert_eq!(d.messages[1].sender_type, SenderType::Bot);
         assert_eq!(d.messages[1].id, 2);
         assert!(d.messages[0].is_read);
-        let created = a.session.created_at.unwrap();
+        // Writes get strictly increasing stamps, so the bot's delay is
+        // measured from the visitor's message itself.
+        assert!(a.session.created_at.unwrap() < d.messages[0].created_at.unwrap());
         assert_eq!(
-            d.messages[1].created_at.unwrap() - created,
+            d.messages[1].created_at.unwrap() - d.messages[0].created_at.unwrap(),
             TimeDelta::seconds(2)
         );
         assert_eq!(w.detail("b").unwrap().messages.len(), 1);
@@ -905,7 +924,7 @@ mod tests {
         let v = json!("Can I talk to a human?");
         w.post_message("a", SenderType::Visitor, Some(&v), "text")
             .unwrap();
-        w.advance_secs(1.0).unwrap();
+        w.advance_secs(1.001).unwrap();
         let d = w.detail("a").unwrap();
         assert_eq!(d.session.handled_by, HandledBy::Pending);
         assert!(d.session.human_requested_at.is_some());
@@ -973,7 +992,7 @@ mod tests {
         let v = json!("pricing?");
         w.post_message("a", SenderType::Visitor, Some(&v), "text")
             .unwrap();
-        w.advance_secs(1.0).unwrap();
+        w.advance_secs(1.001).unwrap();
         let a = w.analytics(Period::Week);
         assert_eq!(a.total_chats, 2);
         assert_eq!(
