@@ -95,6 +95,8 @@ pub enum Note {
         outcome: String,
         /// Why, when not taken.
         detail: Option<String>,
+        /// The handler that asked for it, `file:line:column`.
+        origin: Option<String>,
     },
     /// A handler failed; other rules and sessions carried on.
     RuleFailed {
@@ -451,7 +453,8 @@ impl Engine {
                         },
                     };
                     if let Some(outcome) = self.take_action(&mut effective, action, intent).await {
-                        self.record(&run.rule, &id, kind.name(), action, &outcome);
+                        let origin = run.origins.get(i).map(String::as_str);
+                        self.record(&run.rule, &id, kind.name(), action, &outcome, origin);
                     }
                 }
             }
@@ -548,6 +551,7 @@ impl Engine {
                 &intent.event,
                 &action,
                 &outcome,
+                None,
             );
         }
     }
@@ -596,6 +600,7 @@ impl Engine {
         event: &str,
         action: &Action,
         outcome: &Outcome,
+        origin: Option<&str>,
     ) {
         let text = match action {
             Action::Reply(t) => Some(t.clone()),
@@ -639,6 +644,7 @@ impl Engine {
             text,
             outcome: outcome.name().to_string(),
             detail: outcome.detail().map(str::to_string),
+            origin: origin.map(str::to_string),
         });
     }
 }

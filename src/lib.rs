@@ -13,6 +13,7 @@ pub mod engine;
 pub mod events;
 pub mod executor;
 pub mod rules;
+pub mod scenario;
 pub mod shutdown;
 pub mod sim;
 pub mod store;

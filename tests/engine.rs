@@ -334,6 +334,7 @@ impl Harness {
                     text,
                     outcome,
                     detail,
+                    ..
                 } if session_id == id => Some(Act {
                     rule,
                     event,

@@ -11,6 +11,7 @@ mod demo_cmd;
 mod engine_cmds;
 mod logging;
 mod sim_cmd;
+mod test_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -61,6 +62,8 @@ enum Command {
     Run(engine_cmds::EngineArgs),
     /// Load every rule and report errors with file, line and column
     Check(engine_cmds::CheckArgs),
+    /// Run the rule scenarios in DIR/tests/*.toml
+    Test(test_cmd::TestArgs),
     /// The simulator with generated visitors and the engine, narrated
     Demo(demo_cmd::DemoArgs),
     /// Run the SkyLight simulator alone, for rule authors and tests
@@ -87,7 +90,10 @@ pub fn main() -> ExitCode {
     };
     install_panic_hook();
     // The demo narrates on stdout; its logs would only interleave with it.
-    let quiet = matches!(cli.command, Command::Demo(_) | Command::Check(_));
+    let quiet = matches!(
+        cli.command,
+        Command::Demo(_) | Command::Check(_) | Command::Test(_)
+    );
     let level = cli
         .global
         .log_level
@@ -133,6 +139,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Check(a) => engine_cmds::check(load_config(g, Overrides::default())?, a).await,
         Command::Demo(a) => demo_cmd::run(a).await,
+        Command::Test(a) => test_cmd::run(load_config(g, Overrides::default())?, a).await,
         Command::Audit(a) => audit_cmd::run(load_config(g, Overrides::default())?, a).await,
         Command::Sim(args) => sim_cmd::run(args).await,
         Command::Sessions(cmd) => {

@@ -117,6 +117,11 @@ impl Ev {
         std::mem::take(&mut *rec)
     }
 
+    /// Actions recorded so far.
+    pub fn action_count(&self) -> usize {
+        self.with(|r| r.actions.len())
+    }
+
     fn with<R>(&self, f: impl FnOnce(&mut Recorded) -> R) -> R {
         let mut rec = self.rec.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut rec)

@@ -214,6 +214,9 @@ pub struct RuleRun {
     pub rule: String,
     /// Actions to carry out, in order (empty if the handler failed).
     pub actions: Vec<Action>,
+    /// For each action, the handler that asked for it (`file:line:column`
+    /// of its `on(...)`).
+    pub origins: Vec<String>,
     /// The rule's memory for the session, if the handler changed it.
     pub memory: Option<Memory>,
     /// Why the handler failed; its actions and memory writes are dropped.
@@ -334,6 +337,7 @@ impl Runtime {
             let mem = memory.get(&rule.id).cloned().unwrap_or_default();
             let ev = ev::Ev::new(data.clone(), &rule.id, mem);
             let mut error = None;
+            let mut origins = Vec::new();
             CURRENT.with(|c| *c.borrow_mut() = (rule.id.clone(), event.session_id.clone()));
             for h in matching {
                 DEADLINE.with(|d| d.set(Some(Instant::now() + limits::MAX_CALL_TIME)));
@@ -345,6 +349,12 @@ impl Runtime {
                     error = Some(RuleError::from_eval(&rule.path, &e));
                     break;
                 }
+                let origin = format!(
+                    "{}{}",
+                    rule.path.display(),
+                    position_text(h.position.line(), h.position.position())
+                );
+                origins.resize(ev.action_count(), origin);
             }
             let rec = ev.finish();
             if !rec.unknown_fields.is_empty() {
@@ -354,6 +364,7 @@ impl Runtime {
                 runs.push(RuleRun {
                     rule: rule.id.clone(),
                     actions: Vec::new(),
+                    origins: Vec::new(),
                     memory: None,
                     error: Some(err),
                 });
@@ -366,6 +377,7 @@ impl Runtime {
             runs.push(RuleRun {
                 rule: rule.id.clone(),
                 actions: rec.actions,
+                origins,
                 memory: changed,
                 error: None,
             });
