@@ -122,32 +122,34 @@ pub async fn check(config: Config, a: CheckArgs) -> anyhow::Result<ExitCode> {
     let files = crate::rules::rule_files(&dir).map_err(|e| UserError(e.to_string()))?;
     let result = tokio::task::spawn_blocking(move || {
         let runtime = Runtime::new();
-        let mut ok = Vec::new();
+        let mut ok = 0;
         let mut errors = Vec::new();
+        let mut warnings = Vec::new();
         for path in files {
             let source = std::fs::read_to_string(&path).ok();
             match runtime.load_file(&path) {
-                Ok(rule) => ok.push((rule.id, rule.handlers.len())),
+                Ok(rule) => {
+                    ok += 1;
+                    warnings.extend(crate::rules::lint(&rule, source.as_deref().unwrap_or("")));
+                }
                 Err(e) => errors.push(e.render(source.as_deref())),
             }
         }
-        (ok, errors)
+        (ok, errors, warnings)
     })
     .await
     .context("rule check crashed")?;
-    let (ok, errors) = result;
+    let (ok, errors, warnings) = result;
     for e in &errors {
         eprintln!("error: {e}\n");
     }
-    for (id, handlers) in &ok {
-        if *handlers == 0 {
-            eprintln!("warning: rule {id} registers no handler and will never act");
-        }
+    for w in &warnings {
+        eprintln!("warning: {w}");
     }
     println!(
-        "{} rule(s) ok, {} with errors in {}",
-        ok.len(),
+        "{ok} rule(s) ok, {} with errors, {} warning(s) in {}",
         errors.len(),
+        warnings.len(),
         dir.display()
     );
     Ok(if errors.is_empty() {

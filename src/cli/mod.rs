@@ -7,6 +7,7 @@
 
 mod api_cmds;
 mod audit_cmd;
+mod defs_cmd;
 mod demo_cmd;
 mod engine_cmds;
 mod logging;
@@ -75,6 +76,8 @@ enum Command {
     Analytics(api_cmds::AnalyticsArgs),
     /// Show what the engine did: time, rule, session, action, outcome
     Audit(audit_cmd::AuditArgs),
+    /// Write Rhai definition files so editors complete and check rules
+    Defs(defs_cmd::DefsArgs),
 }
 
 /// Parses the command line, runs the command, and turns the outcome into an
@@ -140,6 +143,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check(a) => engine_cmds::check(load_config(g, Overrides::default())?, a).await,
         Command::Demo(a) => demo_cmd::run(a).await,
         Command::Test(a) => test_cmd::run(load_config(g, Overrides::default())?, a).await,
+        Command::Defs(a) => defs_cmd::run(load_config(g, Overrides::default())?, a).await,
         Command::Audit(a) => audit_cmd::run(load_config(g, Overrides::default())?, a).await,
         Command::Sim(args) => sim_cmd::run(args).await,
         Command::Sessions(cmd) => {

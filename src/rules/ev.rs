@@ -195,48 +195,134 @@ fn runtime_error(msg: impl Into<String>) -> Box<EvalAltResult> {
     ))
 }
 
+/// Registers one function with its parameter names and doc comment, so
+/// `skyrules defs` can give editors complete definitions.
+macro_rules! reg {
+    ($engine:expr, $reg:expr, [$($param:expr),*], $doc:expr, $f:expr) => {
+        $reg.with_params_info([$($param),*])
+            .with_comments([$doc])
+            .register_into_engine($engine, $f);
+    };
+}
+
 /// Registers the `Ev` type, its fields and its methods.
 pub fn register(engine: &mut rhai::Engine) {
-    engine
-        .register_type_with_name::<Ev>("Event")
-        .register_get("kind", |ev: &mut Ev| -> ImmutableString {
-            ev.data.event.kind.name().into()
-        })
-        .register_get("rule", |ev: &mut Ev| ev.rule.clone())
-        .register_get("now", |ev: &mut Ev| ev.data.now.clone())
-        .register_get("session", |ev: &mut Ev| ev.data.session.clone())
-        .register_get("message", |ev: &mut Ev| ev.data.message.clone())
-        .register_get("waited", |ev: &mut Ev| -> Dynamic {
+    use rhai::FuncRegistration as F;
+    engine.register_type_with_name::<Ev>("Event");
+    reg!(
+        engine,
+        F::new_getter("kind"),
+        ["ev: Event", "string"],
+        "/// The event: \"visitor_message\", \"idle\", …",
+        |ev: &mut Ev| -> ImmutableString { ev.data.event.kind.name().into() }
+    );
+    reg!(
+        engine,
+        F::new_getter("rule"),
+        ["ev: Event", "string"],
+        "/// The id of the rule handling the event (its file name).",
+        |ev: &mut Ev| ev.rule.clone()
+    );
+    reg!(
+        engine,
+        F::new_getter("now"),
+        ["ev: Event", "string"],
+        "/// The server's time when the event was processed (RFC 3339).",
+        |ev: &mut Ev| ev.data.now.clone()
+    );
+    reg!(engine, F::new_getter("session"), ["ev: Event", "map"],
+        "/// Every session field of the API: session_id, status, handled_by, visitor_name,\n/// visitor_email, visitor_phone, visitor_ip, visitor_page_url, visitor_referrer,\n/// has_visitor_messages, human_requested_at, human_took_over_at, last_activity_at,\n/// created_at. Missing values are ().",
+        |ev: &mut Ev| ev.data.session.clone());
+    reg!(
+        engine,
+        F::new_getter("message"),
+        ["ev: Event", "?"],
+        "/// For message events: #{ id, text, sender_type, type, media_url, created_at }; else ().",
+        |ev: &mut Ev| ev.data.message.clone()
+    );
+    reg!(
+        engine,
+        F::new_getter("waited"),
+        ["ev: Event", "?"],
+        "/// For timer events: how long the condition has held, in seconds; else ().",
+        |ev: &mut Ev| -> Dynamic {
             ev.data
                 .event
                 .waited
                 .map(|w| Dynamic::from_int(w.as_secs() as i64))
                 .unwrap_or(Dynamic::UNIT)
-        })
-        .register_fn("messages", |ev: &mut Ev| -> Array {
+        }
+    );
+    reg!(
+        engine,
+        F::new("messages"),
+        ["ev: Event", "array"],
+        "/// The session's recent history, oldest first, as message maps.",
+        |ev: &mut Ev| -> Array {
             ev.data
                 .history
                 .iter()
                 .map(|m| Dynamic::from_map(message_map(m)))
                 .collect()
-        })
-        .register_fn("take_over", |ev: &mut Ev| ev.push(Action::TakeOver))
-        .register_fn("release", |ev: &mut Ev| ev.push(Action::Release))
-        .register_fn("end", |ev: &mut Ev| ev.push(Action::End))
-        .register_fn("reply", |ev: &mut Ev, text: ImmutableString| {
-            ev.reply(&text)
-        })
-        .register_fn("once", |ev: &mut Ev, key: ImmutableString| ev.once(&key))
-        .register_fn("get", |ev: &mut Ev, key: ImmutableString| ev.get(&key))
-        .register_fn("set", |ev: &mut Ev, key: ImmutableString, v: Dynamic| {
-            ev.set(&key, v)
-        })
-        .register_fn("to_string", |ev: &mut Ev| -> String {
+        }
+    );
+    reg!(
+        engine,
+        F::new("take_over"),
+        ["ev: Event", "()"],
+        "/// A human takes the chat over from the AI (after the handler returns).",
+        |ev: &mut Ev| ev.push(Action::TakeOver)
+    );
+    reg!(
+        engine,
+        F::new("release"),
+        ["ev: Event", "()"],
+        "/// The chat goes back to the AI (after the handler returns).",
+        |ev: &mut Ev| ev.push(Action::Release)
+    );
+    reg!(
+        engine,
+        F::new("end"),
+        ["ev: Event", "()"],
+        "/// Ends the chat (after the handler returns).",
+        |ev: &mut Ev| ev.push(Action::End)
+    );
+    reg!(engine, F::new("reply"), ["ev: Event", "text: string", "()"],
+        "/// Sends an agent message; {{field}} is filled from the session ({{visitor_name}} is\n/// \"there\" when unknown). Fails the handler if the result is empty or over 4096 characters.",
+        |ev: &mut Ev, text: ImmutableString| ev.reply(&text));
+    reg!(
+        engine,
+        F::new("once"),
+        ["ev: Event", "key: string", "bool"],
+        "/// True the first time it is called with `key` for this session and rule, false after.",
+        |ev: &mut Ev, key: ImmutableString| ev.once(&key)
+    );
+    reg!(
+        engine,
+        F::new("get"),
+        ["ev: Event", "key: string", "?"],
+        "/// The value remembered under `key` for this session and rule, or ().",
+        |ev: &mut Ev, key: ImmutableString| ev.get(&key)
+    );
+    reg!(
+        engine,
+        F::new("set"),
+        ["ev: Event", "key: string", "value: ?", "()"],
+        "/// Remembers `value` under `key` for this session and rule, across restarts.",
+        |ev: &mut Ev, key: ImmutableString, v: Dynamic| ev.set(&key, v)
+    );
+    reg!(
+        engine,
+        F::new("to_string"),
+        ["ev: Event", "string"],
+        "/// A short description of the event.",
+        |ev: &mut Ev| -> String {
             format!(
                 "Event({} of {} for rule {})",
                 ev.data.event.kind, ev.data.event.session_id, ev.rule
             )
-        });
+        }
+    );
 }
 
 /// `ev.session`: every session field of the API, nulls as `()`.

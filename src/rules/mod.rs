@@ -266,6 +266,16 @@ impl Runtime {
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(set);
     }
 
+    /// Writes Rhai definition files (`*.d.rhai`) for everything a rule can
+    /// call, for the Rhai language server and editor extensions.
+    pub fn write_definitions(&self, dir: &Path) -> std::io::Result<()> {
+        self.engine
+            .definitions()
+            .with_headers(true)
+            .include_standard_packages(true)
+            .write_to_dir(dir)
+    }
+
     /// Compiles one file and runs its top-level code to collect handlers.
     pub fn load_file(&self, path: &Path) -> Result<Rule, RuleError> {
         let source = std::fs::read_to_string(path).map_err(|e| {
@@ -514,23 +524,85 @@ fn build_engine() -> Engine {
             tracing::debug!(rule = %c.0, session_id = %c.1, %pos, "{s}");
         })
     });
-    engine.register_fn("log", |text: ImmutableString| {
-        CURRENT.with(|c| {
-            let c = c.borrow();
-            tracing::info!(rule = %c.0, session_id = %c.1, "{text}");
-        })
-    });
-    engine.register_fn("on", |ctx: NativeCallContext, kind: &str, f: FnPtr| {
-        register_handler(&ctx, kind, None, f)
-    });
-    engine.register_fn(
-        "on",
-        |ctx: NativeCallContext, kind: &str, after: &str, f: FnPtr| {
-            register_handler(&ctx, kind, Some(after), f)
-        },
-    );
+    use rhai::FuncRegistration as F;
+    F::new("log")
+        .with_params_info(["text: string", "()"])
+        .with_comments(["/// Writes `text` to the engine's log, with the rule id and the session."])
+        .register_into_engine(&mut engine, |text: ImmutableString| {
+            CURRENT.with(|c| {
+                let c = c.borrow();
+                tracing::info!(rule = %c.0, session_id = %c.1, "{text}");
+            })
+        });
+    let events = EventKind::ALL.map(|k| k.name()).join(", ");
+    F::new("on")
+        .with_params_info(["event: string", "handler: Fn", "()"])
+        .with_comments([format!(
+            "/// Registers `handler` (|ev| {{ … }}) for `event`, one of: {events}."
+        )])
+        .register_into_engine(
+            &mut engine,
+            |ctx: NativeCallContext, kind: &str, f: FnPtr| register_handler(&ctx, kind, None, f),
+        );
+    F::new("on")
+        .with_params_info(["event: string", "after: string", "handler: Fn", "()"])
+        .with_comments(["/// Registers `handler` for a timer event (idle, unanswered, human_waiting)\n/// that fires once the condition has held for `after`, e.g. \"15m\"."])
+        .register_into_engine(
+            &mut engine,
+            |ctx: NativeCallContext, kind: &str, after: &str, f: FnPtr| {
+                register_handler(&ctx, kind, Some(after), f)
+            },
+        );
     ev::register(&mut engine);
     engine
+}
+
+/// Things in a rule that load fine but are almost certainly mistakes:
+/// handlers that can never fire and templates naming fields sessions do not
+/// have. Each is `file:line:column: message`.
+pub fn lint(rule: &Rule, source: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let at = |line: usize, col: usize| format!("{}:{line}:{col}", rule.path.display());
+    if rule.handlers.is_empty() {
+        out.push(format!(
+            "{}: rule {} registers no handler and will never act",
+            rule.path.display(),
+            rule.id
+        ));
+    }
+    for h in &rule.handlers {
+        if h.after == Some(Duration::ZERO) {
+            out.push(format!(
+                "{}: {} timer with a zero duration can never fire; give it a duration like \"5m\"",
+                at(
+                    h.position.line().unwrap_or(1),
+                    h.position.position().unwrap_or(1)
+                ),
+                h.kind
+            ));
+        }
+    }
+    let blank = crate::api::Session::default();
+    for (i, line) in source.lines().enumerate() {
+        let mut rest = line;
+        let mut offset = 0;
+        while let Some(start) = rest.find("{{") {
+            let Some(len) = rest[start + 2..].find("}}") else {
+                break;
+            };
+            let name = rest[start + 2..start + 2 + len].trim();
+            if ev::field_text(&blank, name).is_none() {
+                let col = line[..offset + start].chars().count() + 1;
+                out.push(format!(
+                    "{}: template field {{{{{name}}}}} is not a session field and will be left empty",
+                    at(i + 1, col)
+                ));
+            }
+            offset += start + 2 + len + 2;
+            rest = &rest[start + 2 + len + 2..];
+        }
+    }
+    out
 }
 
 /// Loads the rules of `dir` into `runtime` and returns the errors; used by
@@ -567,6 +639,24 @@ mod tests {
         assert!(e.message.contains("undefined_var"), "{e}");
         let e = load("let x = eval(\"1\");").unwrap_err();
         assert!(e.line.is_some(), "{e}");
+    }
+
+    #[test]
+    fn definitions_describe_the_rule_api_with_names() {
+        let dir = tempfile::tempdir().unwrap();
+        Runtime::new().write_definitions(dir.path()).unwrap();
+        let defs = std::fs::read_to_string(dir.path().join("__static__.d.rhai")).unwrap();
+        for want in [
+            "fn on(event: string, handler: Fn)",
+            "fn on(event: string, after: string, handler: Fn)",
+            "fn reply(ev: Event, text: string)",
+            "fn once(ev: Event, key: string) -> bool",
+            "fn get session(ev: Event) -> map",
+            "fn log(text: string)",
+            "/// Registers `handler` (|ev| { … }) for `event`",
+        ] {
+            assert!(defs.contains(want), "missing {want:?}");
+        }
     }
 
     #[test]
