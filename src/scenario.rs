@@ -206,10 +206,7 @@ pub fn load_file(path: &Path) -> Result<ScenarioFile, String> {
 /// Runs one scenario against the rules of `rules_dir`.
 pub async fn run_scenario(rules_dir: &Path, file: &Path, s: &Scenario) -> ScenarioResult {
     let started = std::time::Instant::now();
-    let failure = match run_inner(rules_dir, s).await {
-        Ok(()) => None,
-        Err(f) => Some(f),
-    };
+    let failure = run_inner(rules_dir, s).await.err();
     ScenarioResult {
         file: file.to_path_buf(),
         name: s.name.clone(),
