@@ -12,6 +12,7 @@ pub mod demo;
 pub mod engine;
 pub mod events;
 pub mod executor;
+pub mod replay;
 pub mod rules;
 pub mod scenario;
 pub mod shutdown;

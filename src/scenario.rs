@@ -425,9 +425,10 @@ async fn settle(
                 }
                 Ok(Note::RuleFailed {
                     rule, event, error, ..
-                }) => seen
-                    .errors
-                    .push(format!("rule {rule} failed on {event}: {error}")),
+                }) => seen.errors.push(format!(
+                    "rule {rule} failed on {event}: {}",
+                    error.replacen(&paths.0, &paths.1, 1)
+                )),
                 Ok(_) => {}
                 Err(broadcast::error::TryRecvError::Lagged(_)) => {}
                 Err(_) => break,

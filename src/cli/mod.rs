@@ -11,6 +11,7 @@ mod defs_cmd;
 mod demo_cmd;
 mod engine_cmds;
 mod logging;
+mod replay_cmd;
 mod sim_cmd;
 mod test_cmd;
 
@@ -78,6 +79,8 @@ enum Command {
     Audit(audit_cmd::AuditArgs),
     /// Write Rhai definition files so editors complete and check rules
     Defs(defs_cmd::DefsArgs),
+    /// Run the rules over past sessions and report what they would have done
+    Replay(replay_cmd::ReplayArgs),
 }
 
 /// Parses the command line, runs the command, and turns the outcome into an
@@ -95,13 +98,18 @@ pub fn main() -> ExitCode {
     // The demo narrates on stdout; its logs would only interleave with it.
     let quiet = matches!(
         cli.command,
-        Command::Demo(_) | Command::Check(_) | Command::Test(_)
+        Command::Demo(_) | Command::Check(_) | Command::Test(_) | Command::Replay(_)
     );
-    let level = cli
-        .global
-        .log_level
-        .clone()
-        .or_else(|| quiet.then(|| "warn".to_string()));
+    // `test` reports rule failures itself, in context; log lines would
+    // only repeat them.
+    let silent = matches!(cli.command, Command::Test(_));
+    let level = cli.global.log_level.clone().or_else(|| {
+        if silent {
+            Some("off".to_string())
+        } else {
+            quiet.then(|| "warn".to_string())
+        }
+    });
     if let Err(e) = logging::init(level.as_deref(), cli.global.log_format) {
         eprintln!("error: {e}");
         return ExitCode::from(1);
@@ -143,6 +151,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check(a) => engine_cmds::check(load_config(g, Overrides::default())?, a).await,
         Command::Demo(a) => demo_cmd::run(a).await,
         Command::Test(a) => test_cmd::run(load_config(g, Overrides::default())?, a).await,
+        Command::Replay(a) => replay_cmd::run(load_config(g, Overrides::default())?, a).await,
         Command::Defs(a) => defs_cmd::run(load_config(g, Overrides::default())?, a).await,
         Command::Audit(a) => audit_cmd::run(load_config(g, Overrides::default())?, a).await,
         Command::Sim(args) => sim_cmd::run(args).await,

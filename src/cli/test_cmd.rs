@@ -7,7 +7,7 @@ use clap::Args;
 
 use super::UserError;
 use crate::config::Config;
-use crate::scenario::{junit, load_file, run_scenario, scenario_files};
+use crate::scenario::{junit, load_file, run_scenario, scenario_files, ScenarioResult};
 
 /// Flags of `skyrules test`.
 #[derive(Debug, Args)]
@@ -38,13 +38,17 @@ pub async fn run(config: Config, a: TestArgs) -> anyhow::Result<ExitCode> {
         .into());
     }
     let mut results = Vec::new();
-    let mut broken = 0;
     for file in &files {
         let parsed = match load_file(file) {
             Ok(p) => p,
             Err(e) => {
                 println!("✗ {e}");
-                broken += 1;
+                results.push(ScenarioResult {
+                    file: file.clone(),
+                    name: "(scenario file)".into(),
+                    failure: Some(e),
+                    elapsed: Default::default(),
+                });
                 continue;
             }
         };
@@ -74,11 +78,18 @@ pub async fn run(config: Config, a: TestArgs) -> anyhow::Result<ExitCode> {
             results.push(r);
         }
     }
-    let failed = results.iter().filter(|r| r.failure.is_some()).count() + broken;
+    if results.is_empty() {
+        return Err(UserError(match &a.filter {
+            Some(f) => format!("no scenario matches --filter {f:?}"),
+            None => format!("no scenarios in {}", dir.display()),
+        })
+        .into());
+    }
+    let failed = results.iter().filter(|r| r.failure.is_some()).count();
     println!(
         "\n{} scenario(s): {} passed, {} failed",
-        results.len() + broken,
-        results.len() + broken - failed,
+        results.len(),
+        results.len() - failed,
         failed
     );
     if let Some(path) = a.junit {

@@ -239,6 +239,12 @@ impl SimHandle {
             .unwrap_or_else(|_| world.now())
     }
 
+    /// Sets the simulated clock to `t`; for replaying recorded history on a
+    /// frozen clock. Moving it backwards is only sensible before any write.
+    pub fn set_time(&self, t: Timestamp) -> Timestamp {
+        self.shared.world().set_time(t)
+    }
+
     /// Installs a fault rule (after the ones already installed).
     pub fn add_fault(&self, fault: Fault) -> Result<(), SimError> {
         fault

@@ -295,6 +295,15 @@ impl World {
         t
     }
 
+    /// Moves the clock to `t` (backwards too, for replaying history from its
+    /// start) and delivers what became due.
+    pub fn set_time(&mut self, t: Timestamp) -> Timestamp {
+        let by = t - self.clock.now();
+        self.clock.advance(by);
+        self.last_write = None;
+        self.sync()
+    }
+
     /// Advances the simulated clock by `secs` seconds, delivers what became
     /// due, and returns the new time.
     pub fn advance_secs(&mut self, secs: f64) -> Result<Timestamp, SimError> {
