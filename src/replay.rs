@@ -144,13 +144,16 @@ pub async fn replay(
             Err(e) => return Err(e.into()),
         }
     }
-    run_history(history, opts).await
+    let horizon = api.clock().now();
+    run_history(history, horizon, opts).await
 }
 
-/// Replays already-read sessions through the rules; the part of
+/// Replays already-read sessions through the rules, up to `horizon` (when
+/// they were read: timers not due by then had not fired yet); the part of
 /// [`replay`] that needs no API.
 pub async fn run_history(
     history: Vec<SessionDetail>,
+    horizon: Timestamp,
     opts: &ReplayOptions,
 ) -> anyhow::Result<ReplayReport> {
     let mut report = ReplayReport {
@@ -218,6 +221,9 @@ pub async fn run_history(
     }
     let mut tally = Tally::default();
     for t in instants {
+        if t > horizon {
+            break;
+        }
         if t > sim.now() {
             sim.set_time(t);
         }
