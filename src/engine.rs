@@ -21,8 +21,8 @@ use crate::events::EventKind;
 use crate::executor::{Executor, Guard, Outcome};
 use crate::rules::reload::{log_report, ReloadReport, Reloader};
 use crate::rules::{Action, EventData, Memory, RuleError, Runtime};
-use crate::store::{Batch, Begin, Intent, Store, StoreError};
-use crate::watcher::{SessionCycle, Watcher};
+use crate::store::{Batch, Begin, Intent, Pending, Store, StoreError};
+use crate::watcher::Watcher;
 
 /// How long a shutdown waits for in-flight actions.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -258,8 +258,10 @@ impl Engine {
         Ok(())
     }
 
-    /// Loads the state, settles actions the last run left unfinished, and
-    /// seeds the loop guard: everything before the first poll.
+    /// Everything before the first poll: loads the state, learns the
+    /// server's clock, seeds the loop guard, settles actions the last run
+    /// left unfinished, and handles the events it journaled but did not get
+    /// to.
     pub async fn resume(&self) -> Result<Watcher, EngineError> {
         let store = self.store.clone();
         let loaded = tokio::task::spawn_blocking(move || store.load())
@@ -268,8 +270,36 @@ impl Engine {
                 path: "state".into(),
                 message: e.to_string(),
             })??;
-        self.reconcile_pending(&loaded.sessions).await;
+        // One cheap request so that the clock is the server's before the
+        // audit log's server-time stamps are compared with it. A failure
+        // here is the first poll's to report.
+        let probe = crate::api::ListQuery {
+            per_page: Some(1),
+            ..Default::default()
+        };
+        let _ = self.api.list_sessions(&probe, 1).await;
         self.seed_guard().await;
+        self.reconcile_pending(&loaded.sessions).await;
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || store.pending_events()).await {
+            Ok(Ok(pending)) if !pending.is_empty() => {
+                tracing::info!(
+                    sessions = pending.len(),
+                    "handling events the last run journaled but did not finish"
+                );
+                let now = self.api.clock().now();
+                self.handle(pending, now, &CancellationToken::new()).await;
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(e.into()),
+            Err(e) => {
+                return Err(StoreError::Io {
+                    path: "state".into(),
+                    message: e.to_string(),
+                }
+                .into())
+            }
+        }
         Ok(Watcher::new(
             self.api.clone(),
             loaded.sessions,
@@ -304,27 +334,45 @@ impl Engine {
                 "first start: open sessions taken as a baseline (no events for their history)"
             );
         }
-        let processing = self.process(cycle.sessions, cycle.now);
-        tokio::pin!(processing);
-        let batch = tokio::select! {
-            b = &mut processing => b,
-            _ = shutdown.cancelled() => {
-                // Let in-flight actions finish, for a bounded time; what
-                // does not finish is settled at the next start.
-                match tokio::time::timeout(SHUTDOWN_GRACE, &mut processing).await {
-                    Ok(b) => b,
-                    Err(_) => {
-                        tracing::warn!("in-flight actions did not finish within {}s; they will be settled at the next start", SHUTDOWN_GRACE.as_secs());
-                        return Ok(CycleEnd::Interrupted);
-                    }
-                }
-            }
+        // The cycle's new states and its events are saved before any event
+        // is handled: a crash from here on resumes from the journal.
+        let mut batch = Batch {
+            at: cycle.now,
+            baselined: true,
+            ..Batch::default()
         };
+        let mut finished = Vec::new();
+        for sc in cycle.sessions {
+            if sc.finished {
+                finished.push(sc.tracked.session.session_id.clone());
+                batch.ended.push(sc.tracked.clone());
+            } else if sc.changed {
+                batch.sessions.push(sc.tracked.clone());
+            }
+            if !sc.events.is_empty() {
+                batch.events.push(Pending {
+                    tracked: sc.tracked,
+                    events: sc.events,
+                });
+            }
+        }
         let store = self.store.clone();
-        match tokio::task::spawn_blocking(move || store.commit(batch)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "cannot save state"),
-            Err(e) => tracing::error!(error = %e, "state commit task failed"),
+        let (saved, batch) = tokio::task::spawn_blocking(move || {
+            let r = store.commit(&batch);
+            (r, batch)
+        })
+        .await
+        .map_err(|e| ApiError::Invalid(format!("state commit task failed: {e}")))?;
+        if let Err(e) = saved {
+            // Handling the events anyway is better than dropping them; they
+            // are just not protected against a crash this cycle.
+            tracing::error!(error = %e, "cannot save state; handling this cycle's events unprotected");
+        }
+        if self.handle(batch.events, cycle.now, shutdown).await == CycleEnd::Interrupted {
+            return Ok(CycleEnd::Interrupted);
+        }
+        for id in finished {
+            self.executor.forget(&id);
         }
         let _ = self.notes.send(Note::Cycle {
             listed: cycle.listed,
@@ -336,45 +384,46 @@ impl Engine {
     }
 
     /// Runs every session's events through the rules and their actions
-    /// through the executor; one batch for the whole cycle.
-    async fn process(&self, sessions: Vec<SessionCycle>, now: Timestamp) -> Batch {
+    /// through the executor, sessions concurrently up to the bound. On
+    /// shutdown, in-flight work gets a bounded grace period; what does not
+    /// finish stays journaled for the next start.
+    async fn handle(
+        &self,
+        pending: Vec<Pending>,
+        now: Timestamp,
+        shutdown: &CancellationToken,
+    ) -> CycleEnd {
         let permits = Arc::new(Semaphore::new(self.opts.max_concurrency));
         let mut work = FuturesUnordered::new();
-        for sc in sessions {
+        for p in pending {
             let permits = permits.clone();
             work.push(async move {
                 let _permit = permits.acquire_owned().await.ok();
-                self.process_session(sc, now).await
+                self.process_session(p, now).await
             });
         }
-        let mut batch = Batch {
-            at: now,
-            baselined: true,
-            ..Batch::default()
-        };
-        while let Some((sc, memory)) = work.next().await {
-            let id = sc.tracked.session.session_id.clone();
-            for (rule, mem) in memory {
-                batch.memory.push((id.clone(), rule, mem));
-            }
-            if sc.finished {
-                self.executor.forget(&id);
-                batch.ended.push(sc.tracked);
-            } else if sc.changed {
-                batch.sessions.push(sc.tracked);
+        let all = async { while work.next().await.is_some() {} };
+        tokio::pin!(all);
+        tokio::select! {
+            _ = &mut all => CycleEnd::Done,
+            _ = shutdown.cancelled() => {
+                match tokio::time::timeout(SHUTDOWN_GRACE, &mut all).await {
+                    Ok(()) => CycleEnd::Done,
+                    Err(_) => {
+                        tracing::warn!("in-flight actions did not finish within {}s; they will be settled at the next start", SHUTDOWN_GRACE.as_secs());
+                        CycleEnd::Interrupted
+                    }
+                }
             }
         }
-        batch
     }
 
-    async fn process_session(
-        &self,
-        sc: SessionCycle,
-        now: Timestamp,
-    ) -> (SessionCycle, HashMap<String, Memory>) {
+    /// One session's events, strictly in order, then their removal from
+    /// the journal together with the rule memory they changed.
+    async fn process_session(&self, sc: Pending, now: Timestamp) {
         let mut writes: HashMap<String, Memory> = HashMap::new();
         if sc.events.is_empty() {
-            return (sc, writes);
+            return;
         }
         let id = sc.tracked.session.session_id.clone();
         let store = self.store.clone();
@@ -382,12 +431,12 @@ impl Engine {
         let mut memory = match tokio::task::spawn_blocking(move || store.memory(&sid)).await {
             Ok(Ok(m)) => m,
             Ok(Err(e)) => {
-                tracing::error!(session_id = %id, error = %e, "cannot read rule memory; skipping this session's events until it can");
-                return (sc, writes);
+                tracing::error!(session_id = %id, error = %e, "cannot read rule memory; this session's events stay journaled until the next start");
+                return;
             }
             Err(e) => {
-                tracing::error!(session_id = %id, error = %e, "rule memory task failed");
-                return (sc, writes);
+                tracing::error!(session_id = %id, error = %e, "rule memory task failed; events stay journaled");
+                return;
             }
         };
         let mut effective = sc.tracked.session.clone();
@@ -419,8 +468,8 @@ impl Engine {
             {
                 Ok(r) => r,
                 Err(e) => {
-                    tracing::error!(session_id = %id, event = %kind, error = %e, "rule evaluation crashed; the event is skipped");
-                    return (sc, writes);
+                    tracing::error!(session_id = %id, event = %kind, error = %e, "rule evaluation crashed; this session's events stay journaled until the next start");
+                    return;
                 }
             };
             memory = mem;
@@ -459,7 +508,14 @@ impl Engine {
                 }
             }
         }
-        (sc, writes)
+        let keys: Vec<String> = sc.events.iter().map(|e| e.key()).collect();
+        let memory: Vec<(String, Memory)> = writes.into_iter().collect();
+        let store = self.store.clone();
+        let done =
+            tokio::task::spawn_blocking(move || store.finish_events(&id, &keys, &memory)).await;
+        if !matches!(done, Ok(Ok(()))) {
+            tracing::error!(session_id = %sc.tracked.session.session_id, "cannot record handled events; they will be handled again at the next start (their actions are not repeated)");
+        }
     }
 
     /// Records the intent, takes (or reconciles, or skips) the action, and

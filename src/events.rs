@@ -109,7 +109,7 @@ pub struct TimerSpec {
 }
 
 /// One thing that happened to one session.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     /// What happened.
     pub kind: EventKind,

@@ -4,8 +4,9 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use super::{AuditEntry, AuditFilter, Batch, Begin, Intent, Loaded, Store, StoreError};
+use super::{AuditEntry, AuditFilter, Batch, Begin, Intent, Loaded, Pending, Store, StoreError};
 use crate::api::Timestamp;
+use crate::events::{Event, Tracked};
 use crate::rules::Memory;
 
 /// Audit entries kept; older ones are dropped so a long demo stays small.
@@ -26,6 +27,7 @@ struct Inner {
     ended: HashMap<String, Timestamp>,
     memory: HashMap<String, HashMap<String, Memory>>,
     actions: Vec<(Intent, Option<Finished>)>,
+    journal: Vec<(String, Event, Tracked)>,
     index: HashMap<String, usize>,
 }
 
@@ -54,24 +56,65 @@ impl Store for MemoryStore {
             .unwrap_or_default())
     }
 
-    fn commit(&self, batch: Batch) -> Result<(), StoreError> {
+    fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
         let mut inner = self.lock();
         inner.loaded.baselined |= batch.baselined;
-        for t in batch.sessions {
+        for t in &batch.sessions {
             inner
                 .loaded
                 .sessions
-                .insert(t.session.session_id.clone(), t);
+                .insert(t.session.session_id.clone(), t.clone());
         }
-        for (session, rule, mem) in batch.memory {
-            inner.memory.entry(session).or_default().insert(rule, mem);
-        }
-        for t in batch.ended {
+        for t in &batch.ended {
             let id = t.session.session_id.clone();
             inner.loaded.sessions.remove(&id);
             inner.ended.insert(id, batch.at);
         }
+        for p in &batch.events {
+            for e in &p.events {
+                let key = e.key();
+                if !inner.journal.iter().any(|(k, _, _)| *k == key) {
+                    inner.journal.push((key, e.clone(), p.tracked.clone()));
+                }
+            }
+        }
         Ok(())
+    }
+
+    fn finish_events(
+        &self,
+        session_id: &str,
+        keys: &[String],
+        memory: &[(String, Memory)],
+    ) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        for (rule, m) in memory {
+            inner
+                .memory
+                .entry(session_id.to_string())
+                .or_default()
+                .insert(rule.clone(), m.clone());
+        }
+        inner.journal.retain(|(k, _, _)| !keys.contains(k));
+        Ok(())
+    }
+
+    fn pending_events(&self) -> Result<Vec<Pending>, StoreError> {
+        let inner = self.lock();
+        let mut out: Vec<Pending> = Vec::new();
+        for (_, e, t) in &inner.journal {
+            match out
+                .iter_mut()
+                .find(|p| p.tracked.session.session_id == e.session_id)
+            {
+                Some(p) => p.events.push(e.clone()),
+                None => out.push(Pending {
+                    tracked: t.clone(),
+                    events: vec![e.clone()],
+                }),
+            }
+        }
+        Ok(out)
     }
 
     fn begin_action(&self, intent: &Intent) -> Result<Begin, StoreError> {

@@ -8,12 +8,15 @@
 //! action's intent before taking it and its outcome after, and commits one
 //! [`Batch`] per poll cycle.
 //!
-//! Exactly-once delivery rests on two facts: an event is identified by a
-//! key that is the same every time the same history is diffed, and an
+//! Exactly-once delivery rests on three facts. A cycle's new session states
+//! and its events are committed together, as a journal, before any event is
+//! handled, so a restart neither re-derives nor loses them (a timer that was
+//! due stays due even if our own first reply changed the session). An
 //! action's intent is written under `event key + rule + index` before the
-//! action runs. A crash before the cycle's commit replays the cycle's events
-//! after restart; their actions find their intents and are not taken again,
+//! action runs, so an event handled again after a crash does not act twice,
 //! and an intent left without an outcome is reconciled against the API.
+//! Finally, a session's rule memory is committed in the same transaction
+//! that takes its events off the journal.
 
 mod memory;
 mod sqlite;
@@ -23,7 +26,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::api::Timestamp;
-use crate::events::Tracked;
+use crate::events::{Event, Tracked};
 use crate::rules::Memory;
 
 pub use memory::MemoryStore;
@@ -149,7 +152,18 @@ pub struct Loaded {
     pub sessions: HashMap<String, Tracked>,
 }
 
-/// Everything one poll cycle changed, committed together.
+/// One session's events still to be handled, with the session as they saw
+/// it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pending {
+    /// The session after the poll that produced the events.
+    pub tracked: Tracked,
+    /// The events, in order.
+    pub events: Vec<Event>,
+}
+
+/// Everything one poll cycle learnt, committed together before any of its
+/// events is handled.
 #[derive(Debug, Default)]
 pub struct Batch {
     /// When the cycle ran (server clock); ended sessions are stamped with it.
@@ -160,8 +174,8 @@ pub struct Batch {
     pub sessions: Vec<Tracked>,
     /// Sessions that ended; kept until the retention purge, not tracked.
     pub ended: Vec<Tracked>,
-    /// Rule memory writes: (session, rule, memory).
-    pub memory: Vec<(String, String, Memory)>,
+    /// The events to handle, journaled until handled.
+    pub events: Vec<Pending>,
 }
 
 /// Durable engine state. Every method blocks: call from a blocking thread.
@@ -171,7 +185,17 @@ pub trait Store: Send + Sync + 'static {
     /// Every rule's memory for one session.
     fn memory(&self, session_id: &str) -> Result<HashMap<String, Memory>, StoreError>;
     /// Applies a batch atomically.
-    fn commit(&self, batch: Batch) -> Result<(), StoreError>;
+    fn commit(&self, batch: &Batch) -> Result<(), StoreError>;
+    /// Takes handled events off the journal and saves the session's rule
+    /// memory, in one transaction.
+    fn finish_events(
+        &self,
+        session_id: &str,
+        keys: &[String],
+        memory: &[(String, Memory)],
+    ) -> Result<(), StoreError>;
+    /// Journaled events not yet handled, per session, oldest first.
+    fn pending_events(&self) -> Result<Vec<Pending>, StoreError>;
     /// Records an intent, unless one with its key exists; says which.
     fn begin_action(&self, intent: &Intent) -> Result<Begin, StoreError>;
     /// Records an intent's outcome (and forgets its text).

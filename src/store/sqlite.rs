@@ -12,9 +12,9 @@ use std::sync::Mutex;
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
-use super::{AuditEntry, AuditFilter, Batch, Begin, Intent, Loaded, Store, StoreError};
+use super::{AuditEntry, AuditFilter, Batch, Begin, Intent, Loaded, Pending, Store, StoreError};
 use crate::api::{format_ts, parse_ts, Timestamp};
-use crate::events::Tracked;
+use crate::events::{Event, Tracked};
 use crate::rules::Memory;
 
 /// Schema migrations; entry N brings a file from version N to N+1.
@@ -47,6 +47,15 @@ const MIGRATIONS: &[&str] = &[
      );
      CREATE INDEX actions_session ON actions (session_id);
      CREATE INDEX actions_pending ON actions (outcome) WHERE outcome IS NULL;",
+    // 1 → 2: the event journal: a cycle's events, kept until handled.
+    "CREATE TABLE journal (
+         seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+         key        TEXT NOT NULL UNIQUE,
+         session_id TEXT NOT NULL,
+         event      TEXT NOT NULL,
+         context    TEXT NOT NULL
+     );
+     CREATE INDEX journal_session ON journal (session_id);",
 ];
 
 /// The newest schema version this build knows.
@@ -282,7 +291,7 @@ impl Store for SqliteStore {
         Ok(out)
     }
 
-    fn commit(&self, batch: Batch) -> Result<(), StoreError> {
+    fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(|e| self.io(e))?;
         {
@@ -312,19 +321,95 @@ impl Store for SqliteStore {
                     .execute(params![t.session.session_id, json, ended_at])
                     .map_err(|e| self.io(e))?;
             }
+            let mut journal = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO journal (key, session_id, event, context)
+                     VALUES (?1, ?2, ?3, ?4)",
+                )
+                .map_err(|e| self.io(e))?;
+            for p in &batch.events {
+                let context = serde_json::to_string(&p.tracked).map_err(|e| self.io(e))?;
+                for e in &p.events {
+                    let json = serde_json::to_string(e).map_err(|e| self.io(e))?;
+                    journal
+                        .execute(params![e.key(), e.session_id, json, context])
+                        .map_err(|e| self.io(e))?;
+                }
+            }
+        }
+        tx.commit().map_err(|e| self.io(e))
+    }
+
+    fn finish_events(
+        &self,
+        session_id: &str,
+        keys: &[String],
+        memory: &[(String, Memory)],
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| self.io(e))?;
+        {
             let mut mem = tx
                 .prepare_cached(
                     "INSERT INTO memory (session_id, rule, value) VALUES (?1, ?2, ?3)
                      ON CONFLICT (session_id, rule) DO UPDATE SET value = ?3",
                 )
                 .map_err(|e| self.io(e))?;
-            for (session, rule, m) in &batch.memory {
+            for (rule, m) in memory {
                 let json = serde_json::to_string(m).map_err(|e| self.io(e))?;
-                mem.execute(params![session, rule, json])
+                mem.execute(params![session_id, rule, json])
                     .map_err(|e| self.io(e))?;
+            }
+            let mut done = tx
+                .prepare_cached("DELETE FROM journal WHERE key = ?1")
+                .map_err(|e| self.io(e))?;
+            for k in keys {
+                done.execute([k]).map_err(|e| self.io(e))?;
             }
         }
         tx.commit().map_err(|e| self.io(e))
+    }
+
+    fn pending_events(&self) -> Result<Vec<Pending>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT session_id, event, context FROM journal ORDER BY seq")
+            .map_err(|e| self.io(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            })
+            .map_err(|e| self.io(e))?;
+        let mut out: Vec<Pending> = Vec::new();
+        let mut index: HashMap<String, usize> = HashMap::new();
+        for row in rows {
+            let (session_id, event, context) = row.map_err(|e| self.io(e))?;
+            let (Ok(event), Ok(tracked)) = (
+                serde_json::from_str::<Event>(&event),
+                serde_json::from_str::<Tracked>(&context),
+            ) else {
+                tracing::warn!(session_id = %session_id, "unreadable journaled event; skipped");
+                continue;
+            };
+            match index.get(&session_id) {
+                Some(&i) => {
+                    out[i].events.push(event);
+                    out[i].tracked = tracked;
+                }
+                None => {
+                    index.insert(session_id, out.len());
+                    out.push(Pending {
+                        tracked,
+                        events: vec![event],
+                    });
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn begin_action(&self, intent: &Intent) -> Result<Begin, StoreError> {
