@@ -134,6 +134,17 @@ impl Default for GuardConfig {
     }
 }
 
+/// The `[http]` table: the metrics, health and status listener.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address to serve on; off when unset.
+    pub listen: Option<std::net::SocketAddr>,
+    /// File holding the bearer token every path but `/healthz` requires;
+    /// mandatory when `listen` is not a loopback address.
+    pub token_file: Option<PathBuf>,
+}
+
 /// The whole configuration, after all layers are applied.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -144,6 +155,8 @@ pub struct Config {
     pub engine: EngineConfig,
     /// `[guard]`.
     pub guard: GuardConfig,
+    /// `[http]`.
+    pub http: HttpConfig,
     /// The file the settings came from, if any.
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -162,6 +175,8 @@ pub struct Overrides {
     pub state_path: Option<PathBuf>,
     /// `--dry-run` / `SKYRULES_DRY_RUN`.
     pub dry_run: bool,
+    /// `--listen` / `SKYRULES_LISTEN`, unparsed.
+    pub listen: Option<String>,
 }
 
 impl Config {
@@ -221,6 +236,12 @@ impl Config {
             self.engine.state_path = s.clone();
         }
         self.engine.dry_run |= o.dry_run;
+        if let Some(l) = &o.listen {
+            self.http.listen = Some(l.trim().parse().map_err(|_| ConfigError::Override {
+                source_name: "--listen / SKYRULES_LISTEN".into(),
+                message: format!("{l:?} is not an address like 127.0.0.1:9187"),
+            })?);
+        }
         Ok(())
     }
 
@@ -253,6 +274,14 @@ impl Config {
         if self.guard.window.is_zero() {
             return Err(bad("guard.window", "must be more than zero"));
         }
+        if let Some(addr) = self.http.listen {
+            if !addr.ip().is_loopback() && self.http.token_file.is_none() {
+                return Err(bad(
+                    "http.token_file",
+                    &format!("serving on {addr} (not loopback) requires a bearer token file"),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -284,6 +313,27 @@ impl Config {
                     .unwrap_or_else(|| DEFAULT_CONFIG_FILE.to_string())
             ))),
         }
+    }
+
+    /// The bearer token of the HTTP listener, if `[http] token_file` is set.
+    pub fn http_token(&self) -> Result<Option<String>, ConfigError> {
+        let Some(file) = &self.http.token_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(file).map_err(|e| {
+            ConfigError::Invalid(format!(
+                "cannot read the token file {} (`http.token_file`): {e}",
+                file.display()
+            ))
+        })?;
+        let token = text.trim().to_string();
+        if token.is_empty() {
+            return Err(ConfigError::Invalid(format!(
+                "the token file {} (`http.token_file`) is empty",
+                file.display()
+            )));
+        }
+        Ok(Some(token))
     }
 
     /// The client settings this config describes.

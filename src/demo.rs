@@ -67,6 +67,9 @@ pub struct DemoOptions {
     pub duration: Option<Duration>,
     /// Take no action, only narrate what would be done.
     pub dry_run: bool,
+    /// Where to serve the status page and metrics (another free port is
+    /// used when this one is taken); `None` for no listener.
+    pub listen: Option<SocketAddr>,
 }
 
 impl Default for DemoOptions {
@@ -79,6 +82,7 @@ impl Default for DemoOptions {
             poll_interval: Duration::from_secs(1),
             duration: None,
             dry_run: false,
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 9187))),
         }
     }
 }
@@ -160,11 +164,33 @@ pub async fn run(
     if opts.dry_run {
         writeln!(out, "  dry run: actions are narrated, not taken")?;
     }
+    let stop = shutdown.child_token();
+    let mut server = None;
+    if let Some(addr) = opts.listen {
+        let metrics = crate::metrics::install();
+        let listener = match crate::http::bind(addr, None).await {
+            Ok(l) => Ok(l),
+            Err(_) => crate::http::bind(SocketAddr::new(addr.ip(), 0), None).await,
+        };
+        match listener {
+            Ok(l) => {
+                if let Ok(a) = l.local_addr() {
+                    writeln!(out, "  status     http://{a}/  (metrics at /metrics)")?;
+                }
+                server = Some(tokio::spawn(crate::http::serve(
+                    l,
+                    engine.board(),
+                    metrics,
+                    None,
+                    stop.clone(),
+                )));
+            }
+            Err(e) => writeln!(out, "  status     not served: {e}")?,
+        }
+    }
     writeln!(out, "Press Ctrl-C to stop.\n")?;
     out.flush()?;
-
     let mut notes = engine.subscribe();
-    let stop = shutdown.child_token();
     let engine_task = tokio::spawn(engine.run(stop.clone()));
     let deadline = async {
         match opts.duration {
@@ -195,6 +221,9 @@ pub async fn run(
     }
     stop.cancel();
     let _ = engine_task.await;
+    if let Some(server) = server {
+        let _ = server.await;
+    }
     sim.shutdown().await;
     if embedded {
         let _ = std::fs::remove_dir_all(&rules_dir);

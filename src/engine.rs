@@ -21,6 +21,7 @@ use crate::events::EventKind;
 use crate::executor::{Executor, Guard, Outcome};
 use crate::rules::reload::{log_report, ReloadReport, Reloader};
 use crate::rules::{Action, EventData, Memory, RuleError, Runtime};
+use crate::status::{ActionView, Board, RuleView, SessionView, SharedBoard, TimerView};
 use crate::store::{Batch, Begin, Intent, Pending, Store, StoreError};
 use crate::watcher::Watcher;
 
@@ -154,6 +155,7 @@ pub struct Engine {
     opts: EngineOptions,
     retention: Duration,
     notes: broadcast::Sender<Note>,
+    board: SharedBoard,
 }
 
 impl Engine {
@@ -180,6 +182,12 @@ impl Engine {
             })?;
         let executor = Arc::new(Executor::new(api.clone(), opts.dry_run, opts.guard));
         let (notes, _) = broadcast::channel(4096);
+        let board: SharedBoard = Arc::new(std::sync::RwLock::new(Board {
+            poll_interval: opts.poll_interval,
+            dry_run: opts.dry_run,
+            ..Board::default()
+        }));
+        refresh_rules(&board, &reloader, &report);
         Ok((
             Engine {
                 api,
@@ -190,6 +198,7 @@ impl Engine {
                 opts,
                 retention: DEFAULT_RETENTION,
                 notes,
+                board,
             },
             report,
         ))
@@ -198,6 +207,11 @@ impl Engine {
     /// How long ended sessions' snapshots, messages and memory are kept.
     pub fn set_retention(&mut self, retention: Duration) {
         self.retention = retention;
+    }
+
+    /// The status board (readiness, sessions, timers, actions, rules).
+    pub fn board(&self) -> SharedBoard {
+        self.board.clone()
     }
 
     /// Observes what the engine does from now on.
@@ -223,7 +237,12 @@ impl Engine {
         let reload_notes = self.notes.clone();
         let reloader = self.reloader.clone();
         let reload_stop = shutdown.child_token();
-        let reload_task = tokio::spawn(watch_rules(reloader, reload_stop.clone(), reload_notes));
+        let reload_task = tokio::spawn(watch_rules(
+            reloader,
+            reload_stop.clone(),
+            reload_notes,
+            self.board.clone(),
+        ));
 
         let mut polled_once = false;
         let mut tick = tokio::time::interval(self.opts.poll_interval);
@@ -256,6 +275,43 @@ impl Engine {
         reload_stop.cancel();
         let _ = reload_task.await;
         Ok(())
+    }
+
+    /// After a successful poll: readiness, sessions and their timers.
+    fn update_board(&self, watcher: &Watcher, timers: &[crate::events::TimerSpec], now: Timestamp) {
+        let (mut ai, mut human, mut pending, mut other) = (0, 0, 0, 0);
+        let mut sessions: Vec<SessionView> = watcher
+            .tracked()
+            .values()
+            .map(|t| {
+                match t.session.handled_by {
+                    crate::api::HandledBy::Ai => ai += 1,
+                    crate::api::HandledBy::Human => human += 1,
+                    crate::api::HandledBy::Pending => pending += 1,
+                    crate::api::HandledBy::Other(_) => other += 1,
+                }
+                SessionView {
+                    session_id: t.session.session_id.clone(),
+                    visitor: t.session.visitor_name.clone(),
+                    handled_by: t.session.handled_by.to_string(),
+                    last_activity_at: t.session.last_activity_at,
+                    timers: crate::events::running_timers(t, timers, now)
+                        .into_iter()
+                        .map(|(spec, elapsed)| TimerView {
+                            kind: spec.kind.name().to_string(),
+                            after_secs: spec.after.as_secs(),
+                            elapsed_secs: elapsed.as_secs(),
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        sessions.sort_by(|a, b| b.last_activity_at.cmp(&a.last_activity_at));
+        crate::metrics::sessions(ai, human, pending, other);
+        let mut board = self.board.write().unwrap_or_else(|p| p.into_inner());
+        board.last_poll_ok = Some(std::time::Instant::now());
+        board.last_poll_error = None;
+        board.sessions = sessions;
     }
 
     /// Everything before the first poll: loads the state, learns the
@@ -315,11 +371,24 @@ impl Engine {
         watcher: &mut Watcher,
         shutdown: &CancellationToken,
     ) -> Result<CycleEnd, ApiError> {
+        let started = std::time::Instant::now();
         let timers = self.runtime.rules().timers();
-        let cycle = tokio::select! {
+        let polled = tokio::select! {
             _ = shutdown.cancelled() => return Ok(CycleEnd::Interrupted),
-            r = watcher.poll(&timers) => r?,
+            r = watcher.poll(&timers) => r,
         };
+        let cycle = match polled {
+            Ok(c) => c,
+            Err(e) => {
+                crate::metrics::poll(false, started.elapsed());
+                self.board
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .last_poll_error = Some(e.to_string());
+                return Err(e);
+            }
+        };
+        self.update_board(watcher, &timers, cycle.now);
         let events: usize = cycle.sessions.iter().map(|s| s.events.len()).sum();
         tracing::debug!(
             listed = cycle.listed,
@@ -358,7 +427,9 @@ impl Engine {
         }
         let store = self.store.clone();
         let (saved, batch) = tokio::task::spawn_blocking(move || {
+            let t = std::time::Instant::now();
             let r = store.commit(&batch);
+            crate::metrics::store_write("commit", t.elapsed());
             (r, batch)
         })
         .await
@@ -374,6 +445,7 @@ impl Engine {
         for id in finished {
             self.executor.forget(&id);
         }
+        crate::metrics::poll(true, started.elapsed());
         let _ = self.notes.send(Note::Cycle {
             listed: cycle.listed,
             details_read: cycle.details_read,
@@ -442,6 +514,7 @@ impl Engine {
         let mut effective = sc.tracked.session.clone();
         for event in &sc.events {
             let kind = event.kind;
+            crate::metrics::event(kind.name());
             let _ = self.notes.send(Note::Event {
                 session_id: id.clone(),
                 kind,
@@ -474,6 +547,7 @@ impl Engine {
             };
             memory = mem;
             for run in runs {
+                crate::metrics::handler_run(&run.rule, run.error.is_some());
                 if let Some(err) = run.error {
                     tracing::error!(rule = %run.rule, session_id = %id, event = %kind, error = %err, "rule handler failed; other rules carry on");
                     let _ = self.notes.send(Note::RuleFailed {
@@ -511,8 +585,13 @@ impl Engine {
         let keys: Vec<String> = sc.events.iter().map(|e| e.key()).collect();
         let memory: Vec<(String, Memory)> = writes.into_iter().collect();
         let store = self.store.clone();
-        let done =
-            tokio::task::spawn_blocking(move || store.finish_events(&id, &keys, &memory)).await;
+        let done = tokio::task::spawn_blocking(move || {
+            let t = std::time::Instant::now();
+            let r = store.finish_events(&id, &keys, &memory);
+            crate::metrics::store_write("events_done", t.elapsed());
+            r
+        })
+        .await;
         if !matches!(done, Ok(Ok(()))) {
             tracing::error!(session_id = %sc.tracked.session.session_id, "cannot record handled events; they will be handled again at the next start (their actions are not repeated)");
         }
@@ -529,7 +608,13 @@ impl Engine {
     ) -> Option<Outcome> {
         let store = self.store.clone();
         let written = intent.clone();
-        let begin = tokio::task::spawn_blocking(move || store.begin_action(&written)).await;
+        let begin = tokio::task::spawn_blocking(move || {
+            let t = std::time::Instant::now();
+            let r = store.begin_action(&written);
+            crate::metrics::store_write("intent", t.elapsed());
+            r
+        })
+        .await;
         let outcome = match begin {
             Ok(Ok(Begin::New)) => self.executor.execute(session, action).await,
             Ok(Ok(Begin::Pending(old))) => self.executor.reconcile(session, action, old.at).await,
@@ -552,9 +637,13 @@ impl Engine {
         let key = key.to_string();
         let name = outcome.name();
         let detail = outcome.detail().map(str::to_string);
-        let done =
-            tokio::task::spawn_blocking(move || store.finish_action(&key, name, detail.as_deref()))
-                .await;
+        let done = tokio::task::spawn_blocking(move || {
+            let t = std::time::Instant::now();
+            let r = store.finish_action(&key, name, detail.as_deref());
+            crate::metrics::store_write("outcome", t.elapsed());
+            r
+        })
+        .await;
         if !matches!(done, Ok(Ok(()))) {
             tracing::error!(
                 "cannot record an action's outcome; it will be reconciled at the next start"
@@ -692,6 +781,19 @@ impl Engine {
                 tracing::error!(rule, session_id, event, action = action.name(), error = %why, "action failed")
             }
         }
+        crate::metrics::action(rule, action.name(), outcome.name());
+        self.board
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_action(ActionView {
+                at: self.api.clock().now(),
+                rule: rule.to_string(),
+                session_id: session_id.to_string(),
+                event: event.to_string(),
+                action: action.name().to_string(),
+                outcome: outcome.name().to_string(),
+                detail: outcome.detail().map(str::to_string),
+            });
         let _ = self.notes.send(Note::Action {
             rule: rule.to_string(),
             session_id: session_id.to_string(),
@@ -705,10 +807,27 @@ impl Engine {
     }
 }
 
+/// Puts the rules' load status on the board and in the metrics.
+fn refresh_rules(board: &SharedBoard, reloader: &Reloader, report: &ReloadReport) {
+    let status = reloader.status();
+    let running = status.iter().filter(|r| r.running).count();
+    crate::metrics::reload(report.errors.is_empty(), running);
+    let views = status
+        .into_iter()
+        .map(|r| RuleView {
+            id: r.id,
+            running: r.running,
+            error: r.error.map(|e| e.to_string()),
+        })
+        .collect();
+    board.write().unwrap_or_else(|p| p.into_inner()).rules = views;
+}
+
 async fn watch_rules(
     reloader: Arc<Reloader>,
     shutdown: CancellationToken,
     notes: broadcast::Sender<Note>,
+    board: SharedBoard,
 ) {
     // The reloader logs; this adapter also tells observers.
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -722,6 +841,7 @@ async fn watch_rules(
                 Some(report) => {
                     let report: ReloadReport = report;
                     log_report(&report);
+                    refresh_rules(&board, &reloader, &report);
                     let _ = notes.send(Note::Reloaded {
                         loaded: report.loaded,
                         removed: report.removed,

@@ -320,6 +320,25 @@ pub fn due_timers(t: &mut Tracked, specs: &[TimerSpec], now: Timestamp) -> Vec<E
     due
 }
 
+/// Timers whose condition holds now and that have not fired yet, with how
+/// long the condition has held: what a status page shows as "running".
+pub fn running_timers(
+    t: &Tracked,
+    specs: &[TimerSpec],
+    now: Timestamp,
+) -> Vec<(TimerSpec, Duration)> {
+    specs
+        .iter()
+        .filter_map(|spec| {
+            let (anchor, since) = timer_anchor(t, spec.kind)?;
+            if t.fired.contains(&fired_key(spec, &anchor)) {
+                return None;
+            }
+            Some((*spec, (now - since).to_std().unwrap_or_default()))
+        })
+        .collect()
+}
+
 /// Forgets fired keys whose occurrence is over (a newer message, a new
 /// request), so the set does not grow with the session's length.
 fn prune_fired(t: &mut Tracked) {

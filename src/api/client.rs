@@ -429,7 +429,7 @@ impl Client {
                     last: fail,
                 });
             }
-            self.pause(&fail, attempt, &what).await;
+            self.pause(&fail, attempt, &what, endpoint_of(&url)).await;
         }
     }
 
@@ -477,12 +477,13 @@ impl Client {
                         last: t,
                     })
                 }
-                Err(Fail::Retry(t)) => self.pause(&t, attempt, what).await,
+                Err(Fail::Retry(t)) => self.pause(&t, attempt, what, endpoint_of(&url)).await,
             }
         }
     }
 
-    async fn pause(&self, t: &Transient, attempt: u32, what: &str) {
+    async fn pause(&self, t: &Transient, attempt: u32, what: &str, endpoint: &'static str) {
+        crate::metrics::api_retry(endpoint, t.reason());
         let delay = match t {
             Transient::RateLimited {
                 retry_after: Some(d),
@@ -509,11 +510,19 @@ impl Client {
         if let Some(b) = body {
             req = req.json(b);
         }
-        let resp = req.send().await.map_err(|e| Fail::Retry(transport(&e)))?;
+        let endpoint = endpoint_of(&url);
+        let resp = req.send().await.map_err(|e| {
+            crate::metrics::api_request(endpoint, None, started.elapsed());
+            Fail::Retry(transport(&e))
+        })?;
         let status = resp.status();
         let headers = resp.headers().clone();
         self.clock.observe(&headers);
-        let bytes = resp.bytes().await.map_err(|e| Fail::Retry(transport(&e)))?;
+        let bytes = resp.bytes().await.map_err(|e| {
+            crate::metrics::api_request(endpoint, None, started.elapsed());
+            Fail::Retry(transport(&e))
+        })?;
+        crate::metrics::api_request(endpoint, Some(status.as_u16()), started.elapsed());
         tracing::debug!(
             method = %method,
             path = url.path(),
@@ -561,6 +570,21 @@ impl Client {
                 message,
             }),
         })
+    }
+}
+
+/// The endpoint a URL addresses, as a metric label (never the session id).
+fn endpoint_of(url: &Url) -> &'static str {
+    let path = url.path().trim_end_matches('/');
+    let last = path.rsplit('/').next().unwrap_or("");
+    match last {
+        "analytics" => "analytics",
+        "sessions" => "list_sessions",
+        "take-over" => "take_over",
+        "release" => "release",
+        "messages" => "send_message",
+        "end" => "end",
+        _ => "get_session",
     }
 }
 

@@ -104,6 +104,18 @@ pub enum Transient {
 }
 
 impl Transient {
+    /// A short label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Transient::RateLimited { .. } => "rate_limited",
+            Transient::Server { .. } => "server_error",
+            Transient::Timeout => "timeout",
+            Transient::Connect(_) => "connect",
+            Transient::Connection(_) => "connection",
+            Transient::Malformed(_) => "malformed",
+        }
+    }
+
     /// Whether the request may have been carried out by the server even
     /// though we saw no success (the basis of the no-blind-resend rule).
     pub fn outcome_unknown(&self) -> bool {

@@ -35,6 +35,12 @@ pub struct DemoArgs {
     /// Narrate what would be done, take no action
     #[arg(long)]
     dry_run: bool,
+    /// Serve the status page and metrics here (another port if taken)
+    #[arg(long, default_value = "127.0.0.1:9187", value_name = "ADDR")]
+    listen: std::net::SocketAddr,
+    /// Do not serve the status page
+    #[arg(long)]
+    no_listen: bool,
 }
 
 /// Runs the demo until Ctrl-C (or `--for`).
@@ -53,6 +59,7 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
         poll_interval: dur("--poll-interval", &a.poll_interval)?,
         duration: a.duration.as_deref().map(|d| dur("--for", d)).transpose()?,
         dry_run: a.dry_run,
+        listen: (!a.no_listen).then_some(a.listen),
     };
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();

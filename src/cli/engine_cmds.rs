@@ -32,6 +32,10 @@ pub struct EngineArgs {
     /// Log every action instead of taking it (`engine.dry_run`)
     #[arg(long, env = "SKYRULES_DRY_RUN")]
     pub dry_run: bool,
+    /// Serve /metrics, /healthz, /readyz and a status page here, e.g.
+    /// 127.0.0.1:9187 (`http.listen`)
+    #[arg(long, env = "SKYRULES_LISTEN", value_name = "ADDR")]
+    pub listen: Option<String>,
 }
 
 impl EngineArgs {
@@ -43,6 +47,7 @@ impl EngineArgs {
             poll_interval: self.poll_interval.clone(),
             state_path: self.state_path.clone(),
             dry_run: self.dry_run,
+            listen: self.listen.clone(),
         }
     }
 }
@@ -73,6 +78,7 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
     let api = Client::new(config.client_config()?)?;
     let opts = engine_options(&config);
     ensure_rules_dir(&opts.rules_dir)?;
+    let metrics = crate::metrics::install();
     let path = config.engine.state_path.clone();
     let store = tokio::task::spawn_blocking(move || SqliteStore::open(&path))
         .await
@@ -94,13 +100,34 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
         tracing::warn!(rules_dir = %opts.rules_dir.display(), "no rule loaded; add *.rhai files (they are picked up without a restart)");
     }
     let shutdown = CancellationToken::new();
+    let server = match config.http.listen {
+        Some(addr) => {
+            let token = config.http_token()?;
+            let listener = crate::http::bind(addr, token.as_deref()).await?;
+            let shown = listener.local_addr().unwrap_or(addr);
+            tracing::info!(address = %shown, "status page, /metrics, /healthz and /readyz at http://{shown}/");
+            Some(tokio::spawn(crate::http::serve(
+                listener,
+                engine.board(),
+                metrics,
+                token,
+                shutdown.clone(),
+            )))
+        }
+        None => None,
+    };
     let stop = shutdown.clone();
     tokio::spawn(async move {
         crate::shutdown::signal().await;
         tracing::info!("shutting down");
         stop.cancel();
     });
-    engine.run(shutdown).await?;
+    let result = engine.run(shutdown.clone()).await;
+    shutdown.cancel();
+    if let Some(server) = server {
+        let _ = server.await;
+    }
+    result?;
     Ok(ExitCode::SUCCESS)
 }
 

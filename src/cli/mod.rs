@@ -188,6 +188,9 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         if let Some(EngineError::Rules(_)) = cause.downcast_ref::<EngineError>() {
             return 1;
         }
+        if cause.is::<crate::http::HttpError>() {
+            return 1;
+        }
     }
     2
 }

@@ -1,0 +1,192 @@
+//! Prometheus metrics: the names, their help texts and buckets, and the one
+//! process-wide recorder.
+//!
+//! Owns: what is measured and how it is named (`skyrules_` prefix, `_total`
+//! for counters, `_seconds` for durations, base units). The modules that
+//! observe things call the small helpers here, so a name is spelled in one
+//! place. Does not own serving them (the `http` module).
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Poll cycles, by `result` (`ok`, `error`).
+pub const POLL_CYCLES: &str = "skyrules_poll_cycles_total";
+/// Duration of a poll cycle, poll to commit (histogram).
+pub const POLL_DURATION: &str = "skyrules_poll_cycle_duration_seconds";
+/// Unix time of the last successful poll.
+pub const LAST_POLL: &str = "skyrules_last_successful_poll_timestamp_seconds";
+/// API requests, by `endpoint` and `status` class (`2xx`, `4xx`, `5xx`, `error`).
+pub const API_REQUESTS: &str = "skyrules_api_requests_total";
+/// API request latency, by `endpoint` (histogram).
+pub const API_DURATION: &str = "skyrules_api_request_duration_seconds";
+/// API retries, by `endpoint` and `reason`.
+pub const API_RETRIES: &str = "skyrules_api_retries_total";
+/// Sessions tracked now, by `status` and `handled_by`.
+pub const SESSIONS: &str = "skyrules_sessions_tracked";
+/// Events dispatched to the rules, by `kind`.
+pub const EVENTS: &str = "skyrules_events_total";
+/// Handler runs, by `rule`.
+pub const HANDLER_RUNS: &str = "skyrules_handler_runs_total";
+/// Handler failures (errors, loops, limits), by `rule`.
+pub const HANDLER_ERRORS: &str = "skyrules_handler_errors_total";
+/// Actions, by `rule`, `action` and `outcome` (`taken`, `skipped`,
+/// `dry_run`, `failed`, `capped`).
+pub const ACTIONS: &str = "skyrules_actions_total";
+/// Rule directory reloads, by `result` (`ok`, `error`).
+pub const RELOADS: &str = "skyrules_rule_reloads_total";
+/// Rules loaded and running.
+pub const RULES_LOADED: &str = "skyrules_rules_loaded";
+/// 1 when the last reload loaded every changed file, 0 when one failed.
+pub const LAST_RELOAD_OK: &str = "skyrules_rule_last_reload_successful";
+/// Unix time of the last reload that changed something.
+pub const LAST_RELOAD_TIME: &str = "skyrules_rule_last_reload_timestamp_seconds";
+/// State-store write latency, by `op` (`commit`, `intent`, `outcome`,
+/// `events_done`) (histogram).
+pub const STORE_WRITE: &str = "skyrules_state_write_duration_seconds";
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the process-wide recorder (once) and returns the handle that
+/// renders the text format; `None` if another recorder was installed first.
+pub fn install() -> Option<PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Suffix("_seconds".into()),
+                    &[
+                        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                        10.0, 30.0,
+                    ],
+                )
+                .ok()?;
+            let handle = builder.install_recorder().ok()?;
+            describe();
+            Some(handle)
+        })
+        .clone()
+}
+
+fn describe() {
+    describe_counter!(POLL_CYCLES, "Poll cycles, by result.");
+    describe_histogram!(
+        POLL_DURATION,
+        metrics::Unit::Seconds,
+        "Duration of a poll cycle, from the first request to the commit."
+    );
+    describe_gauge!(LAST_POLL, "Unix time of the last successful poll.");
+    describe_counter!(
+        API_REQUESTS,
+        "SkyLight API requests, by endpoint and status class."
+    );
+    describe_histogram!(
+        API_DURATION,
+        metrics::Unit::Seconds,
+        "SkyLight API request latency, by endpoint."
+    );
+    describe_counter!(API_RETRIES, "SkyLight API retries, by endpoint and reason.");
+    describe_gauge!(SESSIONS, "Sessions tracked now, by status and handler.");
+    describe_counter!(EVENTS, "Events dispatched to the rules, by kind.");
+    describe_counter!(HANDLER_RUNS, "Rule handler runs, by rule.");
+    describe_counter!(HANDLER_ERRORS, "Rule handler failures, by rule.");
+    describe_counter!(ACTIONS, "Actions, by rule, action and outcome.");
+    describe_counter!(RELOADS, "Rule directory reloads, by result.");
+    describe_gauge!(RULES_LOADED, "Rules loaded and running.");
+    describe_gauge!(
+        LAST_RELOAD_OK,
+        "1 when the last rule reload loaded every changed file, else 0."
+    );
+    describe_gauge!(
+        LAST_RELOAD_TIME,
+        "Unix time of the last rule reload that changed something."
+    );
+    describe_histogram!(
+        STORE_WRITE,
+        metrics::Unit::Seconds,
+        "State store write latency, by operation."
+    );
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default()
+}
+
+/// One API request finished (`status` None: no response).
+pub fn api_request(endpoint: &'static str, status: Option<u16>, took: Duration) {
+    let class = match status {
+        Some(s) => match s / 100 {
+            2 => "2xx",
+            3 => "3xx",
+            4 => "4xx",
+            5 => "5xx",
+            _ => "other",
+        },
+        None => "error",
+    };
+    counter!(API_REQUESTS, "endpoint" => endpoint, "status" => class).increment(1);
+    histogram!(API_DURATION, "endpoint" => endpoint).record(took.as_secs_f64());
+}
+
+/// An API request is being retried.
+pub fn api_retry(endpoint: &'static str, reason: &'static str) {
+    counter!(API_RETRIES, "endpoint" => endpoint, "reason" => reason).increment(1);
+}
+
+/// A poll cycle ended.
+pub fn poll(ok: bool, took: Duration) {
+    counter!(POLL_CYCLES, "result" => if ok { "ok" } else { "error" }).increment(1);
+    if ok {
+        histogram!(POLL_DURATION).record(took.as_secs_f64());
+        gauge!(LAST_POLL).set(unix_now());
+    }
+}
+
+/// Sessions tracked now, per handler (all tracked sessions are active).
+pub fn sessions(ai: usize, human: usize, pending: usize, other: usize) {
+    for (h, n) in [
+        ("ai", ai),
+        ("human", human),
+        ("pending", pending),
+        ("other", other),
+    ] {
+        gauge!(SESSIONS, "status" => "active", "handled_by" => h).set(n as f64);
+    }
+}
+
+/// An event went to the rules.
+pub fn event(kind: &'static str) {
+    counter!(EVENTS, "kind" => kind).increment(1);
+}
+
+/// A rule's handlers ran for an event; `failed` if one errored.
+pub fn handler_run(rule: &str, failed: bool) {
+    counter!(HANDLER_RUNS, "rule" => rule.to_string()).increment(1);
+    if failed {
+        counter!(HANDLER_ERRORS, "rule" => rule.to_string()).increment(1);
+    }
+}
+
+/// An action ended with `outcome`.
+pub fn action(rule: &str, action: &'static str, outcome: &'static str) {
+    counter!(ACTIONS, "rule" => rule.to_string(), "action" => action, "outcome" => outcome)
+        .increment(1);
+}
+
+/// A rescan of the rules directory changed something.
+pub fn reload(ok: bool, rules_loaded: usize) {
+    counter!(RELOADS, "result" => if ok { "ok" } else { "error" }).increment(1);
+    gauge!(LAST_RELOAD_OK).set(if ok { 1.0 } else { 0.0 });
+    gauge!(LAST_RELOAD_TIME).set(unix_now());
+    gauge!(RULES_LOADED).set(rules_loaded as f64);
+}
+
+/// A state-store write took `took`.
+pub fn store_write(op: &'static str, took: Duration) {
+    histogram!(STORE_WRITE, "op" => op).record(took.as_secs_f64());
+}

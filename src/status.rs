@@ -1,0 +1,127 @@
+//! The status board: what the engine reports about itself for people and
+//! probes — readiness, the sessions it tracks with their running timers,
+//! the last actions, and the rules' load status.
+//!
+//! Owns the data only; the engine writes it, the `http` module renders it.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::api::Timestamp;
+
+/// Actions kept for the status page.
+const RECENT_ACTIONS: usize = 50;
+
+/// A running timer of a session.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TimerView {
+    /// `idle`, `unanswered` or `human_waiting`.
+    pub kind: String,
+    /// Its threshold, in seconds.
+    pub after_secs: u64,
+    /// How long its condition has held, in seconds.
+    pub elapsed_secs: u64,
+}
+
+/// A tracked session.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SessionView {
+    /// The session id.
+    pub session_id: String,
+    /// The visitor's name, if known.
+    pub visitor: Option<String>,
+    /// `ai`, `human` or `pending`.
+    pub handled_by: String,
+    /// Last activity on the server's clock.
+    pub last_activity_at: Option<Timestamp>,
+    /// Timers whose condition holds now.
+    pub timers: Vec<TimerView>,
+}
+
+/// An action, as the status page lists it (no texts: they are for the
+/// audit log's readers, who have access to the chats anyway).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ActionView {
+    /// When (server clock).
+    pub at: Timestamp,
+    /// The rule.
+    pub rule: String,
+    /// The session.
+    pub session_id: String,
+    /// The event that triggered it.
+    pub event: String,
+    /// The action.
+    pub action: String,
+    /// Its outcome.
+    pub outcome: String,
+    /// Why, when not taken.
+    pub detail: Option<String>,
+}
+
+/// A rule file's status.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RuleView {
+    /// Rule id.
+    pub id: String,
+    /// Whether a version of it runs.
+    pub running: bool,
+    /// The file's current load error, if any.
+    pub error: Option<String>,
+}
+
+/// Everything on the board.
+#[derive(Debug, Default)]
+pub struct Board {
+    /// When the last poll succeeded (monotonic).
+    pub last_poll_ok: Option<Instant>,
+    /// The last poll error, cleared by a success.
+    pub last_poll_error: Option<String>,
+    /// The poll interval, for readiness.
+    pub poll_interval: Duration,
+    /// Tracked sessions with their timers, newest activity first.
+    pub sessions: Vec<SessionView>,
+    /// The most recent actions, newest first.
+    pub actions: VecDeque<ActionView>,
+    /// Rules by id.
+    pub rules: Vec<RuleView>,
+    /// Whether actions are only logged.
+    pub dry_run: bool,
+}
+
+impl Board {
+    /// Records an action, forgetting the oldest beyond the limit.
+    pub fn push_action(&mut self, a: ActionView) {
+        self.actions.push_front(a);
+        self.actions.truncate(RECENT_ACTIONS);
+    }
+
+    /// `Ok` when ready to act; else why not, for `/readyz`.
+    pub fn readiness(&self) -> Result<(), String> {
+        if !self.rules.iter().any(|r| r.running) {
+            return Err("no rule is loaded".into());
+        }
+        let limit = self.poll_interval * 3;
+        match self.last_poll_ok {
+            None => Err(match &self.last_poll_error {
+                Some(e) => format!("no successful poll yet; last error: {e}"),
+                None => "no successful poll yet".into(),
+            }),
+            Some(t) if t.elapsed() > limit => Err(format!(
+                "last successful poll was {}s ago (limit {}s){}",
+                t.elapsed().as_secs(),
+                limit.as_secs(),
+                self.last_poll_error
+                    .as_ref()
+                    .map(|e| format!("; last error: {e}"))
+                    .unwrap_or_default()
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+}
+
+/// The board, shared between the engine (writer) and the server (reader).
+pub type SharedBoard = Arc<RwLock<Board>>;
