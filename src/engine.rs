@@ -306,7 +306,7 @@ impl Engine {
                 }
             })
             .collect();
-        sessions.sort_by(|a, b| b.last_activity_at.cmp(&a.last_activity_at));
+        sessions.sort_by_key(|s| std::cmp::Reverse(s.last_activity_at));
         crate::metrics::sessions(ai, human, pending, other);
         let mut board = self.board.write().unwrap_or_else(|p| p.into_inner());
         board.last_poll_ok = Some(std::time::Instant::now());
