@@ -157,6 +157,11 @@ pub struct Config {
     pub guard: GuardConfig,
     /// `[http]`.
     pub http: HttpConfig,
+    /// `[hours.NAME]`: business-hours calendars.
+    pub hours: std::collections::BTreeMap<String, crate::hours::CalendarConfig>,
+    /// `[notify.NAME]`: channels rules may notify (secrets in files or the
+    /// environment, resolved only by `run`).
+    pub notify: std::collections::BTreeMap<String, crate::notify::ChannelConfig>,
     /// The file the settings came from, if any.
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -274,6 +279,7 @@ impl Config {
         if self.guard.window.is_zero() {
             return Err(bad("guard.window", "must be more than zero"));
         }
+        self.calendars()?;
         if let Some(addr) = self.http.listen {
             if !addr.ip().is_loopback() && self.http.token_file.is_none() {
                 return Err(bad(
@@ -313,6 +319,16 @@ impl Config {
                     .unwrap_or_else(|| DEFAULT_CONFIG_FILE.to_string())
             ))),
         }
+    }
+
+    /// The business-hours calendars, parsed; errors name the key and file.
+    pub fn calendars(&self) -> Result<crate::hours::Calendars, ConfigError> {
+        crate::hours::Calendars::parse(&self.hours).map_err(|e| {
+            ConfigError::Invalid(match &self.source {
+                Some(p) => format!("{}: {e}", p.display()),
+                None => e.to_string(),
+            })
+        })
     }
 
     /// The bearer token of the HTTP listener, if `[http] token_file` is set.

@@ -20,7 +20,7 @@ use crate::api::{ApiError, Client, Session, Timestamp};
 use crate::events::EventKind;
 use crate::executor::{Executor, Guard, Outcome};
 use crate::rules::reload::{log_report, ReloadReport, Reloader};
-use crate::rules::{Action, EventData, Memory, RuleError, Runtime};
+use crate::rules::{Action, EventData, Memory, RuleError, Runtime, World};
 use crate::status::{ActionView, Board, RuleView, SessionView, SharedBoard, TimerView};
 use crate::store::{Batch, Begin, Intent, Pending, Store, StoreError};
 use crate::watcher::Watcher;
@@ -167,7 +167,19 @@ impl Engine {
         store: Arc<dyn Store>,
         opts: EngineOptions,
     ) -> Result<(Engine, ReloadReport), EngineError> {
-        let runtime = Arc::new(Runtime::new());
+        Engine::with_world(api, store, opts, World::default()).await
+    }
+
+    /// Like [`Engine::new`], with the calendars and notification channels
+    /// rules may use.
+    pub async fn with_world(
+        api: Client,
+        store: Arc<dyn Store>,
+        opts: EngineOptions,
+        world: World,
+    ) -> Result<(Engine, ReloadReport), EngineError> {
+        let notifier = world.notifier.clone();
+        let runtime = Arc::new(Runtime::with_world(world));
         let reloader = Arc::new(Reloader::new(runtime.clone(), opts.rules_dir.clone()));
         let r = reloader.clone();
         let report = tokio::task::spawn_blocking(move || r.rescan())
@@ -180,7 +192,8 @@ impl Engine {
                     message: format!("rule loading crashed: {e}"),
                 })
             })?;
-        let executor = Arc::new(Executor::new(api.clone(), opts.dry_run, opts.guard));
+        let executor =
+            Arc::new(Executor::new(api.clone(), opts.dry_run, opts.guard).with_notifier(notifier));
         let (notes, _) = broadcast::channel(4096);
         let board: SharedBoard = Arc::new(std::sync::RwLock::new(Board {
             poll_interval: opts.poll_interval,
@@ -295,7 +308,7 @@ impl Engine {
                     visitor: t.session.visitor_name.clone(),
                     handled_by: t.session.handled_by.to_string(),
                     last_activity_at: t.session.last_activity_at,
-                    timers: crate::events::running_timers(t, timers, now)
+                    timers: crate::events::running_timers(t, timers, now, self.runtime.calendars())
                         .into_iter()
                         .map(|(spec, elapsed)| TimerView {
                             kind: spec.kind.name().to_string(),
@@ -375,7 +388,7 @@ impl Engine {
         let timers = self.runtime.rules().timers();
         let polled = tokio::select! {
             _ = shutdown.cancelled() => return Ok(CycleEnd::Interrupted),
-            r = watcher.poll(&timers) => r,
+            r = watcher.poll(&timers, self.runtime.calendars()) => r,
         };
         let cycle = match polled {
             Ok(c) => c,
@@ -572,6 +585,8 @@ impl Engine {
                         action: action.name().to_string(),
                         text: match action {
                             Action::Reply(t) => Some(t.clone()),
+                            // The intent keeps what a restart needs to redo it.
+                            Action::Notify { channel, text } => Some(format!("{channel}\n{text}")),
                             _ => None,
                         },
                     };
@@ -616,8 +631,12 @@ impl Engine {
         })
         .await;
         let outcome = match begin {
-            Ok(Ok(Begin::New)) => self.executor.execute(session, action).await,
-            Ok(Ok(Begin::Pending(old))) => self.executor.reconcile(session, action, old.at).await,
+            Ok(Ok(Begin::New)) => self.executor.execute(session, &intent.rule, action).await,
+            Ok(Ok(Begin::Pending(old))) => {
+                self.executor
+                    .reconcile(session, &intent.rule, action, old.at)
+                    .await
+            }
             Ok(Ok(Begin::Done { outcome })) => {
                 tracing::debug!(key = %intent.key, %outcome, "action already handled before a restart");
                 return None;
@@ -668,6 +687,13 @@ impl Engine {
                 ("release", _) => Action::Release,
                 ("end", _) => Action::End,
                 ("reply", Some(t)) => Action::Reply(t.clone()),
+                ("notify", Some(t)) => match t.split_once('\n') {
+                    Some((channel, text)) => Action::Notify {
+                        channel: channel.to_string(),
+                        text: text.to_string(),
+                    },
+                    None => Action::Reply(t.clone()),
+                },
                 _ => {
                     self.finish(
                         &intent.key,
@@ -687,7 +713,7 @@ impl Engine {
             tracing::info!(session_id = %intent.session_id, rule = %intent.rule, action = %intent.action, "settling an action left unfinished by the last run");
             let outcome = self
                 .executor
-                .reconcile(&mut session, &action, intent.at)
+                .reconcile(&mut session, &intent.rule, &action, intent.at)
                 .await;
             self.finish(&intent.key, &outcome).await;
             self.record(

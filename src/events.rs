@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::api::{
     HandledBy, Message, SenderType, Session, SessionDetail, SessionStatus, Timestamp,
 };
+use crate::hours::Calendars;
 
 /// How many recent messages are kept per session for `ev.messages()` on
 /// events that did not re-read the session (timers).
@@ -99,13 +100,37 @@ impl std::fmt::Display for EventKind {
     }
 }
 
-/// A timer some rule registered: the kind and its duration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+/// A timer some rule registered: the kind, its duration, and the business
+/// hours it counts in (wall-clock time when `None`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct TimerSpec {
     /// `idle`, `unanswered` or `human_waiting`.
     pub kind: EventKind,
     /// How long the condition must hold.
     pub after: Duration,
+    /// The `[hours.NAME]` calendar whose open time counts, if any.
+    #[serde(default)]
+    pub hours: Option<String>,
+}
+
+impl TimerSpec {
+    /// A timer counted in wall-clock time.
+    pub fn wall(kind: EventKind, after: Duration) -> TimerSpec {
+        TimerSpec {
+            kind,
+            after,
+            hours: None,
+        }
+    }
+
+    /// How long the condition has held between `since` and `now`, counted
+    /// in the timer's business hours when it has some.
+    pub fn elapsed(&self, since: Timestamp, now: Timestamp, calendars: &Calendars) -> Duration {
+        match self.hours.as_deref().and_then(|h| calendars.get(h)) {
+            Some(cal) => cal.business_elapsed(since, now),
+            None => (now - since).to_std().unwrap_or_default(),
+        }
+    }
 }
 
 /// One thing that happened to one session.
@@ -132,7 +157,15 @@ impl Event {
     pub fn key(&self) -> String {
         let detail = match (&self.message, &self.timer) {
             (Some(m), _) => format!("m{}", m.id),
-            (None, Some(t)) => format!("{}ms@{}", t.after.as_millis(), self.at.timestamp_micros()),
+            (None, Some(t)) => format!(
+                "{}ms{}@{}",
+                t.after.as_millis(),
+                t.hours
+                    .as_deref()
+                    .map(|h| format!("/{h}"))
+                    .unwrap_or_default(),
+                self.at.timestamp_micros()
+            ),
             (None, None) => format!("@{}", self.at.timestamp_micros()),
         };
         format!("{}|{}|{detail}", self.session_id, self.kind.name())
@@ -148,9 +181,59 @@ pub struct Tracked {
     pub cursor: i64,
     /// Newest messages, oldest first, at most [`RECENT_MESSAGES`].
     pub recent: Vec<Message>,
-    /// Timers already fired, as keys from [`timer_key`]; only keys of the
-    /// current anchors are kept, so this stays small.
+    /// Timers already fired, keyed by kind, duration and occurrence; only
+    /// keys of current occurrences are kept, so this stays small.
     pub fired: BTreeSet<String>,
+    /// What the SLA report needs to know about this session.
+    #[serde(default)]
+    pub sla: SlaState,
+}
+
+/// A session's SLA facts, updated as its messages are seen.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct SlaState {
+    /// When the visitor first wrote.
+    pub first_visitor_at: Option<Timestamp>,
+    /// Seconds from then to the first bot or agent reply.
+    pub first_response_secs: Option<f64>,
+    /// Seconds from each human request to its take-over.
+    pub human_wait_secs: Vec<f64>,
+    /// Seconds a human agent took to answer each visitor message (the
+    /// oldest unanswered one) while handling the chat.
+    pub agent_response_secs: Vec<f64>,
+    /// The oldest visitor message not answered yet.
+    pub waiting_since: Option<Timestamp>,
+}
+
+impl SlaState {
+    /// Updates the facts with one new message; `human` says whether a
+    /// human handled the chat when it was written.
+    fn observe(&mut self, m: &Message, human: bool) {
+        let Some(at) = m.created_at else { return };
+        match m.sender_type {
+            SenderType::Visitor => {
+                self.first_visitor_at.get_or_insert(at);
+                self.waiting_since.get_or_insert(at);
+            }
+            SenderType::Bot | SenderType::Agent => {
+                if let (Some(first), None) = (self.first_visitor_at, self.first_response_secs) {
+                    if at >= first {
+                        self.first_response_secs = Some(secs(at - first));
+                    }
+                }
+                if let Some(since) = self.waiting_since.take() {
+                    if human && m.sender_type == SenderType::Agent && at >= since {
+                        self.agent_response_secs.push(secs(at - since));
+                    }
+                }
+            }
+            SenderType::Other(_) => {}
+        }
+    }
+}
+
+fn secs(d: chrono::Duration) -> f64 {
+    d.num_milliseconds().max(0) as f64 / 1000.0
 }
 
 impl Tracked {
@@ -247,18 +330,42 @@ pub fn diff(
         ranked.sort_by_key(|(at, rank, _)| (*at, *rank));
         events = ranked.into_iter().map(|(_, _, e)| e).collect();
     }
+    let mut sla = prev.map(|p| p.sla.clone()).unwrap_or_default();
+    if !baseline {
+        let human = session.handled_by == HandledBy::Human;
+        for m in recent.iter().filter(|m| m.id > cursor_before) {
+            sla.observe(m, human);
+        }
+        if let (Some(req), Some(took)) = (session.human_requested_at, session.human_took_over_at) {
+            let new_take_over = prev.is_none_or(|p| p.session.human_took_over_at != Some(took));
+            if new_take_over && took >= req {
+                sla.human_wait_secs.push(secs(took - req));
+            }
+        }
+    }
     let mut tracked = Tracked {
         session,
         cursor,
         recent,
         fired: prev.map(|p| p.fired.clone()).unwrap_or_default(),
+        sla,
     };
     prune_fired(&mut tracked);
     (tracked, events)
 }
 
 fn fired_key(spec: &TimerSpec, anchor: &str) -> String {
-    format!("{}:{}:{}", spec.kind.name(), spec.after.as_millis(), anchor)
+    match &spec.hours {
+        None => format!("{}:{}:{}", spec.kind.name(), spec.after.as_millis(), anchor),
+        // The calendar is part of the duration; `@` never appears in kinds
+        // or anchors, so keys stay parseable.
+        Some(h) => format!(
+            "{}:{}@{h}:{}",
+            spec.kind.name(),
+            spec.after.as_millis(),
+            anchor
+        ),
+    }
 }
 
 /// The anchor of a timer (an id for "this occurrence") and when its clock
@@ -291,27 +398,45 @@ fn timer_anchor(t: &Tracked, kind: EventKind) -> Option<(String, Timestamp)> {
 }
 
 /// Timers whose condition has held long enough and that have not fired for
-/// this occurrence. Marks them fired in `t`. Oldest deadline first.
+/// this occurrence, counted in wall-clock time. Marks them fired in `t`.
+/// Oldest deadline first.
 pub fn due_timers(t: &mut Tracked, specs: &[TimerSpec], now: Timestamp) -> Vec<Event> {
+    due_timers_in(t, specs, now, &Calendars::default())
+}
+
+/// Like [`due_timers`], with business-hours timers counted in `calendars`.
+pub fn due_timers_in(
+    t: &mut Tracked,
+    specs: &[TimerSpec],
+    now: Timestamp,
+    calendars: &Calendars,
+) -> Vec<Event> {
     let mut due = Vec::new();
     for spec in specs {
         let Some((anchor, since)) = timer_anchor(t, spec.kind) else {
             continue;
         };
-        let waited = (now - since).to_std().unwrap_or_default();
+        let waited = spec.elapsed(since, now, calendars);
         if waited < spec.after {
             continue;
         }
         if !t.fired.insert(fired_key(spec, &anchor)) {
             continue;
         }
-        let at = since
-            + chrono::Duration::from_std(spec.after).unwrap_or_else(|_| chrono::Duration::zero());
+        // The deadline: in business hours, when the open time ran out.
+        let at = match spec.hours.as_deref().and_then(|h| calendars.get(h)) {
+            Some(cal) => cal.deadline(since, spec.after).unwrap_or(now),
+            None => {
+                since
+                    + chrono::Duration::from_std(spec.after)
+                        .unwrap_or_else(|_| chrono::Duration::zero())
+            }
+        };
         due.push(Event {
             kind: spec.kind,
             session_id: t.session.session_id.clone(),
             message: None,
-            timer: Some(*spec),
+            timer: Some(spec.clone()),
             waited: Some(waited),
             at,
         });
@@ -326,6 +451,7 @@ pub fn running_timers(
     t: &Tracked,
     specs: &[TimerSpec],
     now: Timestamp,
+    calendars: &Calendars,
 ) -> Vec<(TimerSpec, Duration)> {
     specs
         .iter()
@@ -334,7 +460,7 @@ pub fn running_timers(
             if t.fired.contains(&fired_key(spec, &anchor)) {
                 return None;
             }
-            Some((*spec, (now - since).to_std().unwrap_or_default()))
+            Some((spec.clone(), spec.elapsed(since, now, calendars)))
         })
         .collect()
 }
@@ -474,14 +600,8 @@ mod tests {
     #[test]
     fn timers_fire_once_per_occurrence() {
         let specs = [
-            TimerSpec {
-                kind: EventKind::Idle,
-                after: Duration::from_secs(300),
-            },
-            TimerSpec {
-                kind: EventKind::Unanswered,
-                after: Duration::from_secs(60),
-            },
+            TimerSpec::wall(EventKind::Idle, Duration::from_secs(300)),
+            TimerSpec::wall(EventKind::Unanswered, Duration::from_secs(60)),
         ];
         let d = SessionDetail {
             session: session("a"),
@@ -516,10 +636,10 @@ mod tests {
 
     #[test]
     fn human_waiting_stops_at_take_over_and_rearms_on_a_new_request() {
-        let spec = [TimerSpec {
-            kind: EventKind::HumanWaiting,
-            after: Duration::from_secs(120),
-        }];
+        let spec = [TimerSpec::wall(
+            EventKind::HumanWaiting,
+            Duration::from_secs(120),
+        )];
         let mut s = session("a");
         s.human_requested_at = Some(ts("10:00:00"));
         s.handled_by = HandledBy::Pending;
@@ -567,10 +687,7 @@ mod tests {
 
     #[test]
     fn ended_sessions_have_no_timers() {
-        let spec = [TimerSpec {
-            kind: EventKind::Idle,
-            after: Duration::from_secs(1),
-        }];
+        let spec = [TimerSpec::wall(EventKind::Idle, Duration::from_secs(1))];
         let mut s = session("a");
         s.status = SessionStatus::Ended;
         let (mut t, _) = diff(

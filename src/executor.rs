@@ -8,11 +8,12 @@
 //! retries (the API client).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::api::client::find_sent;
 use crate::api::{ApiError, Client, HandledBy, Session, SessionStatus, Timestamp};
+use crate::notify::{Notification, Notifier, Refused};
 use crate::rules::Action;
 
 /// How an action ended.
@@ -65,6 +66,7 @@ pub struct Executor {
     api: Client,
     dry_run: bool,
     guard: Guard,
+    notifier: Option<Arc<Notifier>>,
     sent: Mutex<HashMap<String, VecDeque<Instant>>>,
 }
 
@@ -75,8 +77,15 @@ impl Executor {
             api,
             dry_run,
             guard,
+            notifier: None,
             sent: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Delivers `notify` actions through `notifier`.
+    pub fn with_notifier(mut self, notifier: Option<Arc<Notifier>>) -> Executor {
+        self.notifier = notifier;
+        self
     }
 
     /// Whether actions are only logged.
@@ -87,8 +96,12 @@ impl Executor {
     /// Carries out one action. `session` is the session as this batch sees
     /// it and is updated with the action's effect, so that a reply after an
     /// `end` in the same batch is skipped.
-    pub async fn execute(&self, session: &mut Session, action: &Action) -> Outcome {
+    pub async fn execute(&self, session: &mut Session, rule: &str, action: &Action) -> Outcome {
         let id = session.session_id.clone();
+        if let Action::Notify { channel, text } = action {
+            // People may need to hear about a chat that has ended too.
+            return self.notify(&id, rule, channel, text);
+        }
         if session.status == SessionStatus::Ended {
             return Outcome::Skipped("the session has ended".into());
         }
@@ -115,6 +128,7 @@ impl Executor {
             Action::Release => self.api.release(&id).await.map(|_| ()),
             Action::End => self.api.end(&id).await.map(|_| ()),
             Action::Reply(text) => self.api.send_message(&id, text).await.map(|_| ()),
+            Action::Notify { .. } => unreachable_notify(),
         };
         match result {
             Ok(()) => {
@@ -146,6 +160,7 @@ impl Executor {
     pub async fn reconcile(
         &self,
         session: &mut Session,
+        rule: &str,
         action: &Action,
         since: Timestamp,
     ) -> Outcome {
@@ -170,7 +185,29 @@ impl Executor {
                 }
             }
         }
-        self.execute(session, action).await
+        self.execute(session, rule, action).await
+    }
+
+    /// Hands a notification to the notifier; never waits for delivery.
+    fn notify(&self, session_id: &str, rule: &str, channel: &str, text: &str) -> Outcome {
+        if self.dry_run {
+            return Outcome::DryRun;
+        }
+        let Some(notifier) = &self.notifier else {
+            return Outcome::Skipped(format!(
+                "notifications are not delivered here (channel {channel})"
+            ));
+        };
+        match notifier.send(Notification {
+            channel: channel.to_string(),
+            session_id: session_id.to_string(),
+            rule: rule.to_string(),
+            text: text.to_string(),
+        }) {
+            Ok(()) => Outcome::Taken,
+            Err(r @ Refused::Duplicate { .. }) => Outcome::Skipped(r.to_string()),
+            Err(r) => Outcome::Failed(r.to_string()),
+        }
     }
 
     async fn has_ended(&self, id: &str) -> bool {
@@ -225,11 +262,18 @@ impl Executor {
     }
 }
 
+/// `execute` handles notifications before it reaches the API calls.
+fn unreachable_notify() -> Result<(), ApiError> {
+    Err(ApiError::Invalid(
+        "internal: notify reached the API path".into(),
+    ))
+}
+
 fn apply(session: &mut Session, action: &Action) {
     match action {
         Action::TakeOver => session.handled_by = HandledBy::Human,
         Action::Release => session.handled_by = HandledBy::Ai,
         Action::End => session.status = SessionStatus::Ended,
-        Action::Reply(_) => {}
+        Action::Reply(_) | Action::Notify { .. } => {}
     }
 }

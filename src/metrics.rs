@@ -47,6 +47,13 @@ pub const LAST_RELOAD_TIME: &str = "skyrules_rule_last_reload_timestamp_seconds"
 /// `events_done`) (histogram).
 pub const STORE_WRITE: &str = "skyrules_state_write_duration_seconds";
 
+/// Visitor's first message to the first bot or agent reply (histogram).
+pub const SLA_FIRST_RESPONSE: &str = "skyrules_sla_first_response_seconds";
+/// Human request to take-over (histogram).
+pub const SLA_HUMAN_WAIT: &str = "skyrules_sla_human_wait_seconds";
+/// A human agent's time to answer a waiting visitor (histogram).
+pub const SLA_AGENT_RESPONSE: &str = "skyrules_sla_agent_response_seconds";
+
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
 /// Installs the process-wide recorder (once) and returns the handle that
@@ -60,6 +67,14 @@ pub fn install() -> Option<PrometheusHandle> {
                     &[
                         0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                         10.0, 30.0,
+                    ],
+                )
+                .ok()?
+                // SLA times are minutes, not milliseconds.
+                .set_buckets_for_metric(
+                    Matcher::Prefix("skyrules_sla_".into()),
+                    &[
+                        5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0,
                     ],
                 )
                 .ok()?;
@@ -102,6 +117,21 @@ fn describe() {
     describe_gauge!(
         LAST_RELOAD_TIME,
         "Unix time of the last rule reload that changed something."
+    );
+    describe_histogram!(
+        SLA_FIRST_RESPONSE,
+        metrics::Unit::Seconds,
+        "Time from a visitor's first message to the first bot or agent reply."
+    );
+    describe_histogram!(
+        SLA_HUMAN_WAIT,
+        metrics::Unit::Seconds,
+        "Time from a human request to the take-over."
+    );
+    describe_histogram!(
+        SLA_AGENT_RESPONSE,
+        metrics::Unit::Seconds,
+        "Time a human agent took to answer a waiting visitor."
     );
     describe_histogram!(
         STORE_WRITE,
@@ -189,4 +219,27 @@ pub fn reload(ok: bool, rules_loaded: usize) {
 /// A state-store write took `took`.
 pub fn store_write(op: &'static str, took: Duration) {
     histogram!(STORE_WRITE, "op" => op).record(took.as_secs_f64());
+}
+
+/// New SLA facts of a session since the last poll.
+pub fn sla(before: &crate::events::SlaState, after: &crate::events::SlaState) {
+    if before.first_response_secs.is_none() {
+        if let Some(s) = after.first_response_secs {
+            histogram!(SLA_FIRST_RESPONSE).record(s);
+        }
+    }
+    for s in after
+        .human_wait_secs
+        .iter()
+        .skip(before.human_wait_secs.len())
+    {
+        histogram!(SLA_HUMAN_WAIT).record(*s);
+    }
+    for s in after
+        .agent_response_secs
+        .iter()
+        .skip(before.agent_response_secs.len())
+    {
+        histogram!(SLA_AGENT_RESPONSE).record(*s);
+    }
 }

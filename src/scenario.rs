@@ -50,6 +50,7 @@ use crate::api::{ApiKey, Client, ClientConfig, RetryPolicy, SenderType};
 use crate::config::parse_duration;
 use crate::engine::{CycleEnd, Engine, EngineOptions, Note};
 use crate::executor::Guard;
+use crate::rules::World;
 use crate::sim::SimConfig;
 use crate::store::MemoryStore;
 
@@ -79,6 +80,11 @@ pub struct Scenario {
     /// Reply-loop guard limit for this scenario.
     #[serde(default)]
     pub max_replies: Option<u32>,
+    /// When the scenario starts on the virtual clock (RFC 3339, e.g.
+    /// "2026-11-27T17:58:00+01:00"); default: now. Business-hours rules
+    /// need it.
+    #[serde(default)]
+    pub start: Option<String>,
     /// Sessions open when the scenario starts.
     #[serde(default)]
     pub session: Vec<toml::Table>,
@@ -203,10 +209,16 @@ pub fn load_file(path: &Path) -> Result<ScenarioFile, String> {
     })
 }
 
-/// Runs one scenario against the rules of `rules_dir`.
-pub async fn run_scenario(rules_dir: &Path, file: &Path, s: &Scenario) -> ScenarioResult {
+/// Runs one scenario against the rules of `rules_dir`, in the calendars and
+/// channels `world` gives (the configuration's).
+pub async fn run_scenario(
+    rules_dir: &Path,
+    file: &Path,
+    s: &Scenario,
+    world: World,
+) -> ScenarioResult {
     let started = std::time::Instant::now();
-    let failure = run_inner(rules_dir, s).await.err();
+    let failure = run_inner(rules_dir, s, world).await.err();
     ScenarioResult {
         file: file.to_path_buf(),
         name: s.name.clone(),
@@ -215,7 +227,7 @@ pub async fn run_scenario(rules_dir: &Path, file: &Path, s: &Scenario) -> Scenar
     }
 }
 
-async fn run_inner(rules_dir: &Path, s: &Scenario) -> Result<(), String> {
+async fn run_inner(rules_dir: &Path, s: &Scenario, world: World) -> Result<(), String> {
     for (i, step) in s.step.iter().enumerate() {
         if step.count() != 1 {
             return Err(format!(
@@ -256,11 +268,18 @@ async fn run_inner(rules_dir: &Path, s: &Scenario) -> Result<(), String> {
             window: Duration::from_secs(600),
         },
     };
-    let (engine, report) = Engine::new(api.clone(), Arc::new(MemoryStore::new()), opts)
-        .await
-        .map_err(|e| e.to_string())?;
+    let (engine, report) =
+        Engine::with_world(api.clone(), Arc::new(MemoryStore::new()), opts, world)
+            .await
+            .map_err(|e| e.to_string())?;
     if let Some(e) = report.errors.first() {
         return Err(format!("rule does not load: {e}"));
+    }
+    if let Some(start) = &s.start {
+        let t = crate::api::parse_ts(start).ok_or_else(|| {
+            format!("`start` {start:?} is not an RFC 3339 time like 2026-11-27T17:58:00+01:00")
+        })?;
+        sim.set_time(t);
     }
     let mut notes = engine.subscribe();
     let stop = CancellationToken::new();

@@ -11,7 +11,8 @@ use std::collections::{HashMap, HashSet};
 use futures::stream::{self, StreamExt};
 
 use crate::api::{ApiError, Client, ListQuery, SessionDetail, SessionStatus, Timestamp};
-use crate::events::{diff, due_timers, needs_detail, Event, TimerSpec, Tracked};
+use crate::events::{diff, due_timers_in, needs_detail, Event, TimerSpec, Tracked};
+use crate::hours::Calendars;
 
 /// Detail reads in flight at once.
 const DETAIL_CONCURRENCY: usize = 8;
@@ -70,7 +71,11 @@ impl Watcher {
     /// One poll: list, read what changed, diff, and add due `timers`.
     /// On a list failure nothing changes and the error is returned; a
     /// failed detail read only postpones that session to the next poll.
-    pub async fn poll(&mut self, timers: &[TimerSpec]) -> Result<Cycle, ApiError> {
+    pub async fn poll(
+        &mut self,
+        timers: &[TimerSpec],
+        calendars: &Calendars,
+    ) -> Result<Cycle, ApiError> {
         let query = ListQuery {
             status: Some(SessionStatus::Active),
             per_page: Some(crate::api::client::MAX_PER_PAGE),
@@ -129,7 +134,9 @@ impl Watcher {
                     continue;
                 }
             };
+            let before = prev.map(|p| p.sla.clone()).unwrap_or_default();
             let (tracked, events) = diff(prev, detail, baseline);
+            crate::metrics::sla(&before, &tracked.sla);
             read.insert(id.clone());
             let finished = tracked.session.status == SessionStatus::Ended;
             out.push(SessionCycle {
@@ -143,14 +150,14 @@ impl Watcher {
         // Timers for every open session, read this cycle or not.
         for sc in out.iter_mut() {
             let t = &mut sc.tracked;
-            sc.events.extend(due_timers(t, timers, now));
+            sc.events.extend(due_timers_in(t, timers, now, calendars));
         }
         for (id, t) in self.tracked.iter() {
             if read.contains(id) || !listed_ids.contains(id.as_str()) {
                 continue;
             }
             let mut t = t.clone();
-            let due = due_timers(&mut t, timers, now);
+            let due = due_timers_in(&mut t, timers, now, calendars);
             if !due.is_empty() {
                 out.push(SessionCycle {
                     tracked: t,

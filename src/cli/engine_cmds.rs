@@ -14,7 +14,7 @@ use crate::config::{Config, Overrides};
 use crate::engine::{Engine, EngineOptions};
 use crate::executor::Guard;
 use crate::rules::reload::log_report;
-use crate::rules::Runtime;
+use crate::rules::{Runtime, World};
 use crate::store::SqliteStore;
 
 /// Engine flags shared by `run` and `demo`; each beats the config file.
@@ -83,7 +83,16 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
     let store = tokio::task::spawn_blocking(move || SqliteStore::open(&path))
         .await
         .context("opening the state file crashed")??;
-    let (mut engine, report) = Engine::new(api.clone(), Arc::new(store), opts.clone()).await?;
+    let shutdown = CancellationToken::new();
+    let channels = crate::notify::Channels::from_config(&config.notify)?;
+    let world = World {
+        calendars: config.calendars()?,
+        channels: channels.names(),
+        notifier: (!channels.is_empty())
+            .then(|| Arc::new(crate::notify::Notifier::start(channels, shutdown.clone()))),
+    };
+    let (mut engine, report) =
+        Engine::with_world(api.clone(), Arc::new(store), opts.clone(), world).await?;
     engine.set_retention(config.engine.retention);
     log_report(&report);
     let running = engine.runtime().rules().rules.len();
@@ -99,7 +108,6 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
     if running == 0 {
         tracing::warn!(rules_dir = %opts.rules_dir.display(), "no rule loaded; add *.rhai files (they are picked up without a restart)");
     }
-    let shutdown = CancellationToken::new();
     let server = match config.http.listen {
         Some(addr) => {
             let token = config.http_token()?;
@@ -144,11 +152,16 @@ fn ensure_rules_dir(dir: &Path) -> Result<(), UserError> {
 
 /// Loads every rule and prints each error with its source line and a caret.
 pub async fn check(config: Config, a: CheckArgs) -> anyhow::Result<ExitCode> {
-    let dir = a.dir.unwrap_or(config.engine.rules_dir);
+    let dir = a.dir.unwrap_or(config.engine.rules_dir.clone());
     ensure_rules_dir(&dir)?;
     let files = crate::rules::rule_files(&dir).map_err(|e| UserError(e.to_string()))?;
+    let world = World {
+        calendars: config.calendars()?,
+        channels: config.notify.keys().cloned().collect(),
+        notifier: None,
+    };
     let result = tokio::task::spawn_blocking(move || {
-        let runtime = Runtime::new();
+        let runtime = Runtime::with_world(world);
         let mut ok = 0;
         let mut errors = Vec::new();
         let mut warnings = Vec::new();

@@ -13,6 +13,7 @@ mod engine_cmds;
 mod logging;
 mod replay_cmd;
 mod sim_cmd;
+// mod sla_cmd; (wired when src/sla.rs lands)
 mod test_cmd;
 
 use std::path::PathBuf;
@@ -81,6 +82,8 @@ enum Command {
     Defs(defs_cmd::DefsArgs),
     /// Run the rules over past sessions and report what they would have done
     Replay(replay_cmd::ReplayArgs),
+    // SLA report: response and wait percentiles, breaches per rule and day
+    // Sla(sla_cmd::SlaArgs),
 }
 
 /// Parses the command line, runs the command, and turns the outcome into an
@@ -151,6 +154,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check(a) => engine_cmds::check(load_config(g, Overrides::default())?, a).await,
         Command::Demo(a) => demo_cmd::run(a).await,
         Command::Test(a) => test_cmd::run(load_config(g, Overrides::default())?, a).await,
+        // Command::Sla(a) => sla_cmd::run(load_config(g, Overrides::default())?, a).await,
         Command::Replay(a) => replay_cmd::run(load_config(g, Overrides::default())?, a).await,
         Command::Defs(a) => defs_cmd::run(load_config(g, Overrides::default())?, a).await,
         Command::Audit(a) => audit_cmd::run(load_config(g, Overrides::default())?, a).await,
@@ -188,7 +192,7 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         if let Some(EngineError::Rules(_)) = cause.downcast_ref::<EngineError>() {
             return 1;
         }
-        if cause.is::<crate::http::HttpError>() {
+        if cause.is::<crate::http::HttpError>() || cause.is::<crate::notify::NotifyError>() {
             return 1;
         }
     }

@@ -7,6 +7,7 @@ use clap::Args;
 
 use super::UserError;
 use crate::config::Config;
+use crate::rules::World;
 use crate::scenario::{junit, load_file, run_scenario, scenario_files, ScenarioResult};
 
 /// Flags of `skyrules test`.
@@ -24,7 +25,7 @@ pub struct TestArgs {
 
 /// Runs every scenario; exit 1 if any fails.
 pub async fn run(config: Config, a: TestArgs) -> anyhow::Result<ExitCode> {
-    let dir = a.dir.unwrap_or(config.engine.rules_dir);
+    let dir = a.dir.clone().unwrap_or(config.engine.rules_dir.clone());
     if !dir.is_dir() {
         return Err(UserError(format!("rules directory {} does not exist", dir.display())).into());
     }
@@ -66,7 +67,12 @@ pub async fn run(config: Config, a: TestArgs) -> anyhow::Result<ExitCode> {
         }
         println!("{}", file.display());
         for s in wanted {
-            let r = run_scenario(&dir, file, s).await;
+            let world = World {
+                calendars: config.calendars()?,
+                channels: config.notify.keys().cloned().collect(),
+                notifier: None,
+            };
+            let r = run_scenario(&dir, file, s, world).await;
             match &r.failure {
                 None => println!("  ✓ {} ({} ms)", r.name, r.elapsed.as_millis()),
                 Some(f) => println!(

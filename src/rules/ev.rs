@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use rhai::{Array, Dynamic, EvalAltResult, ImmutableString, Map, Position};
 
+use super::World;
 use crate::api::{format_ts, Message, Session, SessionStatus, Timestamp, MAX_MESSAGE_CHARS};
 use crate::events::Event;
 
@@ -22,6 +23,13 @@ pub enum Action {
     Reply(String),
     /// `ev.end()`.
     End,
+    /// `ev.notify(channel, text)`: tell people through a configured channel.
+    Notify {
+        /// The `[notify.NAME]` channel.
+        channel: String,
+        /// The text, template filled.
+        text: String,
+    },
 }
 
 impl Action {
@@ -32,6 +40,7 @@ impl Action {
             Action::Release => "release",
             Action::Reply(_) => "reply",
             Action::End => "end",
+            Action::Notify { .. } => "notify",
         }
     }
 }
@@ -55,6 +64,8 @@ pub struct EventData {
     pub history: Vec<Message>,
     /// `ev.now`, formatted.
     pub now: ImmutableString,
+    /// `ev.now`, for calendar questions.
+    pub now_ts: Timestamp,
 }
 
 impl EventData {
@@ -71,6 +82,7 @@ impl EventData {
             message,
             history: history.to_vec(),
             now: format_ts(&now).into(),
+            now_ts: now,
             event,
         }
     }
@@ -151,6 +163,55 @@ impl Ev {
         Ok(())
     }
 
+    fn notify(
+        &mut self,
+        world: &World,
+        channel: &str,
+        text: &str,
+    ) -> Result<(), Box<EvalAltResult>> {
+        if !world.channels.iter().any(|c| c == channel) {
+            return Err(runtime_error(format!(
+                "unknown notify channel {channel:?}; configured: {}",
+                if world.channels.is_empty() {
+                    "none (add [notify.NAME] to the config)".to_string()
+                } else {
+                    world.channels.join(", ")
+                }
+            )));
+        }
+        let (filled, unknown) = fill_template(text, &self.data.raw_session);
+        if filled.trim().is_empty() {
+            return Err(runtime_error(
+                "notification text is empty after filling the template",
+            ));
+        }
+        self.with(|r| {
+            r.unknown_fields.extend(unknown);
+            r.actions.push(Action::Notify {
+                channel: channel.to_string(),
+                text: filled,
+            });
+        });
+        Ok(())
+    }
+
+    fn calendar<'w>(
+        world: &'w World,
+        name: &str,
+    ) -> Result<&'w crate::hours::Calendar, Box<EvalAltResult>> {
+        world.calendars.get(name).ok_or_else(|| {
+            let known = world.calendars.names();
+            runtime_error(format!(
+                "unknown calendar {name:?}; configured: {}",
+                if known.is_empty() {
+                    "none (add [hours.NAME] to the config)".to_string()
+                } else {
+                    known.join(", ")
+                }
+            ))
+        })
+    }
+
     fn once(&mut self, key: &str) -> bool {
         self.with(|r| {
             if r.memory.contains_key(key) {
@@ -206,9 +267,35 @@ macro_rules! reg {
 }
 
 /// Registers the `Ev` type, its fields and its methods.
-pub fn register(engine: &mut rhai::Engine) {
+pub fn register(engine: &mut rhai::Engine, world: std::sync::Arc<World>) {
     use rhai::FuncRegistration as F;
     engine.register_type_with_name::<Ev>("Event");
+    let w = world.clone();
+    reg!(engine, F::new("notify"), ["ev: Event", "channel: string", "text: string", "()"],
+        "/// Sends `text` ({{field}} filled) to the `[notify.NAME]` channel: a Slack webhook, a JSON\n/// webhook or PagerDuty. At most once per session and channel within the channel's dedupe window.",
+        move |ev: &mut Ev, channel: ImmutableString, text: ImmutableString| ev.notify(&w, &channel, &text));
+    let w = world.clone();
+    reg!(
+        engine,
+        F::new("in_hours"),
+        ["ev: Event", "calendar: string", "bool"],
+        "/// Whether the `[hours.NAME]` calendar is open now.",
+        move |ev: &mut Ev, name: ImmutableString| -> Result<bool, Box<EvalAltResult>> {
+            Ok(Ev::calendar(&w, &name)?.is_open(ev.data.now_ts))
+        }
+    );
+    let w = world;
+    reg!(
+        engine,
+        F::new("next_open"),
+        ["ev: Event", "calendar: string", "string"],
+        "/// When the `[hours.NAME]` calendar opens next, e.g. \"Monday 09:00\" (\"now\" if open).",
+        move |ev: &mut Ev, name: ImmutableString| -> Result<String, Box<EvalAltResult>> {
+            Ok(Ev::calendar(&w, &name)?
+                .describe_next_open(ev.data.now_ts)
+                .unwrap_or_else(|| "never".into()))
+        }
+    );
     reg!(
         engine,
         F::new_getter("kind"),

@@ -21,6 +21,7 @@ use rhai::{
 };
 
 use crate::events::{Event, EventKind, TimerSpec};
+use crate::hours::Calendars;
 pub use ev::{Action, EventData, Memory};
 
 /// Limits of the sandbox. Generous for real rules, small enough that a
@@ -137,6 +138,8 @@ pub struct Handler {
     pub kind: EventKind,
     /// For timers, after how long.
     pub after: Option<Duration>,
+    /// For timers, the `[hours.NAME]` calendar the time counts in.
+    pub hours: Option<String>,
     /// The script function to call.
     pub func: FnPtr,
     /// Where `on` was called, for messages.
@@ -175,6 +178,7 @@ impl RuleSet {
                 h.after.map(|after| TimerSpec {
                     kind: h.kind,
                     after,
+                    hours: h.hours.clone(),
                 })
             })
             .collect();
@@ -236,6 +240,21 @@ thread_local! {
 pub struct Runtime {
     engine: Engine,
     current: RwLock<Arc<RuleSet>>,
+    world: Arc<World>,
+}
+
+/// What the configuration gives rules beyond the event: business-hours
+/// calendars (`[hours.NAME]`) and notification channels (`[notify.NAME]`).
+/// Rules name them; they cannot reach anything else.
+#[derive(Default)]
+pub struct World {
+    /// Calendars by name.
+    pub calendars: Calendars,
+    /// Names of the configured notification channels.
+    pub channels: Vec<String>,
+    /// The sender behind them; `None` where nothing is delivered (checks,
+    /// scenarios, the demo): notify actions then end as `skipped`.
+    pub notifier: Option<Arc<crate::notify::Notifier>>,
 }
 
 impl Default for Runtime {
@@ -247,10 +266,22 @@ impl Default for Runtime {
 impl Runtime {
     /// Builds the engine once, with every sandbox limit set.
     pub fn new() -> Runtime {
+        Runtime::with_world(World::default())
+    }
+
+    /// A runtime whose rules can use these calendars and channels.
+    pub fn with_world(world: World) -> Runtime {
+        let world = Arc::new(world);
         Runtime {
-            engine: build_engine(),
+            engine: build_engine(world.clone()),
             current: RwLock::new(Arc::new(RuleSet::default())),
+            world,
         }
+    }
+
+    /// The calendars rules and timers count business hours in.
+    pub fn calendars(&self) -> &Calendars {
+        &self.world.calendars
     }
 
     /// The rule set events are evaluated against right now.
@@ -398,8 +429,8 @@ impl Runtime {
 
 fn handles(h: &Handler, event: &Event) -> bool {
     h.kind == event.kind
-        && match (h.after, event.timer) {
-            (Some(after), Some(t)) => after == t.after,
+        && match (h.after, &event.timer) {
+            (Some(after), Some(t)) => after == t.after && h.hours == t.hours,
             (None, None) => true,
             _ => false,
         }
@@ -444,8 +475,10 @@ fn rt_err(msg: String, pos: Position) -> Box<EvalAltResult> {
 
 fn register_handler(
     ctx: &NativeCallContext,
+    world: &World,
     kind: &str,
     after: Option<&str>,
+    options: Option<rhai::Map>,
     func: FnPtr,
 ) -> Result<(), Box<EvalAltResult>> {
     let pos = ctx.call_position();
@@ -472,11 +505,43 @@ fn register_handler(
         (true, Some(d)) => Some(crate::config::parse_duration(d).map_err(|e| rt_err(e, pos))?),
         (false, None) => None,
     };
+    let mut hours = None;
+    for (key, value) in options.unwrap_or_default() {
+        match key.as_str() {
+            "hours" => {
+                let name = value.into_immutable_string().map_err(|t| {
+                    rt_err(format!("`hours` must be a calendar name, not a {t}"), pos)
+                })?;
+                if world.calendars.get(&name).is_none() {
+                    let known = world.calendars.names();
+                    return Err(rt_err(
+                        format!(
+                            "unknown calendar {name:?}; configured: {}",
+                            if known.is_empty() {
+                                "none (add [hours.NAME] to the config)".into()
+                            } else {
+                                known.join(", ")
+                            }
+                        ),
+                        pos,
+                    ));
+                }
+                hours = Some(name.to_string());
+            }
+            other => {
+                return Err(rt_err(
+                    format!("unknown option {other:?}; timers take #{{ hours: \"NAME\" }}"),
+                    pos,
+                ))
+            }
+        }
+    }
     LOADING.with(|l| match l.borrow_mut().as_mut() {
         Some(list) => {
             list.push(Handler {
                 kind: k,
                 after,
+                hours,
                 func,
                 position: pos,
             });
@@ -489,7 +554,7 @@ fn register_handler(
     })
 }
 
-fn build_engine() -> Engine {
+fn build_engine(world: Arc<World>) -> Engine {
     let mut engine = Engine::new();
     engine
         .set_max_operations(limits::MAX_OPERATIONS)
@@ -535,6 +600,7 @@ fn build_engine() -> Engine {
             })
         });
     let events = EventKind::ALL.map(|k| k.name()).join(", ");
+    let w = world.clone();
     F::new("on")
         .with_params_info(["event: string", "handler: Fn", "()"])
         .with_comments([format!(
@@ -542,18 +608,31 @@ fn build_engine() -> Engine {
         )])
         .register_into_engine(
             &mut engine,
-            |ctx: NativeCallContext, kind: &str, f: FnPtr| register_handler(&ctx, kind, None, f),
+            move |ctx: NativeCallContext, kind: &str, f: FnPtr| {
+                register_handler(&ctx, &w, kind, None, None, f)
+            },
         );
+    let w = world.clone();
     F::new("on")
         .with_params_info(["event: string", "after: string", "handler: Fn", "()"])
         .with_comments(["/// Registers `handler` for a timer event (idle, unanswered, human_waiting)\n/// that fires once the condition has held for `after`, e.g. \"15m\"."])
         .register_into_engine(
             &mut engine,
-            |ctx: NativeCallContext, kind: &str, after: &str, f: FnPtr| {
-                register_handler(&ctx, kind, Some(after), f)
+            move |ctx: NativeCallContext, kind: &str, after: &str, f: FnPtr| {
+                register_handler(&ctx, &w, kind, Some(after), None, f)
             },
         );
-    ev::register(&mut engine);
+    let w = world.clone();
+    F::new("on")
+        .with_params_info(["event: string", "after: string", "options: map", "handler: Fn", "()"])
+        .with_comments(["/// A timer counted in business hours: on(\"unanswered\", \"5m\", #{ hours: \"support\" }, |ev| …)\n/// waits five minutes of the `[hours.support]` calendar's open time."])
+        .register_into_engine(
+            &mut engine,
+            move |ctx: NativeCallContext, kind: &str, after: &str, opts: rhai::Map, f: FnPtr| {
+                register_handler(&ctx, &w, kind, Some(after), Some(opts), f)
+            },
+        );
+    ev::register(&mut engine, world);
     engine
 }
 

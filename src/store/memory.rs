@@ -24,7 +24,7 @@ pub struct MemoryStore {
 #[derive(Debug, Default)]
 struct Inner {
     loaded: Loaded,
-    ended: HashMap<String, Timestamp>,
+    ended: HashMap<String, (Timestamp, Tracked)>,
     memory: HashMap<String, HashMap<String, Memory>>,
     actions: Vec<(Intent, Option<Finished>)>,
     journal: Vec<(String, Event, Tracked)>,
@@ -68,7 +68,7 @@ impl Store for MemoryStore {
         for t in &batch.ended {
             let id = t.session.session_id.clone();
             inner.loaded.sessions.remove(&id);
-            inner.ended.insert(id, batch.at);
+            inner.ended.insert(id, (batch.at, t.clone()));
         }
         for p in &batch.events {
             for e in &p.events {
@@ -187,12 +187,47 @@ impl Store for MemoryStore {
             .collect())
     }
 
+    fn sessions_since(&self, since: Timestamp) -> Result<Vec<Tracked>, StoreError> {
+        let inner = self.lock();
+        Ok(inner
+            .loaded
+            .sessions
+            .values()
+            .chain(inner.ended.values().map(|(_, t)| t))
+            .filter(|t| t.session.created_at.is_some_and(|c| c >= since))
+            .cloned()
+            .collect())
+    }
+
+    fn timer_breaches(
+        &self,
+        since: Timestamp,
+    ) -> Result<Vec<(String, chrono::NaiveDate, u64)>, StoreError> {
+        let inner = self.lock();
+        let mut counts: std::collections::BTreeMap<(String, chrono::NaiveDate), u64> =
+            Default::default();
+        for (i, _) in &inner.actions {
+            if matches!(i.event.as_str(), "idle" | "unanswered" | "human_waiting")
+                && i.key.ends_with("|0")
+                && i.at >= since
+            {
+                *counts
+                    .entry((i.rule.clone(), i.at.date_naive()))
+                    .or_default() += 1;
+            }
+        }
+        Ok(counts
+            .into_iter()
+            .map(|((rule, day), n)| (rule, day, n))
+            .collect())
+    }
+
     fn purge(&self, before: Timestamp) -> Result<usize, StoreError> {
         let mut inner = self.lock();
         let old: Vec<String> = inner
             .ended
             .iter()
-            .filter(|(_, at)| **at < before)
+            .filter(|(_, (at, _))| *at < before)
             .map(|(id, _)| id.clone())
             .collect();
         for id in &old {

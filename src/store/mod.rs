@@ -209,6 +209,15 @@ pub trait Store: Send + Sync + 'static {
     fn pending_actions(&self) -> Result<Vec<Intent>, StoreError>;
     /// The audit log, oldest first.
     fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>, StoreError>;
+    /// Every session still in the file (tracked, or ended and not yet
+    /// purged) created at or after `since`: the SLA report's input.
+    fn sessions_since(&self, since: Timestamp) -> Result<Vec<Tracked>, StoreError>;
+    /// Occurrences of timer events that made a rule act, per rule and UTC
+    /// day, since `since`: the SLA report's breach counts.
+    fn timer_breaches(
+        &self,
+        since: Timestamp,
+    ) -> Result<Vec<(String, chrono::NaiveDate, u64)>, StoreError>;
     /// Forgets ended sessions (snapshots, messages, memory) that ended
     /// before `before`; returns how many. The audit log keeps its ids.
     fn purge(&self, before: Timestamp) -> Result<usize, StoreError>;

@@ -534,6 +534,60 @@ impl Store for SqliteStore {
         rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.io(e))
     }
 
+    fn sessions_since(&self, since: Timestamp) -> Result<Vec<Tracked>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT tracked FROM sessions")
+            .map_err(|e| self.io(e))?;
+        let rows = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(|e| self.io(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let json = row.map_err(|e| self.io(e))?;
+            if let Ok(t) = serde_json::from_str::<Tracked>(&json) {
+                if t.session.created_at.is_some_and(|c| c >= since) {
+                    out.push(t);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn timer_breaches(
+        &self,
+        since: Timestamp,
+    ) -> Result<Vec<(String, chrono::NaiveDate, u64)>, StoreError> {
+        let conn = self.conn();
+        // One row per occurrence: the first action (index 0) of each
+        // timer event a rule acted on.
+        let mut stmt = conn
+            .prepare(
+                "SELECT rule, substr(at, 1, 10), count(*) FROM actions
+                 WHERE event IN ('idle', 'unanswered', 'human_waiting')
+                   AND key LIKE '%|0' AND at >= ?1
+                 GROUP BY rule, substr(at, 1, 10) ORDER BY 2, 1",
+            )
+            .map_err(|e| self.io(e))?;
+        let rows = stmt
+            .query_map([format_ts(&since)], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })
+            .map_err(|e| self.io(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (rule, day, n) = row.map_err(|e| self.io(e))?;
+            if let Ok(day) = chrono::NaiveDate::parse_from_str(&day, "%Y-%m-%d") {
+                out.push((rule, day, n.max(0) as u64));
+            }
+        }
+        Ok(out)
+    }
+
     fn purge(&self, before: Timestamp) -> Result<usize, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(|e| self.io(e))?;

@@ -1,0 +1,87 @@
+//! `skyrules sla`: first-response and human-wait percentiles, SLA breaches
+//! per rule and day, as text, JSON or a one-page HTML report.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+
+use super::UserError;
+use crate::config::{parse_duration, Config};
+use crate::sla::{build_report, render_html, render_text, BreachCount, SlaRecord};
+use crate::store::{SqliteStore, Store};
+
+/// Flags of `skyrules sla`.
+#[derive(Debug, Args)]
+pub struct SlaArgs {
+    /// The period to report on, e.g. 7d or 24h
+    #[arg(long, default_value = "7d")]
+    since: String,
+    /// An agent answer slower than this is an agent-silence breach
+    #[arg(long, default_value = "5m", value_name = "DURATION")]
+    agent_silence: String,
+    /// Also write a one-page HTML report with charts to FILE
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
+    /// State database file (`engine.state_path`)
+    #[arg(long = "state", env = "SKYRULES_STATE_PATH", value_name = "FILE")]
+    state_path: Option<PathBuf>,
+    /// Print JSON instead of text
+    #[arg(long)]
+    json: bool,
+}
+
+/// Reads the state file (without locking it) and reports.
+pub async fn run(config: Config, a: SlaArgs) -> anyhow::Result<ExitCode> {
+    let since = parse_duration(&a.since).map_err(|e| UserError(format!("--since: {e}")))?;
+    let silence =
+        parse_duration(&a.agent_silence).map_err(|e| UserError(format!("--agent-silence: {e}")))?;
+    let until = chrono::Utc::now();
+    let from = until
+        - chrono::Duration::from_std(since)
+            .map_err(|_| UserError(format!("--since {:?} is too long", a.since)))?;
+    let path = a.state_path.unwrap_or(config.engine.state_path);
+    let (sessions, breaches) = tokio::task::spawn_blocking(move || {
+        let store = SqliteStore::open_read_only(&path)?;
+        Ok::<_, crate::store::StoreError>((store.sessions_since(from)?, store.timer_breaches(from)?))
+    })
+    .await
+    .context("reading the state file crashed")??;
+    let limit = silence.as_secs_f64();
+    let records: Vec<SlaRecord> = sessions
+        .iter()
+        .filter_map(|t| {
+            Some(SlaRecord {
+                session_id: t.session.session_id.clone(),
+                created_at: t.session.created_at?,
+                first_response_secs: t.sla.first_response_secs,
+                human_wait_secs: t.sla.human_wait_secs.clone(),
+                agent_silence_breaches: t
+                    .sla
+                    .agent_response_secs
+                    .iter()
+                    .filter(|s| **s > limit)
+                    .count() as u32,
+            })
+        })
+        .collect();
+    let breaches: Vec<BreachCount> = breaches
+        .into_iter()
+        .map(|(rule, day, count)| BreachCount { rule, day, count })
+        .collect();
+    let report = build_report(&records, &breaches, from, until);
+    if let Some(file) = &a.html {
+        std::fs::write(file, render_html(&report))
+            .map_err(|e| UserError(format!("cannot write {}: {e}", file.display())))?;
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", render_text(&report));
+        if let Some(file) = &a.html {
+            println!("\nHTML report written to {}", file.display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
