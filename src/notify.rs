@@ -338,17 +338,22 @@ fn resolve(name: &str, cfg: &ChannelConfig) -> Result<Channel, NotifyError> {
     }
     secrets.push(path_query);
     secrets.push(url.path().to_string());
+    // Short URL fragments ("/", "v2") would scrub ordinary words; the full
+    // forms above already cover them.
+    secrets.retain(|s| s.chars().count() >= 6);
+    if url.as_str() == PAGERDUTY_EVENTS_URL {
+        // The public default is no secret; scrubbing it would hide nothing.
+        secrets.clear();
+    }
+    // Credentials are scrubbed whatever their length.
+    if let Some(p) = url.password() {
+        secrets.push(p.to_string());
+    }
     if let Some(k) = &routing_key {
         secrets.push(k.0.clone());
     }
     secrets.extend(token_text);
-    // Short fragments ("/", "v2") would scrub ordinary words; the full forms
-    // above already cover them.
-    secrets.retain(|s| s.chars().count() >= 6);
-    if url.as_str() == PAGERDUTY_EVENTS_URL {
-        // The public default is no secret; scrubbing it would hide nothing.
-        secrets.retain(|s| !PAGERDUTY_EVENTS_URL.contains(s.as_str()));
-    }
+    secrets.retain(|s| !s.is_empty());
     secrets.sort();
     secrets.dedup();
     secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
@@ -933,16 +938,11 @@ async fn attempt(
     }
     let retry_after = retry_after(resp.headers());
     let mut bytes = Vec::new();
-    loop {
-        match resp.chunk().await {
-            Ok(Some(c)) => {
-                bytes.extend_from_slice(&c);
-                if bytes.len() >= BODY_LIMIT {
-                    break;
-                }
-            }
-            // The status is what matters; a body cut short just says less.
-            Ok(None) | Err(_) => break,
+    // The status is what matters; a body cut short or unreadable just says less.
+    while let Ok(Some(c)) = resp.chunk().await {
+        bytes.extend_from_slice(&c);
+        if bytes.len() >= BODY_LIMIT {
+            break;
         }
     }
     let message = format!("HTTP {}{}", status.as_u16(), excerpt(&bytes));

@@ -13,7 +13,7 @@ mod engine_cmds;
 mod logging;
 mod replay_cmd;
 mod sim_cmd;
-// mod sla_cmd; (wired when src/sla.rs lands)
+mod sla_cmd;
 mod test_cmd;
 
 use std::path::PathBuf;
@@ -82,8 +82,8 @@ enum Command {
     Defs(defs_cmd::DefsArgs),
     /// Run the rules over past sessions and report what they would have done
     Replay(replay_cmd::ReplayArgs),
-    // SLA report: response and wait percentiles, breaches per rule and day
-    // Sla(sla_cmd::SlaArgs),
+    /// SLA report: response and wait percentiles, breaches per rule and day
+    Sla(sla_cmd::SlaArgs),
 }
 
 /// Parses the command line, runs the command, and turns the outcome into an
@@ -154,7 +154,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check(a) => engine_cmds::check(load_config(g, Overrides::default())?, a).await,
         Command::Demo(a) => demo_cmd::run(a).await,
         Command::Test(a) => test_cmd::run(load_config(g, Overrides::default())?, a).await,
-        // Command::Sla(a) => sla_cmd::run(load_config(g, Overrides::default())?, a).await,
+        Command::Sla(a) => sla_cmd::run(load_config(g, Overrides::default())?, a).await,
         Command::Replay(a) => replay_cmd::run(load_config(g, Overrides::default())?, a).await,
         Command::Defs(a) => defs_cmd::run(load_config(g, Overrides::default())?, a).await,
         Command::Audit(a) => audit_cmd::run(load_config(g, Overrides::default())?, a).await,

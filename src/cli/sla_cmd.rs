@@ -44,7 +44,10 @@ pub async fn run(config: Config, a: SlaArgs) -> anyhow::Result<ExitCode> {
     let path = a.state_path.unwrap_or(config.engine.state_path);
     let (sessions, breaches) = tokio::task::spawn_blocking(move || {
         let store = SqliteStore::open_read_only(&path)?;
-        Ok::<_, crate::store::StoreError>((store.sessions_since(from)?, store.timer_breaches(from)?))
+        Ok::<_, crate::store::StoreError>((
+            store.sessions_since(from)?,
+            store.timer_breaches(from)?,
+        ))
     })
     .await
     .context("reading the state file crashed")??;
