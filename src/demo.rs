@@ -136,6 +136,8 @@ pub async fn run(
             window: Duration::from_secs(600),
         },
     };
+    // Installed before the engine starts, so the first rule load counts.
+    let metrics = opts.listen.and_then(|_| crate::metrics::install());
     let (engine, report) = Engine::new(api, Arc::new(MemoryStore::new()), engine_opts).await?;
     let names: Vec<String> = engine
         .runtime()
@@ -167,7 +169,6 @@ pub async fn run(
     let stop = shutdown.child_token();
     let mut server = None;
     if let Some(addr) = opts.listen {
-        let metrics = crate::metrics::install();
         let listener = match crate::http::bind(addr, None).await {
             Ok(l) => Ok(l),
             Err(_) => crate::http::bind(SocketAddr::new(addr.ip(), 0), None).await,
@@ -180,7 +181,7 @@ pub async fn run(
                 server = Some(tokio::spawn(crate::http::serve(
                     l,
                     engine.board(),
-                    metrics,
+                    metrics.clone(),
                     None,
                     stop.clone(),
                 )));

@@ -110,9 +110,9 @@ impl Board {
                 None => "no successful poll yet".into(),
             }),
             Some(t) if t.elapsed() > limit => Err(format!(
-                "last successful poll was {}s ago (limit {}s){}",
-                t.elapsed().as_secs(),
-                limit.as_secs(),
+                "last successful poll was {} ago (limit {}){}",
+                humantime::format_duration(Duration::from_millis(t.elapsed().as_millis() as u64)),
+                humantime::format_duration(limit),
                 self.last_poll_error
                     .as_ref()
                     .map(|e| format!("; last error: {e}"))
