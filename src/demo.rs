@@ -70,6 +70,11 @@ pub struct DemoOptions {
     /// Where to serve the status page and metrics (another free port is
     /// used when this one is taken); `None` for no listener.
     pub listen: Option<SocketAddr>,
+    /// Calendars the rules may use (from `./skyrules.toml` when present).
+    pub calendars: crate::hours::Calendars,
+    /// Notification channel names the rules may use; the demo sends
+    /// nothing and narrates them as a dry run.
+    pub channels: Vec<String>,
 }
 
 impl Default for DemoOptions {
@@ -83,6 +88,8 @@ impl Default for DemoOptions {
             duration: None,
             dry_run: false,
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 9187))),
+            calendars: Default::default(),
+            channels: Vec::new(),
         }
     }
 }
@@ -138,7 +145,13 @@ pub async fn run(
     };
     // Installed before the engine starts, so the first rule load counts.
     let metrics = opts.listen.and_then(|_| crate::metrics::install());
-    let (engine, report) = Engine::new(api, Arc::new(MemoryStore::new()), engine_opts).await?;
+    let world = crate::rules::World {
+        calendars: opts.calendars.clone(),
+        channels: opts.channels.clone(),
+        notifier: None,
+    };
+    let (engine, report) =
+        Engine::with_world(api, Arc::new(MemoryStore::new()), engine_opts, world).await?;
     let names: Vec<String> = engine
         .runtime()
         .rules()
@@ -320,6 +333,7 @@ fn narrate(n: &Note, s: &mut DemoSummary) -> Option<String> {
                 ("take_over", _) => "TAKE OVER (escalate to a human)".into(),
                 ("end", _) => "END the chat".into(),
                 ("release", _) => "RELEASE to the AI".into(),
+                ("notify", Some(t)) => format!("NOTIFY {}", quote(t)),
                 (a, _) => a.to_string(),
             };
             let status = match outcome.as_str() {

@@ -775,6 +775,7 @@ impl Engine {
     ) {
         let text = match action {
             Action::Reply(t) => Some(t.clone()),
+            Action::Notify { channel, text } => Some(format!("{channel}: {text}")),
             _ => None,
         };
         match outcome {

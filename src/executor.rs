@@ -193,10 +193,10 @@ impl Executor {
         if self.dry_run {
             return Outcome::DryRun;
         }
+        // Checks, scenarios and the demo have channel names but no sender:
+        // what would have been sent is the useful answer there.
         let Some(notifier) = &self.notifier else {
-            return Outcome::Skipped(format!(
-                "notifications are not delivered here (channel {channel})"
-            ));
+            return Outcome::DryRun;
         };
         match notifier.send(Notification {
             channel: channel.to_string(),

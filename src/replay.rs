@@ -46,6 +46,11 @@ pub struct ReplayOptions {
     pub rules_dir: PathBuf,
     /// The reply-loop guard, as the engine would apply it.
     pub guard: Guard,
+    /// The calendars rules may use (`[hours.NAME]`).
+    pub calendars: crate::hours::Calendars,
+    /// The notification channel names rules may use (`[notify.NAME]`);
+    /// nothing is sent.
+    pub channels: Vec<String>,
 }
 
 /// Progress while reading, for a bar or log lines.
@@ -182,8 +187,18 @@ pub async fn run_history(
         max_concurrency: 8,
         guard: opts.guard,
     };
-    let (engine, load) =
-        Engine::new(local.clone(), Arc::new(MemoryStore::new()), engine_opts).await?;
+    let world = crate::rules::World {
+        calendars: opts.calendars.clone(),
+        channels: opts.channels.clone(),
+        notifier: None,
+    };
+    let (engine, load) = Engine::with_world(
+        local.clone(),
+        Arc::new(MemoryStore::new()),
+        engine_opts,
+        world,
+    )
+    .await?;
     if let Some(e) = load.errors.first() {
         anyhow::bail!("rule does not load: {e}");
     }

@@ -425,6 +425,7 @@ async fn settle(
                     origin,
                     ..
                 }) => {
+                    let action_is_notify = action == "notify";
                     let mut s = if multi {
                         format!("{session_id} {action}")
                     } else {
@@ -433,7 +434,10 @@ async fn settle(
                     if let Some(t) = text {
                         s = format!("{s}: {t}");
                     }
-                    if outcome != "taken" {
+                    // Scenarios have no notification sender: a notification
+                    // that would have gone out counts as taken.
+                    let sent = outcome == "taken" || (outcome == "dry_run" && action_is_notify);
+                    if !sent {
                         s = format!("{s} ({outcome})");
                     }
                     let by = match origin {

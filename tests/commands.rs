@@ -32,7 +32,7 @@ fn check_passes_on_the_shipped_rules() {
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("6 rule(s) ok, 0 with errors"), "{stdout}");
+    assert!(stdout.contains("9 rule(s) ok, 0 with errors"), "{stdout}");
 }
 
 #[test]
@@ -59,7 +59,7 @@ fn check_reports_a_broken_copy_with_file_line_and_caret() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("5 rule(s) ok, 2 with errors"), "{stdout}");
+    assert!(stdout.contains("8 rule(s) ok, 2 with errors"), "{stdout}");
     assert!(
         stderr.contains("escalate-on-request.rhai:"),
         "names the file: {stderr}"

@@ -1282,8 +1282,24 @@ async fn a_restart_neither_repeats_nor_loses_events() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shipped_rules_escalate_and_close_idle_chats() {
+    // The shipped rules that need no configuration (the business-hours and
+    // notification ones depend on skyrules.toml and on the time of day; they
+    // have their own scenarios).
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+    let copy = tempfile::tempdir().unwrap();
+    for id in [
+        "close-idle-ai-chats",
+        "escalate-failing-bot",
+        "escalate-on-keywords",
+        "escalate-on-request",
+        "release-silent-agent",
+        "sla-human-wait",
+    ] {
+        let file = format!("{id}.rhai");
+        std::fs::copy(shipped.join(&file), copy.path().join(&file)).unwrap();
+    }
     let setup = Setup {
-        rules_dir: Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("rules")),
+        rules_dir: Some(copy.path().to_path_buf()),
         ..Setup::rules(&[])
     };
     let h = Harness::start(frozen_sim().await, setup).await;

@@ -493,7 +493,18 @@ fn the_shipped_rules_pass_their_scenarios() {
         }
     }
     let cwd = tempfile::tempdir().expect("temp dir");
-    let run = skyrules(&["test", rules.to_str().unwrap()], cwd.path());
+    // The shipped rules' calendar and channels live in the repository's
+    // skyrules.toml.
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("skyrules.toml");
+    let run = skyrules(
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "test",
+            rules.to_str().unwrap(),
+        ],
+        cwd.path(),
+    );
     assert_eq!(run.code, Some(0), "{run:?}");
     has(&run, " passed, 0 failed");
     lacks(&run, "✗");

@@ -51,7 +51,13 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
     if !(a.rate > 0.0 && a.rate.is_finite() && a.speed > 0.0 && a.speed.is_finite()) {
         return Err(UserError("--rate and --speed must be more than 0".into()).into());
     }
+    // The shipped rules' calendar and channel names come from
+    // ./skyrules.toml when it is there (secrets are not needed: the demo
+    // sends nothing).
+    let config = crate::config::Config::load(None, &crate::config::Overrides::default())?;
     let opts = DemoOptions {
+        calendars: config.calendars()?,
+        channels: config.notify.keys().cloned().collect(),
         rules_dir: a.rules_dir,
         seed: a.seed,
         rate: a.rate,

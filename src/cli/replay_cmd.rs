@@ -101,6 +101,8 @@ pub async fn run(config: Config, a: ReplayArgs) -> anyhow::Result<ExitCode> {
             max_replies: config.guard.max_replies,
             window: config.guard.window,
         },
+        calendars: config.calendars()?,
+        channels: config.notify.keys().cloned().collect(),
     };
     let report = replay(&api, &opts, &progress).await?;
     if a.json {
