@@ -54,6 +54,10 @@ pub const SLA_HUMAN_WAIT: &str = "skyrules_sla_human_wait_seconds";
 /// A human agent's time to answer a waiting visitor (histogram).
 pub const SLA_AGENT_RESPONSE: &str = "skyrules_sla_agent_response_seconds";
 
+/// Notifications delivered or given up on, by `channel` and `result`
+/// (`delivered`, `failed`).
+pub const NOTIFICATIONS: &str = "skyrules_notifications_total";
+
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
 /// Installs the process-wide recorder (once) and returns the handle that
@@ -132,6 +136,10 @@ fn describe() {
         SLA_AGENT_RESPONSE,
         metrics::Unit::Seconds,
         "Time a human agent took to answer a waiting visitor."
+    );
+    describe_counter!(
+        NOTIFICATIONS,
+        "Notifications delivered or given up on, by channel and result."
     );
     describe_histogram!(
         STORE_WRITE,
@@ -242,4 +250,14 @@ pub fn sla(before: &crate::events::SlaState, after: &crate::events::SlaState) {
     {
         histogram!(SLA_AGENT_RESPONSE).record(*s);
     }
+}
+
+/// A notification was delivered, or given up on.
+pub fn notification(channel: &str, delivered: bool) {
+    counter!(
+        NOTIFICATIONS,
+        "channel" => channel.to_string(),
+        "result" => if delivered { "delivered" } else { "failed" }
+    )
+    .increment(1);
 }

@@ -85,11 +85,36 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
         .context("opening the state file crashed")??;
     let shutdown = CancellationToken::new();
     let channels = crate::notify::Channels::from_config(&config.notify)?;
+    let names = channels.names();
+    let notifier = (!channels.is_empty())
+        .then(|| Arc::new(crate::notify::Notifier::start(channels, shutdown.clone())));
+    if let Some(n) = &notifier {
+        // Deliveries finish after the action was recorded as handed over;
+        // their outcome goes to the log and the metrics.
+        let mut delivered = n.delivered();
+        tokio::spawn(async move {
+            loop {
+                let d = match delivered.recv().await {
+                    Ok(d) => d,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "notification outcomes came too fast to log");
+                        continue;
+                    }
+                    Err(_) => break,
+                };
+                crate::metrics::notification(&d.channel, d.ok);
+                if d.ok {
+                    tracing::info!(rule = %d.rule, session_id = %d.session_id, channel = %d.channel, attempts = d.attempts, "notification delivered");
+                } else {
+                    tracing::error!(rule = %d.rule, session_id = %d.session_id, channel = %d.channel, attempts = d.attempts, error = d.error.as_deref().unwrap_or(""), "notification not delivered");
+                }
+            }
+        });
+    }
     let world = World {
         calendars: config.calendars()?,
-        channels: channels.names(),
-        notifier: (!channels.is_empty())
-            .then(|| Arc::new(crate::notify::Notifier::start(channels, shutdown.clone()))),
+        channels: names,
+        notifier,
     };
     let (mut engine, report) =
         Engine::with_world(api.clone(), Arc::new(store), opts.clone(), world).await?;
