@@ -78,13 +78,16 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
     let api = Client::new(config.client_config()?)?;
     let opts = engine_options(&config);
     ensure_rules_dir(&opts.rules_dir)?;
+    // Every secret and setting is checked before the state file is touched.
+    let channels = crate::notify::Channels::from_config(&config.notify)?;
+    let calendars = config.calendars()?;
+    let http_token = config.http_token()?;
     let metrics = crate::metrics::install();
     let path = config.engine.state_path.clone();
     let store = tokio::task::spawn_blocking(move || SqliteStore::open(&path))
         .await
         .context("opening the state file crashed")??;
     let shutdown = CancellationToken::new();
-    let channels = crate::notify::Channels::from_config(&config.notify)?;
     let names = channels.names();
     let notifier = (!channels.is_empty())
         .then(|| Arc::new(crate::notify::Notifier::start(channels, shutdown.clone())));
@@ -112,7 +115,7 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
         });
     }
     let world = World {
-        calendars: config.calendars()?,
+        calendars,
         channels: names,
         notifier,
     };
@@ -135,7 +138,7 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
     }
     let server = match config.http.listen {
         Some(addr) => {
-            let token = config.http_token()?;
+            let token = http_token.clone();
             let listener = crate::http::bind(addr, token.as_deref()).await?;
             let shown = listener.local_addr().unwrap_or(addr);
             tracing::info!(address = %shown, "status page, /metrics, /healthz and /readyz at http://{shown}/");
