@@ -17,7 +17,7 @@ use crate::hours::Calendars;
 
 /// How many recent messages are kept per session for `ev.messages()` on
 /// events that did not re-read the session (timers).
-pub const RECENT_MESSAGES: usize = 50;
+pub const RECENT_MESSAGES: usize = 20;
 
 /// The kinds of event a rule can handle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -6,6 +6,7 @@
 //! store. Each module owns one step of that flow.
 
 pub mod api;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod demo;

@@ -143,3 +143,45 @@ fn demo_shows_an_escalation_and_an_idle_close_then_stops_on_ctrl_c() {
     assert_eq!(status.code(), Some(0), "stderr: {stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// The load benchmark runs end to end and reports every figure (how fast
+/// is for BENCHMARKS.md, not for tests).
+#[test]
+fn bench_reports_cycles_requests_and_reactions() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let out = skyrules()
+        .args([
+            "bench",
+            "--sessions",
+            "200",
+            "--duration",
+            "3s",
+            "--poll-interval",
+            "300ms",
+            "--changed-percent",
+            "5",
+            "--json",
+        ])
+        .arg(&json)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("cycle time"), "{stdout}");
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(r["sessions"], 200);
+    assert_eq!(r["changed_per_cycle"], 10);
+    assert!(r["cycles"].as_u64().unwrap() > 0, "{r}");
+    // Two list pages of 100 per poll, and only changed sessions are read.
+    assert_eq!(r["list_requests_per_cycle"].as_f64().unwrap(), 2.0, "{r}");
+    let reads = r["detail_requests_per_cycle"].as_f64().unwrap();
+    assert!(reads > 0.0 && reads < 20.0, "reads only what changed: {r}");
+    assert!(r["reaction_ms"]["count"].as_u64().unwrap() > 0, "{r}");
+    assert!(r["peak_rss_mib"].as_f64().unwrap() > 0.0, "{r}");
+}

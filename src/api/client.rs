@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::stream::{self, StreamExt};
 use rand::Rng;
 use reqwest::header::{HeaderMap, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
@@ -181,6 +182,48 @@ pub struct Page {
     pub has_next: Option<bool>,
 }
 
+/// Pages fetched at once when walking a list whose size is known.
+const PAGE_CONCURRENCY: usize = 8;
+
+/// The state of walking a paginated list: what was collected and the
+/// guards against a server that pages forever.
+#[derive(Default)]
+struct Walk {
+    out: Vec<Session>,
+    ids: HashSet<String>,
+    signatures: HashSet<(String, String, usize)>,
+}
+
+impl Walk {
+    /// Takes in page `n`; false when the walk is over (an empty page, a
+    /// page seen before, or the server's last page).
+    fn absorb(&mut self, p: Page, n: u32, per_page: usize) -> bool {
+        if p.sessions.is_empty() {
+            return false;
+        }
+        let sig = (
+            p.sessions[0].session_id.clone(),
+            p.sessions[p.sessions.len() - 1].session_id.clone(),
+            p.sessions.len(),
+        );
+        if !self.signatures.insert(sig) {
+            tracing::debug!(page = n, "session list repeated a page; stopping");
+            return false;
+        }
+        let more = match (p.last_page, p.has_next) {
+            (Some(last), _) => p.current_page.unwrap_or(n as u64) < last,
+            (None, Some(next)) => next,
+            (None, None) => p.sessions.len() >= per_page,
+        };
+        for s in p.sessions {
+            if self.ids.insert(s.session_id.clone()) {
+                self.out.push(s);
+            }
+        }
+        more
+    }
+}
+
 /// The typed SkyLight Web Chat client. Cheap to clone; clones share the pool
 /// and the clock.
 #[derive(Clone)]
@@ -308,38 +351,52 @@ impl Client {
     pub async fn list_all_sessions(&self, query: &ListQuery) -> Result<Vec<Session>, ApiError> {
         let mut query = query.clone();
         let per_page = *query.per_page.get_or_insert(MAX_PER_PAGE) as usize;
-        let mut out = Vec::new();
-        let mut ids = HashSet::new();
-        let mut signatures = HashSet::new();
-        for page in 1..=MAX_PAGES {
-            let p = self.list_sessions(&query, page).await?;
-            if p.sessions.is_empty() {
-                break;
-            }
-            let sig = (
-                p.sessions[0].session_id.clone(),
-                p.sessions[p.sessions.len() - 1].session_id.clone(),
-                p.sessions.len(),
-            );
-            if !signatures.insert(sig) {
-                tracing::debug!(page, "session list repeated a page; stopping");
-                break;
-            }
-            let more = match (p.last_page, p.has_next) {
-                (Some(last), _) => p.current_page.unwrap_or(page as u64) < last,
-                (None, Some(next)) => next,
-                (None, None) => p.sessions.len() >= per_page,
-            };
-            for s in p.sessions {
-                if ids.insert(s.session_id.clone()) {
-                    out.push(s);
+        let mut walk = Walk::default();
+        let first = self.list_sessions(&query, 1).await?;
+        let last = first.last_page;
+        if !walk.absorb(first, 1, per_page) {
+            return Ok(walk.out);
+        }
+        match last {
+            // The first page says how many there are: fetch the rest a few
+            // at a time, in order, so a large list costs one round trip per
+            // window rather than per page. A server that lies about its
+            // page count wastes at most one window before the guards stop.
+            Some(last) => {
+                let last = last.min(MAX_PAGES as u64) as u32;
+                let mut next = 2;
+                // The second page alone first: a server that ignores `page`
+                // is caught after one extra request, not a window's worth.
+                let mut width = 1;
+                while next <= last {
+                    let window: Vec<u32> = (next..=last).take(width).collect();
+                    width = PAGE_CONCURRENCY;
+                    next += window.len() as u32;
+                    let pages: Vec<Result<Page, ApiError>> = stream::iter(window.clone())
+                        .map(|n| {
+                            let q = &query;
+                            async move { self.list_sessions(q, n).await }
+                        })
+                        .buffered(PAGE_CONCURRENCY)
+                        .collect()
+                        .await;
+                    for (n, page) in window.into_iter().zip(pages) {
+                        if !walk.absorb(page?, n, per_page) {
+                            return Ok(walk.out);
+                        }
+                    }
                 }
             }
-            if !more {
-                break;
+            None => {
+                for page in 2..=MAX_PAGES {
+                    let p = self.list_sessions(&query, page).await?;
+                    if !walk.absorb(p, page, per_page) {
+                        break;
+                    }
+                }
             }
         }
-        Ok(out)
+        Ok(walk.out)
     }
 
     /// `GET /web-chat/sessions/{id}`: the session and its whole history.

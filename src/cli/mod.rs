@@ -7,6 +7,7 @@
 
 mod api_cmds;
 mod audit_cmd;
+mod bench_cmd;
 mod defs_cmd;
 mod demo_cmd;
 mod engine_cmds;
@@ -84,6 +85,8 @@ enum Command {
     Replay(replay_cmd::ReplayArgs),
     /// SLA report: response and wait percentiles, breaches per rule and day
     Sla(sla_cmd::SlaArgs),
+    /// Load benchmark: simulator and engine with N live chats
+    Bench(bench_cmd::BenchArgs),
 }
 
 /// Parses the command line, runs the command, and turns the outcome into an
@@ -101,7 +104,11 @@ pub fn main() -> ExitCode {
     // The demo narrates on stdout; its logs would only interleave with it.
     let quiet = matches!(
         cli.command,
-        Command::Demo(_) | Command::Check(_) | Command::Test(_) | Command::Replay(_)
+        Command::Demo(_)
+            | Command::Check(_)
+            | Command::Test(_)
+            | Command::Replay(_)
+            | Command::Bench(_)
     );
     // `test` reports rule failures itself, in context; log lines would
     // only repeat them.
@@ -154,6 +161,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check(a) => engine_cmds::check(load_config(g, Overrides::default())?, a).await,
         Command::Demo(a) => demo_cmd::run(a).await,
         Command::Test(a) => test_cmd::run(load_config(g, Overrides::default())?, a).await,
+        Command::Bench(a) => bench_cmd::run(a).await,
         Command::Sla(a) => sla_cmd::run(load_config(g, Overrides::default())?, a).await,
         Command::Replay(a) => replay_cmd::run(load_config(g, Overrides::default())?, a).await,
         Command::Defs(a) => defs_cmd::run(load_config(g, Overrides::default())?, a).await,

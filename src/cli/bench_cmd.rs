@@ -1,0 +1,66 @@
+//! `skyrules bench`: the load benchmark from the shell.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+
+use super::UserError;
+use crate::bench::{render, run as run_bench, BenchOptions};
+use crate::config::parse_duration;
+
+/// Flags of `skyrules bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Active sessions
+    #[arg(long, default_value_t = 10_000)]
+    sessions: usize,
+    /// How long to measure after the baseline poll
+    #[arg(long, default_value = "60s")]
+    duration: String,
+    /// Percentage of sessions that change between two polls
+    #[arg(long, default_value_t = 1.0)]
+    changed_percent: f64,
+    /// The engine's poll interval
+    #[arg(long, default_value = "5s")]
+    poll_interval: String,
+    /// Traffic seed
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Also write the results as JSON to FILE
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+}
+
+/// Runs the benchmark and prints the table (and JSON when asked).
+pub async fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
+    let dur =
+        |flag: &str, v: &str| parse_duration(v).map_err(|e| UserError(format!("{flag}: {e}")));
+    if a.sessions == 0 || !(a.changed_percent > 0.0 && a.changed_percent <= 100.0) {
+        return Err(
+            UserError("--sessions must be > 0 and --changed-percent in (0, 100]".into()).into(),
+        );
+    }
+    let opts = BenchOptions {
+        sessions: a.sessions,
+        duration: dur("--duration", &a.duration)?,
+        changed: a.changed_percent / 100.0,
+        poll_interval: dur("--poll-interval", &a.poll_interval)?,
+        seed: a.seed,
+    };
+    eprintln!(
+        "creating {} sessions and measuring for {}…",
+        opts.sessions,
+        humantime::format_duration(opts.duration)
+    );
+    let report = run_bench(opts).await?;
+    print!("{}", render(&report));
+    let json = serde_json::to_string_pretty(&report)?;
+    if let Some(path) = a.json {
+        std::fs::write(&path, &json)
+            .map_err(|e| UserError(format!("cannot write {}: {e}", path.display())))?;
+    } else {
+        println!("\n{json}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
