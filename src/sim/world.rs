@@ -226,6 +226,11 @@ enum Event {
 #[derive(Debug)]
 pub struct World {
     clock: Clock,
+    // Sessions newest first (the list's order), rebuilt only when sessions
+    // come or go: sorting every page request would make a 10,000-session
+    // list cost more in the simulator than in the engine it measures.
+    order: Vec<String>,
+    order_dirty: bool,
     // The last time a write was stamped with: writes get strictly increasing
     // times, as on a real server, so that even on a frozen clock every
     // change moves `last_activity_at` and a poller sees it.
@@ -249,6 +254,8 @@ impl World {
     pub fn new(config: &SimConfig) -> Self {
         let mut world = World {
             clock: Clock::new(config.clock_speed),
+            order: Vec::new(),
+            order_dirty: false,
             last_write: None,
             bot_delay: config
                 .bot_delay
@@ -402,6 +409,7 @@ impl World {
         if self.sessions.contains_key(&id) {
             return;
         }
+        self.order_dirty = true;
         self.sessions.insert(
             id.clone(),
             SimSession {
@@ -440,6 +448,7 @@ impl World {
         let excess = self.sessions.len() - MAX_SESSIONS * 9 / 10;
         for (_, id) in ended.into_iter().take(excess) {
             self.sessions.remove(&id);
+            self.order_dirty = true;
         }
     }
 
@@ -507,9 +516,21 @@ impl World {
             .as_deref()
             .map(str::to_lowercase)
             .filter(|s| !s.is_empty());
-        let mut hits: Vec<&Session> = self
-            .sessions
-            .values()
+        if self.order_dirty {
+            let mut all: Vec<&Session> = self.sessions.values().map(|s| &s.session).collect();
+            all.sort_by(|a, b| {
+                b.created_at
+                    .cmp(&a.created_at)
+                    .then_with(|| a.session_id.cmp(&b.session_id))
+            });
+            self.order = all.into_iter().map(|s| s.session_id.clone()).collect();
+            self.order_dirty = false;
+        }
+        let sessions = &self.sessions;
+        let hits: Vec<&Session> = self
+            .order
+            .iter()
+            .filter_map(|id| sessions.get(id))
             .map(|s| &s.session)
             .filter(|s| filter.status.as_ref().is_none_or(|st| &s.status == st))
             .filter(|s| {
@@ -526,11 +547,6 @@ impl World {
                 })
             })
             .collect();
-        hits.sort_by(|a, b| {
-            b.created_at
-                .cmp(&a.created_at)
-                .then_with(|| a.session_id.cmp(&b.session_id))
-        });
         let total = hits.len();
         let skip = page.saturating_sub(1).saturating_mul(per_page);
         let items = hits
@@ -718,6 +734,8 @@ impl World {
             s.session.last_activity_at = explicit_activity;
         }
         let detail = s.detail();
+        self.order_dirty = true;
+        self.order_dirty = true;
         self.sessions.insert(id, s);
         Ok(detail)
     }
