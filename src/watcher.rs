@@ -152,15 +152,15 @@ impl Watcher {
             let t = &mut sc.tracked;
             sc.events.extend(due_timers_in(t, timers, now, calendars));
         }
-        for (id, t) in self.tracked.iter() {
+        // Checked in place: only a session with a due timer is copied out.
+        for (id, t) in self.tracked.iter_mut() {
             if read.contains(id) || !listed_ids.contains(id.as_str()) {
                 continue;
             }
-            let mut t = t.clone();
-            let due = due_timers_in(&mut t, timers, now, calendars);
+            let due = due_timers_in(t, timers, now, calendars);
             if !due.is_empty() {
                 out.push(SessionCycle {
-                    tracked: t,
+                    tracked: t.clone(),
                     events: due,
                     changed: true,
                     finished: false,
