@@ -26,13 +26,15 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use rand::Rng;
 use reqwest::header::{HeaderMap, HeaderValue};
 use reqwest::{StatusCode, Url};
 use serde::Deserialize;
 use serde_json::{json, Value};
+
+use crate::api::client::retry_after;
 use tokio::sync::{broadcast, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -1009,25 +1011,6 @@ fn excerpt(bytes: &[u8]) -> String {
     } else {
         format!(": {text}")
     }
-}
-
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let v = headers
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim();
-    if let Ok(secs) = v.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let at = httpdate::parse_http_date(v).ok()?;
-    // Relative to the server's own Date, so clock skew does not matter.
-    let now = headers
-        .get(reqwest::header::DATE)
-        .and_then(|d| d.to_str().ok())
-        .and_then(|d| httpdate::parse_http_date(d).ok())
-        .unwrap_or_else(SystemTime::now);
-    Some(at.duration_since(now).unwrap_or_default())
 }
 
 /// The request body for a channel. Holds the routing key for PagerDuty: never log it.

@@ -712,7 +712,9 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+/// The `Retry-After` of a response, in seconds or as an HTTP date (read
+/// against the response's own `Date`, so clock skew does not matter).
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let v = headers
         .get(reqwest::header::RETRY_AFTER)?
         .to_str()
