@@ -19,6 +19,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::escape::html as esc;
 use crate::status::{Board, SharedBoard};
 
 /// Why the listener could not start.
@@ -147,21 +148,6 @@ async fn status_json(State(s): State<AppState>) -> Response {
         "rules": b.rules,
     });
     axum::Json(body).into_response()
-}
-
-fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 fn dur(secs: u64) -> String {

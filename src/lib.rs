@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod engine;
+pub mod escape;
 pub mod events;
 pub mod executor;
 pub mod hours;

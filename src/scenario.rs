@@ -557,12 +557,7 @@ pub fn junit(results: &[ScenarioResult]) -> String {
     for r in results {
         by_file.entry(&r.file).or_default().push(r);
     }
-    let esc = |s: &str| {
-        s.replace('&', "&amp;")
-            .replace('<', "&lt;")
-            .replace('>', "&gt;")
-            .replace('"', "&quot;")
-    };
+    let esc = crate::escape::html;
     let failures = results.iter().filter(|r| r.failure.is_some()).count();
     let mut out = format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"skyrules\" tests=\"{}\" failures=\"{failures}\">\n",

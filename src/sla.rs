@@ -19,6 +19,8 @@ use std::fmt::Write as _;
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::escape::html as esc;
+
 /// One session's SLA facts (from the state store).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SlaRecord {
@@ -546,22 +548,6 @@ pub fn render_text(r: &SlaReport) -> String {
 
 // ---------------------------------------------------------------------------
 // HTML
-
-/// Escapes text for HTML element content and quoted attribute values.
-fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
 
 /// Truncates a name for a chart legend; the full name goes in a tooltip.
 fn short_name(s: &str, max: usize) -> String {
