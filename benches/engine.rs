@@ -40,16 +40,6 @@ use skyrules::hours::Calendars;
 use skyrules::rules::{EventData, Memory, RuleSet, Runtime, World};
 use skyrules::store::{Batch, Begin, Intent, Pending, SqliteStore, Store};
 
-/// The shipped rules that need no configuration (no calendars, no channels).
-const NO_CONFIG_RULES: [&str; 6] = [
-    "close-idle-ai-chats",
-    "escalate-failing-bot",
-    "escalate-on-keywords",
-    "escalate-on-request",
-    "release-silent-agent",
-    "sla-human-wait",
-];
-
 // ---------------------------------------------------------------------------
 // Data builders
 // ---------------------------------------------------------------------------
@@ -276,9 +266,11 @@ fn shipped_world() -> World {
 fn no_config_runtime() -> (Runtime, RuleSet) {
     let rt = Runtime::new();
     let mut set = RuleSet::default();
-    for id in NO_CONFIG_RULES {
-        let path = manifest_dir().join("rules").join(format!("{id}.rhai"));
-        set.upsert(rt.load_file(&path).expect("shipped rule loads"));
+    // The shipped rules that need no configuration (no calendars, no
+    // channels), exactly as the binary embeds them.
+    for (name, text) in skyrules::demo::EMBEDDED_RULES {
+        let path = manifest_dir().join("rules").join(name);
+        set.upsert(rt.load_source(&path, text).expect("shipped rule loads"));
     }
     (rt, set)
 }

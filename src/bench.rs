@@ -160,10 +160,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
     }
     let dir = tempdir()?;
     let rules = dir.join("rules");
-    std::fs::create_dir_all(&rules)?;
-    for (name, text) in crate::demo::EMBEDDED_RULES {
-        std::fs::write(rules.join(name), text)?;
-    }
+    crate::demo::write_embedded_rules(&rules)?;
 
     let started = Instant::now();
     let api = Client::new(ClientConfig::new(sim.base_url(), ApiKey::new("bench")))?;

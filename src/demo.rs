@@ -22,7 +22,9 @@ use crate::executor::Guard;
 use crate::sim::{SimConfig, TrafficConfig};
 use crate::store::MemoryStore;
 
-/// The rules shipped in `rules/`, built into the binary.
+/// The shipped rules that need no configuration (no calendar, no channel),
+/// built into the binary: what the demo runs without a `rules/` directory,
+/// and what benchmarks and tests use as "the shipped rules".
 pub const EMBEDDED_RULES: &[(&str, &str)] = &[
     (
         "close-idle-ai-chats.rhai",
@@ -256,11 +258,17 @@ fn rules_dir(wanted: &Path) -> anyhow::Result<(PathBuf, bool)> {
         return Ok((wanted.to_path_buf(), false));
     }
     let dir = std::env::temp_dir().join(format!("skyrules-demo-rules-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
+    write_embedded_rules(&dir)?;
+    Ok((dir, true))
+}
+
+/// Writes [`EMBEDDED_RULES`] into `dir`, creating it.
+pub fn write_embedded_rules(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
     for (name, text) in EMBEDDED_RULES {
         std::fs::write(dir.join(name), text)?;
     }
-    Ok((dir, true))
+    Ok(())
 }
 
 fn short(id: &str) -> &str {

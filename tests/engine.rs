@@ -1285,19 +1285,8 @@ async fn shipped_rules_escalate_and_close_idle_chats() {
     // The shipped rules that need no configuration (the business-hours and
     // notification ones depend on skyrules.toml and on the time of day; they
     // have their own scenarios).
-    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
     let copy = tempfile::tempdir().unwrap();
-    for id in [
-        "close-idle-ai-chats",
-        "escalate-failing-bot",
-        "escalate-on-keywords",
-        "escalate-on-request",
-        "release-silent-agent",
-        "sla-human-wait",
-    ] {
-        let file = format!("{id}.rhai");
-        std::fs::copy(shipped.join(&file), copy.path().join(&file)).unwrap();
-    }
+    skyrules::demo::write_embedded_rules(copy.path()).unwrap();
     let setup = Setup {
         rules_dir: Some(copy.path().to_path_buf()),
         ..Setup::rules(&[])

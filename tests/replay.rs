@@ -28,19 +28,8 @@ impl Progress for Quiet {
 fn shipped_rules() -> PathBuf {
     static COPY: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
     let dir = COPY.get_or_init(|| {
-        let shipped = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/rules"));
         let copy = tempfile::tempdir().unwrap();
-        for id in [
-            "close-idle-ai-chats",
-            "escalate-failing-bot",
-            "escalate-on-keywords",
-            "escalate-on-request",
-            "release-silent-agent",
-            "sla-human-wait",
-        ] {
-            let file = format!("{id}.rhai");
-            std::fs::copy(shipped.join(&file), copy.path().join(&file)).unwrap();
-        }
+        skyrules::demo::write_embedded_rules(copy.path()).unwrap();
         copy
     });
     dir.path().to_path_buf()
