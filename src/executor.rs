@@ -98,11 +98,9 @@ impl Executor {
     /// `end` in the same batch is skipped.
     pub async fn execute(&self, session: &mut Session, rule: &str, action: &Action) -> Outcome {
         let id = session.session_id.clone();
-        if let Action::Notify { channel, text } = action {
-            // People may need to hear about a chat that has ended too.
-            return self.notify(&id, rule, channel, text);
-        }
-        if session.status == SessionStatus::Ended {
+        // People may need to hear about a chat that has ended too.
+        let needs_open_session = !matches!(action, Action::Notify { .. });
+        if needs_open_session && session.status == SessionStatus::Ended {
             return Outcome::Skipped("the session has ended".into());
         }
         match action {
@@ -128,7 +126,8 @@ impl Executor {
             Action::Release => self.api.release(&id).await.map(|_| ()),
             Action::End => self.api.end(&id).await.map(|_| ()),
             Action::Reply(text) => self.api.send_message(&id, text).await.map(|_| ()),
-            Action::Notify { .. } => unreachable_notify(),
+            // Not an API call: handed to the notifier, never awaited.
+            Action::Notify { channel, text } => return self.notify(&id, rule, channel, text),
         };
         match result {
             Ok(()) => {
@@ -260,13 +259,6 @@ impl Executor {
             .unwrap_or_else(|p| p.into_inner())
             .remove(id);
     }
-}
-
-/// `execute` handles notifications before it reaches the API calls.
-fn unreachable_notify() -> Result<(), ApiError> {
-    Err(ApiError::Invalid(
-        "internal: notify reached the API path".into(),
-    ))
 }
 
 fn apply(session: &mut Session, action: &Action) {
