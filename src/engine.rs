@@ -156,6 +156,10 @@ pub struct Engine {
     retention: Duration,
     notes: broadcast::Sender<Note>,
     board: SharedBoard,
+    // Whether anyone was handed the board: the per-session views (timers
+    // of every tracked chat, sorted) cost real time at 10,000 chats and
+    // only a status page reads them.
+    board_watched: std::sync::atomic::AtomicBool,
 }
 
 impl Engine {
@@ -212,6 +216,7 @@ impl Engine {
                 retention: DEFAULT_RETENTION,
                 notes,
                 board,
+                board_watched: std::sync::atomic::AtomicBool::new(false),
             },
             report,
         ))
@@ -224,6 +229,8 @@ impl Engine {
 
     /// The status board (readiness, sessions, timers, actions, rules).
     pub fn board(&self) -> SharedBoard {
+        self.board_watched
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         self.board.clone()
     }
 
@@ -293,34 +300,38 @@ impl Engine {
     /// After a successful poll: readiness, sessions and their timers.
     fn update_board(&self, watcher: &Watcher, timers: &[crate::events::TimerSpec], now: Timestamp) {
         let (mut ai, mut human, mut pending, mut other) = (0, 0, 0, 0);
+        for t in watcher.tracked().values() {
+            match t.session.handled_by {
+                crate::api::HandledBy::Ai => ai += 1,
+                crate::api::HandledBy::Human => human += 1,
+                crate::api::HandledBy::Pending => pending += 1,
+                crate::api::HandledBy::Other(_) => other += 1,
+            }
+        }
+        crate::metrics::sessions(ai, human, pending, other);
+        let watched = self
+            .board_watched
+            .load(std::sync::atomic::Ordering::Relaxed);
         let mut sessions: Vec<SessionView> = watcher
             .tracked()
             .values()
-            .map(|t| {
-                match t.session.handled_by {
-                    crate::api::HandledBy::Ai => ai += 1,
-                    crate::api::HandledBy::Human => human += 1,
-                    crate::api::HandledBy::Pending => pending += 1,
-                    crate::api::HandledBy::Other(_) => other += 1,
-                }
-                SessionView {
-                    session_id: t.session.session_id.clone(),
-                    visitor: t.session.visitor_name.clone(),
-                    handled_by: t.session.handled_by.to_string(),
-                    last_activity_at: t.session.last_activity_at,
-                    timers: crate::events::running_timers(t, timers, now, self.runtime.calendars())
-                        .into_iter()
-                        .map(|(spec, elapsed)| TimerView {
-                            kind: spec.kind.name().to_string(),
-                            after_secs: spec.after.as_secs(),
-                            elapsed_secs: elapsed.as_secs(),
-                        })
-                        .collect(),
-                }
+            .filter(|_| watched)
+            .map(|t| SessionView {
+                session_id: t.session.session_id.clone(),
+                visitor: t.session.visitor_name.clone(),
+                handled_by: t.session.handled_by.to_string(),
+                last_activity_at: t.session.last_activity_at,
+                timers: crate::events::running_timers(t, timers, now, self.runtime.calendars())
+                    .into_iter()
+                    .map(|(spec, elapsed)| TimerView {
+                        kind: spec.kind.name().to_string(),
+                        after_secs: spec.after.as_secs(),
+                        elapsed_secs: elapsed.as_secs(),
+                    })
+                    .collect(),
             })
             .collect();
         sessions.sort_by_key(|s| std::cmp::Reverse(s.last_activity_at));
-        crate::metrics::sessions(ai, human, pending, other);
         let mut board = self.board.write().unwrap_or_else(|p| p.into_inner());
         board.last_poll_ok = Some(std::time::Instant::now());
         board.last_poll_error = None;
