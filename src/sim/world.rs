@@ -147,6 +147,16 @@ pub struct ListFilter {
     pub search: Option<String>,
 }
 
+/// The ids one list filter matched, valid while `generation` holds.
+#[derive(Debug)]
+struct ListCache {
+    generation: u64,
+    status: Option<SessionStatus>,
+    handled_by: Option<HandledBy>,
+    needle: Option<String>,
+    ids: Vec<String>,
+}
+
 /// One page of the session list.
 #[derive(Debug, Clone)]
 pub struct Page {
@@ -231,6 +241,11 @@ pub struct World {
     // list cost more in the simulator than in the engine it measures.
     order: Vec<String>,
     order_dirty: bool,
+    // Bumped by every write to a session. A list walk asks for page after
+    // page of the same filter; the filtered ids are kept while nothing
+    // changed so that a page costs its hundred entries, not the whole list.
+    generation: u64,
+    list_cache: Option<ListCache>,
     // The last time a write was stamped with: writes get strictly increasing
     // times, as on a real server, so that even on a frozen clock every
     // change moves `last_activity_at` and a poller sees it.
@@ -256,6 +271,8 @@ impl World {
             clock: Clock::new(config.clock_speed),
             order: Vec::new(),
             order_dirty: false,
+            generation: 0,
+            list_cache: None,
             last_write: None,
             bot_delay: config
                 .bot_delay
@@ -363,7 +380,7 @@ impl World {
                 text,
                 handoff,
             } => {
-                let Some(s) = self.sessions.get_mut(&session_id) else {
+                let Some(s) = self.session_mut(&session_id) else {
                     return;
                 };
                 if !s.is_active() || s.session.handled_by != HandledBy::Ai {
@@ -410,6 +427,7 @@ impl World {
             return;
         }
         self.order_dirty = true;
+        self.generation += 1;
         self.sessions.insert(
             id.clone(),
             SimSession {
@@ -449,12 +467,13 @@ impl World {
         for (_, id) in ended.into_iter().take(excess) {
             self.sessions.remove(&id);
             self.order_dirty = true;
+            self.generation += 1;
         }
     }
 
     /// The visitor of `id` writes `text` at `at`; schedules the bot's answer.
     fn visitor_says(&mut self, id: &str, text: String, at: Timestamp) -> Option<Message> {
-        let s = self.sessions.get_mut(id)?;
+        let s = self.session_mut(id)?;
         let ai = s.session.handled_by == HandledBy::Ai;
         let message = s.push(SenderType::Visitor, text, at);
         if let (true, Some(delay)) = (ai, self.bot_delay) {
@@ -476,7 +495,7 @@ impl World {
     /// The visitor asks for a person at `at`. A chat already waiting keeps
     /// its original request time; one a human has is left alone.
     fn request_human_at(&mut self, id: &str, at: Timestamp) {
-        if let Some(s) = self.sessions.get_mut(id) {
+        if let Some(s) = self.session_mut(id) {
             let fresh = s.session.handled_by == HandledBy::Ai
                 || (s.session.handled_by == HandledBy::Pending
                     && s.session.human_requested_at.is_none());
@@ -488,7 +507,7 @@ impl World {
     }
 
     fn end_at(&mut self, id: &str, at: Timestamp) {
-        if let Some(s) = self.sessions.get_mut(id) {
+        if let Some(s) = self.session_mut(id) {
             if s.is_active() {
                 s.session.status = SessionStatus::Ended;
                 s.touch(at);
@@ -526,34 +545,53 @@ impl World {
             self.order = all.into_iter().map(|s| s.session_id.clone()).collect();
             self.order_dirty = false;
         }
-        let sessions = &self.sessions;
-        let hits: Vec<&Session> = self
-            .order
-            .iter()
-            .filter_map(|id| sessions.get(id))
-            .map(|s| &s.session)
-            .filter(|s| filter.status.as_ref().is_none_or(|st| &s.status == st))
-            .filter(|s| {
-                filter
-                    .handled_by
-                    .as_ref()
-                    .is_none_or(|h| &s.handled_by == h)
-            })
-            .filter(|s| {
-                needle.as_deref().is_none_or(|n| {
-                    [&s.visitor_name, &s.visitor_email, &s.visitor_phone]
-                        .iter()
-                        .any(|f| f.as_deref().is_some_and(|v| v.to_lowercase().contains(n)))
+        let cached = self.list_cache.as_ref().is_some_and(|c| {
+            c.generation == self.generation
+                && c.status == filter.status
+                && c.handled_by == filter.handled_by
+                && c.needle == needle
+        });
+        if !cached {
+            let sessions = &self.sessions;
+            let ids = self
+                .order
+                .iter()
+                .filter(|id| {
+                    sessions.get(*id).is_some_and(|s| {
+                        let s = &s.session;
+                        filter.status.as_ref().is_none_or(|st| &s.status == st)
+                            && filter
+                                .handled_by
+                                .as_ref()
+                                .is_none_or(|h| &s.handled_by == h)
+                            && needle.as_deref().is_none_or(|n| {
+                                [&s.visitor_name, &s.visitor_email, &s.visitor_phone]
+                                    .iter()
+                                    .any(|f| {
+                                        f.as_deref().is_some_and(|v| v.to_lowercase().contains(n))
+                                    })
+                            })
+                    })
                 })
-            })
-            .collect();
-        let total = hits.len();
+                .cloned()
+                .collect();
+            self.list_cache = Some(ListCache {
+                generation: self.generation,
+                status: filter.status.clone(),
+                handled_by: filter.handled_by.clone(),
+                needle,
+                ids,
+            });
+        }
+        let ids: &[String] = self.list_cache.as_ref().map_or(&[], |c| &c.ids);
+        let total = ids.len();
         let skip = page.saturating_sub(1).saturating_mul(per_page);
-        let items = hits
-            .into_iter()
+        let items = ids
+            .iter()
             .skip(skip)
             .take(per_page)
-            .cloned()
+            .filter_map(|id| self.sessions.get(id))
+            .map(|s| s.session.clone())
             .collect();
         Page { items, total }
     }
@@ -580,8 +618,15 @@ impl World {
         all
     }
 
+    /// A session to change: every write goes through here so that the
+    /// list's cached ids know they are stale.
+    fn session_mut(&mut self, id: &str) -> Option<&mut SimSession> {
+        self.generation += 1;
+        self.sessions.get_mut(id)
+    }
+
     fn active_mut(&mut self, id: &str) -> Result<&mut SimSession, SimError> {
-        let s = self.sessions.get_mut(id).ok_or(SimError::NotFound)?;
+        let s = self.session_mut(id).ok_or(SimError::NotFound)?;
         if !s.is_active() {
             return Err(SimError::Ended(ENDED_SESSION));
         }
@@ -649,7 +694,7 @@ impl World {
         let message = if sender == SenderType::Visitor {
             self.visitor_says(id, text, now)
         } else {
-            self.sessions.get_mut(id).map(|s| s.push(sender, text, now))
+            self.session_mut(id).map(|s| s.push(sender, text, now))
         }
         .ok_or(SimError::NotFound)?;
         self.run_due(now);
@@ -735,7 +780,7 @@ impl World {
         }
         let detail = s.detail();
         self.order_dirty = true;
-        self.order_dirty = true;
+        self.generation += 1;
         self.sessions.insert(id, s);
         Ok(detail)
     }
@@ -913,6 +958,44 @@ mod tests {
             bot_delay,
             ..SimConfig::default()
         })
+    }
+
+    #[test]
+    fn a_filtered_list_sees_every_write_made_between_two_pages() {
+        let mut w = frozen(None);
+        for id in ["a", "b", "c"] {
+            w.create_session(json!({"session_id": id})).unwrap();
+        }
+        let ai = ListFilter {
+            handled_by: Some(HandledBy::Ai),
+            ..ListFilter::default()
+        };
+        let ids = |p: &Page| {
+            p.items
+                .iter()
+                .map(|s| s.session_id.clone())
+                .collect::<Vec<_>>()
+        };
+        let first = w.list(&ai, 1, 2);
+        assert_eq!(
+            (ids(&first), first.total),
+            (vec!["c".into(), "b".into()], 3)
+        );
+        // A take-over between two pages of the same walk leaves the AI list.
+        w.take_over("a").unwrap();
+        let second = w.list(&ai, 2, 2);
+        assert_eq!((ids(&second), second.total), (Vec::<String>::new(), 2));
+        let humans = ListFilter {
+            handled_by: Some(HandledBy::Human),
+            ..ListFilter::default()
+        };
+        assert_eq!(ids(&w.list(&humans, 1, 2)), vec!["a".to_string()]);
+        w.end("a").unwrap();
+        let active = ListFilter {
+            status: Some(SessionStatus::Active),
+            ..ListFilter::default()
+        };
+        assert_eq!(w.list(&active, 1, 10).total, 2);
     }
 
     #[test]
