@@ -67,6 +67,10 @@ pub struct ApiConfig {
     pub timeout: Duration,
     /// Attempts per API call before giving up (1 = no retries).
     pub max_attempts: u32,
+    /// Most requests per second to SkyLight, every attempt counted; unset:
+    /// unlimited.
+    #[serde(deserialize_with = "rate")]
+    pub max_requests_per_second: Option<f64>,
 }
 
 impl Default for ApiConfig {
@@ -76,6 +80,7 @@ impl Default for ApiConfig {
             api_key_file: None,
             timeout: Duration::from_secs(10),
             max_attempts: 5,
+            max_requests_per_second: None,
         }
     }
 }
@@ -273,6 +278,14 @@ impl Config {
         if self.api.max_attempts == 0 {
             return Err(bad("api.max_attempts", "must be at least 1"));
         }
+        if let Some(rate) = self.api.max_requests_per_second {
+            if !(rate.is_finite() && rate > 0.0) {
+                return Err(bad(
+                    "api.max_requests_per_second",
+                    &format!("must be a positive number, not {rate}"),
+                ));
+            }
+        }
         if self.engine.max_concurrency == 0 {
             return Err(bad("engine.max_concurrency", "must be at least 1"));
         }
@@ -357,6 +370,7 @@ impl Config {
         let mut c = crate::api::ClientConfig::new(self.api.base_url.trim(), self.api_key()?);
         c.timeout = self.api.timeout;
         c.retry.max_attempts = self.api.max_attempts;
+        c.max_requests_per_second = self.api.max_requests_per_second;
         Ok(c)
     }
 }
@@ -371,6 +385,28 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
     parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
+/// A request rate: any TOML number (`20`, `2.5`); range-checked in
+/// `validate`.
+fn rate<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    struct Rate;
+    impl serde::de::Visitor<'_> for Rate {
+        type Value = f64;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a positive number of requests per second, e.g. 20 or 2.5")
+        }
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<f64, E> {
+            Ok(v)
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<f64, E> {
+            Ok(v as f64)
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<f64, E> {
+            Ok(v as f64)
+        }
+    }
+    d.deserialize_any(Rate).map(Some)
 }
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
@@ -490,5 +526,49 @@ window = "10m"
         };
         let e = Config::load(Some(&p), &bad).unwrap_err().to_string();
         assert!(e.contains("SKYRULES_POLL_INTERVAL"), "{e}");
+    }
+
+    #[test]
+    fn max_requests_per_second_is_optional_and_passed_to_the_client() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        std::fs::write(&key, "sk_test\n").unwrap();
+        let with = |rate: &str| {
+            format!(
+                "[api]\napi_key_file = {:?}\n{rate}\n",
+                key.display().to_string()
+            )
+        };
+        let c = parse(&with("")).unwrap();
+        assert_eq!(c.api.max_requests_per_second, None, "unlimited by default");
+        assert_eq!(c.client_config().unwrap().max_requests_per_second, None);
+        for (text, rate) in [("20", 20.0), ("2.5", 2.5)] {
+            let c = parse(&with(&format!("max_requests_per_second = {text}"))).unwrap();
+            assert_eq!(c.api.max_requests_per_second, Some(rate));
+            let cc = c.client_config().unwrap();
+            assert_eq!(cc.max_requests_per_second, Some(rate));
+            crate::api::Client::new(cc).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_bad_max_requests_per_second_names_the_key() {
+        for bad in ["0", "-5", "0.0", "nan", "inf", "\"abc\"", "true"] {
+            let e = parse(&format!("[api]\nmax_requests_per_second = {bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("api.max_requests_per_second"), "{bad}: {e}");
+            assert!(!e.contains('\n'), "{bad}: {e}");
+        }
+        for bad in ["0", "-5"] {
+            let e = parse(&format!("[api]\nmax_requests_per_second = {bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("must be a positive number"), "{e}");
+        }
+        let e = parse("[api]\nmax_requests_per_second = \"abc\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(":2:") && e.contains("positive number"), "{e}");
     }
 }

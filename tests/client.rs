@@ -1345,3 +1345,91 @@ async fn the_key_never_appears_in_logs_debug_or_errors() {
         assert!(!s.contains("SECRET"), "the key leaked: {s}");
     }
 }
+
+// ---------------------------------------------------------------------------
+// 7. The request rate limit (`api.max_requests_per_second`)
+// ---------------------------------------------------------------------------
+
+/// A client allowed `rate` requests per second (burst `max(1, rate)`).
+fn limited_client(base: &str, rate: f64, max_attempts: u32) -> Client {
+    let mut config = ClientConfig::new(base, ApiKey::new(KEY));
+    config.timeout = Duration::from_secs(5);
+    config.retry = fast_retry(max_attempts);
+    config.max_requests_per_second = Some(rate);
+    Client::new(config).expect("build the client")
+}
+
+/// The least wall time `n` requests can take at `rate` per second with a
+/// burst of `burst`, less 1% for timer rounding. Only a lower bound: a slow
+/// machine takes longer, never shorter.
+fn least_time(n: usize, burst: usize, rate: f64) -> Duration {
+    Duration::from_secs_f64(n.saturating_sub(burst) as f64 / rate * 0.99)
+}
+
+#[tokio::test]
+async fn list_pages_and_reads_of_all_clones_share_one_rate_limit() {
+    const RATE: f64 = 20.0;
+    let sim = start_sim(KEY).await;
+    let ids = create_many(&sim, 90);
+    let api = limited_client(&sim.base_url(), RATE, 3);
+    let other = api.clone();
+    let q = ListQuery {
+        per_page: Some(2),
+        ..ListQuery::default()
+    };
+    let started = Instant::now();
+    // 45 list pages (fetched in windows) on one clone while another reads
+    // 15 sessions: 60 requests against one budget of 20/s, burst 20.
+    let (all, details) = tokio::join!(api.list_all_sessions(&q), async {
+        let mut out = Vec::new();
+        for id in ids.iter().take(15) {
+            out.push(other.get_session(id).await.unwrap());
+        }
+        out
+    });
+    let elapsed = started.elapsed();
+    assert_eq!(all.unwrap().len(), 90);
+    assert_eq!(details.len(), 15);
+    let log = sim.requests();
+    assert_eq!(count(&log, "GET", "/web-chat/sessions"), 45, "{log:?}");
+    assert_eq!(log.len(), 60, "{log:?}");
+    let least = least_time(log.len(), RATE as usize, RATE);
+    assert!(
+        elapsed >= least,
+        "{} requests at {RATE}/s (burst {RATE}) took {elapsed:?}, less than {least:?}",
+        log.len()
+    );
+}
+
+#[tokio::test]
+async fn every_retry_waits_for_the_rate_limit() {
+    const RATE: f64 = 5.0;
+    // Eight 503s, then an answer: nine attempts at 5/s, burst 5.
+    let server = flaky(
+        ResponseTemplate::new(503).set_body_json(json!({"message": "busy"})),
+        8,
+    )
+    .await;
+    let api = limited_client(&base(&server), RATE, 10);
+    let started = Instant::now();
+    let a = api.analytics(Period::Month).await.unwrap();
+    let elapsed = started.elapsed();
+    assert_eq!(a.total_chats, 42);
+    assert_eq!(received(&server).await, 9);
+    let least = least_time(9, RATE as usize, RATE);
+    assert!(
+        elapsed >= least,
+        "9 attempts took {elapsed:?}, less than {least:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_rate_limit_that_is_not_positive_is_refused() {
+    for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+        let mut config = ClientConfig::new("http://127.0.0.1:9/api/v1", ApiKey::new(KEY));
+        config.max_requests_per_second = Some(bad);
+        let e = Client::new(config).unwrap_err();
+        assert!(matches!(e, ApiError::Invalid(_)), "{bad}: {e:?}");
+        assert!(e.to_string().contains("max_requests_per_second"), "{e}");
+    }
+}

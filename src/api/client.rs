@@ -2,10 +2,11 @@
 //!
 //! Owns: one reqwest connection pool, the API key (as a sensitive header,
 //! never formatted anywhere), retries with capped exponential backoff and
-//! jitter, the tolerant envelope and pagination decoding of SPEC §1, the
-//! server-clock estimate from `Date` headers, and the no-blind-resend rule for
-//! messages. Does not own: what to poll or when (the watcher), or whether an
-//! action should be taken at all (the executor).
+//! jitter, the optional request rate limit (shared by every clone), the
+//! tolerant envelope and pagination decoding of SPEC §1, the server-clock
+//! estimate from `Date` headers, and the no-blind-resend rule for messages.
+//! Does not own: what to poll or when (the watcher), or whether an action
+//! should be taken at all (the executor).
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -13,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::stream::{self, StreamExt};
+use governor::{DefaultDirectRateLimiter, Quota};
 use rand::Rng;
 use reqwest::header::{HeaderMap, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
@@ -120,6 +122,11 @@ pub struct ClientConfig {
     pub timeout: Duration,
     /// Retry behaviour.
     pub retry: RetryPolicy,
+    /// Most requests sent per second on average, every attempt counted
+    /// (retries, list pages, reads, actions), shared by all clones of the
+    /// client; up to `max(1, rate)` may go out back to back. `None`:
+    /// unlimited (SkyLight documents no limit).
+    pub max_requests_per_second: Option<f64>,
 }
 
 impl ClientConfig {
@@ -130,8 +137,23 @@ impl ClientConfig {
             api_key,
             timeout: Duration::from_secs(10),
             retry: RetryPolicy::default(),
+            max_requests_per_second: None,
         }
     }
+}
+
+/// The limiter for `rate` requests per second with a burst of
+/// `max(1, rate)`; `None` for a rate too high to measure (over 10⁹/s).
+fn rate_limiter(rate: f64) -> Result<Option<DefaultDirectRateLimiter>, ApiError> {
+    if !(rate.is_finite() && rate > 0.0) {
+        return Err(ApiError::Invalid(format!(
+            "`api.max_requests_per_second` must be a positive number, not {rate}"
+        )));
+    }
+    let burst = std::num::NonZeroU32::new(rate.clamp(1.0, u32::MAX as f64) as u32)
+        .unwrap_or(std::num::NonZeroU32::MIN);
+    Ok(Quota::with_period(Duration::from_secs_f64(1.0 / rate))
+        .map(|q| DefaultDirectRateLimiter::direct(q.allow_burst(burst))))
 }
 
 /// The server's clock as seen from here: local time plus an offset learned
@@ -224,14 +246,15 @@ impl Walk {
     }
 }
 
-/// The typed SkyLight Web Chat client. Cheap to clone; clones share the pool
-/// and the clock.
+/// The typed SkyLight Web Chat client. Cheap to clone; clones share the
+/// pool, the clock and the request rate limit.
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
     base: Url,
     retry: RetryPolicy,
     clock: Arc<ServerClock>,
+    limiter: Option<Arc<DefaultDirectRateLimiter>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -281,11 +304,16 @@ impl Client {
             .user_agent(concat!("skyrules/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| ApiError::Invalid(format!("cannot build the HTTP client: {e}")))?;
+        let limiter = match config.max_requests_per_second {
+            Some(rate) => rate_limiter(rate)?.map(Arc::new),
+            None => None,
+        };
         Ok(Client {
             http,
             base,
             retry: config.retry,
             clock: Arc::new(ServerClock::default()),
+            limiter,
         })
     }
 
@@ -559,6 +587,11 @@ impl Client {
         body: Option<&Value>,
         what: &str,
     ) -> Result<Value, Fail> {
+        // Every request waits its turn, retries included; the wait is not
+        // part of the request's latency.
+        if let Some(limiter) = &self.limiter {
+            limiter.until_ready().await;
+        }
         let started = Instant::now();
         let mut req = self.http.request(method.clone(), url.clone());
         if !query.is_empty() {
