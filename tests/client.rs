@@ -1433,3 +1433,135 @@ async fn a_rate_limit_that_is_not_positive_is_refused() {
         assert!(e.to_string().contains("max_requests_per_second"), "{e}");
     }
 }
+
+// ---------------------------------------------------------------------------
+// 8. List bodies, decoded from bytes, keep the envelope rules of every call
+// ---------------------------------------------------------------------------
+
+/// Serves `first` for the first `n` list requests, then a one-session page.
+async fn flaky_list(first: ResponseTemplate, n: u64) -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path(SESSIONS))
+        .respond_with(first)
+        .up_to_n_times(n)
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(SESSIONS))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "success": true, "data": [sess("ok")], "meta": {"current_page": 1, "last_page": 1}
+        })))
+        .with_priority(2)
+        .mount(&server)
+        .await;
+    server
+}
+
+fn raw_200(body: &str) -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_raw(body.to_string(), "application/json")
+}
+
+#[tokio::test]
+async fn a_list_body_saying_success_false_is_a_final_refusal() {
+    let server = flaky_list(
+        ResponseTemplate::new(200).set_body_json(
+            json!({"success": false, "message": "Web Chat is not enabled.", "data": []}),
+        ),
+        1,
+    )
+    .await;
+    let e = client(&base(&server))
+        .list_sessions(&ListQuery::default(), 1)
+        .await
+        .unwrap_err();
+    match &e {
+        ApiError::Rejected {
+            what,
+            status,
+            message,
+        } => {
+            assert_eq!((what.as_str(), *status), ("the session list", 200));
+            assert_eq!(message, "Web Chat is not enabled.");
+        }
+        other => panic!("expected Rejected, got {other:?}"),
+    }
+    assert_eq!(received(&server).await, 1, "not retried");
+}
+
+#[tokio::test]
+async fn a_list_body_that_is_not_json_is_retried() {
+    let server = flaky_list(
+        raw_200(r#"{"success": true, "data": [{"session_id": "a"}"#),
+        2,
+    )
+    .await;
+    let all = list_all_bounded(&client(&base(&server)), &ListQuery::default()).await;
+    assert_eq!(ids_of(&all), ["ok"]);
+    assert_eq!(received(&server).await, 3);
+
+    let server = flaky_list(raw_200("<html>Bad Gateway</html>"), 10).await;
+    let e = client(&base(&server))
+        .list_sessions(&ListQuery::default(), 1)
+        .await
+        .unwrap_err();
+    match &e {
+        ApiError::Unavailable {
+            attempts,
+            last: Transient::Malformed(m),
+            ..
+        } => {
+            assert_eq!(*attempts, 3);
+            assert!(m.contains("line 1 column"), "{m}");
+        }
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    assert_eq!(received(&server).await, 3);
+}
+
+#[tokio::test]
+async fn a_list_body_of_the_wrong_shape_is_not_retried() {
+    let cases = [
+        (
+            r#"{"success": true, "data": 5}"#,
+            "`data` is neither a list nor a paginator",
+        ),
+        (
+            r#"{"success": true, "message": "ok"}"#,
+            "the response has no `data` list of sessions",
+        ),
+        (
+            r#"{"data": null}"#,
+            "the response has no `data` list of sessions",
+        ),
+        (
+            r#"{"data": {"items": []}}"#,
+            "`data` is an object without a `data` list of sessions",
+        ),
+        (
+            r#""sessions""#,
+            "the response is neither a list nor an object",
+        ),
+        ("  \n", "the response is neither a list nor an object"),
+    ];
+    for (body, why) in cases {
+        let server = flaky_list(raw_200(body), 1).await;
+        let e = client(&base(&server))
+            .list_sessions(&ListQuery::default(), 1)
+            .await
+            .unwrap_err();
+        match &e {
+            ApiError::Unavailable {
+                what,
+                attempts: 1,
+                last: Transient::Malformed(m),
+            } => {
+                assert_eq!(what, "the session list");
+                assert_eq!(m, why, "{body}");
+            }
+            other => panic!("{body}: expected Unavailable, got {other:?}"),
+        }
+        assert_eq!(received(&server).await, 1, "{body}: not retried");
+    }
+}

@@ -18,7 +18,9 @@ use governor::{DefaultDirectRateLimiter, Quota};
 use rand::Rng;
 use reqwest::header::{HeaderMap, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
-use serde::de::DeserializeOwned;
+use serde::de::{DeserializeOwned, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+use serde::Deserializer as _;
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::error::{ApiError, Transient};
@@ -364,14 +366,9 @@ impl Client {
             params.push(("search", s.clone()));
         }
         let url = self.url(&["web-chat", "sessions"]);
-        let v = self
-            .call(Method::GET, url, &params, None, "the session list")
-            .await?;
-        parse_page(v).map_err(|e| ApiError::Unavailable {
-            what: "the session list".into(),
-            attempts: 1,
-            last: Transient::Malformed(e),
-        })
+        let what = "the session list";
+        self.retrying(&url, what, || self.attempt_page(url.clone(), &params, what))
+            .await
     }
 
     /// Every session matching `query`, across all pages. Stops on an empty
@@ -546,13 +543,28 @@ impl Client {
         body: Option<&Value>,
         what: &str,
     ) -> Result<Value, ApiError> {
+        self.retrying(&url, what, || {
+            self.attempt(method.clone(), url.clone(), query, body, what)
+        })
+        .await
+    }
+
+    /// Runs `attempt_once` until it succeeds, fails for good, or the
+    /// attempt budget is spent, pausing between attempts.
+    async fn retrying<T, F, Fut>(
+        &self,
+        url: &Url,
+        what: &str,
+        mut attempt_once: F,
+    ) -> Result<T, ApiError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, Fail>>,
+    {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self
-                .attempt(method.clone(), url.clone(), query, body, what)
-                .await
-            {
+            match attempt_once().await {
                 Ok(v) => return Ok(v),
                 Err(Fail::Final(e)) => return Err(e),
                 Err(Fail::Retry(t)) if attempt >= self.retry.max_attempts => {
@@ -562,7 +574,7 @@ impl Client {
                         last: t,
                     })
                 }
-                Err(Fail::Retry(t)) => self.pause(&t, attempt, what, endpoint_of(&url)).await,
+                Err(Fail::Retry(t)) => self.pause(&t, attempt, what, endpoint_of(url)).await,
             }
         }
     }
@@ -579,6 +591,8 @@ impl Client {
         tokio::time::sleep(delay).await;
     }
 
+    /// One request whose body is read as JSON: whitespace is `null`, a
+    /// body that is not JSON is retried, and `"success": false` is final.
     async fn attempt(
         &self,
         method: Method,
@@ -587,6 +601,66 @@ impl Client {
         body: Option<&Value>,
         what: &str,
     ) -> Result<Value, Fail> {
+        self.exchange(method, url, query, body, what, |status, bytes| {
+            if bytes.iter().all(u8::is_ascii_whitespace) {
+                return Ok(Value::Null);
+            }
+            let v: Value = serde_json::from_slice(bytes)
+                .map_err(|e| Fail::Retry(Transient::Malformed(format!("{e}"))))?;
+            if v.get("success") == Some(&Value::Bool(false)) {
+                return Err(Fail::Final(ApiError::Rejected {
+                    what: what.to_string(),
+                    status: status.as_u16(),
+                    message: error_message(bytes),
+                }));
+            }
+            Ok(v)
+        })
+        .await
+    }
+
+    /// One request for a list page, decoded straight from the body's bytes
+    /// (no `Value` tree of the sessions) under the same rules as
+    /// [`Client::attempt`]; a body of the wrong shape is final.
+    async fn attempt_page(
+        &self,
+        url: Url,
+        query: &[(&str, String)],
+        what: &str,
+    ) -> Result<Page, Fail> {
+        self.exchange(Method::GET, url, query, None, what, |status, bytes| {
+            let body = split_list_body(bytes)
+                .map_err(|e| Fail::Retry(Transient::Malformed(format!("{e}"))))?;
+            if body.rejected() {
+                return Err(Fail::Final(ApiError::Rejected {
+                    what: what.to_string(),
+                    status: status.as_u16(),
+                    message: error_message(bytes),
+                }));
+            }
+            page_of(body).map_err(|e| {
+                Fail::Final(ApiError::Unavailable {
+                    what: what.to_string(),
+                    attempts: 1,
+                    last: Transient::Malformed(e),
+                })
+            })
+        })
+        .await
+    }
+
+    /// Sends one request and reads the whole response: a 2xx's status and
+    /// body go to `read`; any other status is classified as final or
+    /// retryable.
+    async fn exchange<T>(
+        &self,
+        method: Method,
+        url: Url,
+        query: &[(&str, String)],
+        body: Option<&Value>,
+        what: &str,
+        read: impl FnOnce(StatusCode, &[u8]) -> Result<T, Fail>,
+    ) -> Result<T, Fail> {
         // Every request waits its turn, retries included; the wait is not
         // part of the request's latency.
         if let Some(limiter) = &self.limiter {
@@ -621,19 +695,7 @@ impl Client {
             "skylight request"
         );
         if status.is_success() {
-            if bytes.iter().all(u8::is_ascii_whitespace) {
-                return Ok(Value::Null);
-            }
-            let v: Value = serde_json::from_slice(&bytes)
-                .map_err(|e| Fail::Retry(Transient::Malformed(format!("{e}"))))?;
-            if v.get("success") == Some(&Value::Bool(false)) {
-                return Err(Fail::Final(ApiError::Rejected {
-                    what: what.to_string(),
-                    status: status.as_u16(),
-                    message: error_message(&bytes),
-                }));
-            }
-            return Ok(v);
+            return read(status, &bytes);
         }
         let message = error_message(&bytes);
         Err(match status {
@@ -823,8 +885,145 @@ fn decode<T: DeserializeOwned>(v: Value, what: &str) -> Result<T, ApiError> {
     })
 }
 
-/// Decodes a session-list body in any of the three shapes SPEC §1 names.
-pub fn parse_page(v: Value) -> Result<Page, String> {
+/// Decodes a session-list body, as received, in any of the three shapes
+/// SPEC §1 names: `{"data": [..], "meta": .., "links": ..}`, a paginator
+/// `{"data": {"data": [..], "current_page": .., ..}}`, or a bare `[..]`.
+///
+/// The sessions are decoded one by one straight from their bytes, with no
+/// `serde_json::Value` tree of the page: one that cannot be read is skipped
+/// with a warning (as is one with an empty `session_id`), not the page.
+/// What the client does minus the envelope check (`"success": false`).
+pub fn parse_page(body: &[u8]) -> Result<Page, String> {
+    page_of(split_list_body(body).map_err(|e| e.to_string())?)
+}
+
+/// The members of a list body's top level that paging reads, besides
+/// `data`.
+const TOP_MEMBERS: &[&str] = &[
+    "success",
+    "meta",
+    "links",
+    "current_page",
+    "last_page",
+    "next_page_url",
+];
+/// The members of a paginator object that paging reads, besides `data`.
+const PAGINATOR_MEMBERS: &[&str] = &["current_page", "last_page", "next_page_url"];
+
+/// A JSON value of a list body, split only as far as paging needs: lists
+/// into their items, left as raw JSON text; objects into their `data` and
+/// the few small members paging reads.
+enum Node<'a> {
+    List(Vec<&'a RawValue>),
+    Object(Box<Members<'a>>),
+    Null,
+    Other,
+}
+
+/// An object's `data`, split, and the members paging reads, as `Value`s
+/// (they are small). As with `Value`, the last of duplicate keys wins.
+struct Members<'a> {
+    data: Option<Node<'a>>,
+    kept: serde_json::Map<String, Value>,
+}
+
+impl Node<'_> {
+    /// `"success": false` at the top: the server refused the request.
+    fn rejected(&self) -> bool {
+        matches!(self, Node::Object(m) if m.kept.get("success") == Some(&Value::Bool(false)))
+    }
+}
+
+/// Reads one [`Node`], keeping `keep` (and `data`) of an object; the
+/// `data` of an object is read keeping [`PAGINATOR_MEMBERS`], and below
+/// that nothing.
+#[derive(Clone, Copy)]
+struct NodeSeed(&'static [&'static str]);
+
+impl<'de> DeserializeSeed<'de> for NodeSeed {
+    type Value = Node<'de>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Node<'de>, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for NodeSeed {
+    type Value = Node<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node<'de>, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(MAX_PER_PAGE as usize));
+        while let Some(item) = seq.next_element::<&'de RawValue>()? {
+            items.push(item);
+        }
+        Ok(Node::List(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node<'de>, A::Error> {
+        let mut m = Members {
+            data: None,
+            kept: serde_json::Map::new(),
+        };
+        let below = if self.0 == TOP_MEMBERS {
+            PAGINATOR_MEMBERS
+        } else {
+            &[]
+        };
+        while let Some(key) = map.next_key::<String>()? {
+            if key == "data" {
+                m.data = Some(map.next_value_seed(NodeSeed(below))?);
+            } else if self.0.contains(&key.as_str()) {
+                m.kept.insert(key, map.next_value()?);
+            } else {
+                // Still checked to be valid JSON (and UTF-8), as before.
+                map.next_value::<&'de RawValue>()?;
+            }
+        }
+        Ok(Node::Object(Box::new(m)))
+    }
+
+    fn visit_unit<E>(self) -> Result<Node<'de>, E> {
+        Ok(Node::Null)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Node<'de>, E> {
+        Ok(Node::Other)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Node<'de>, E> {
+        Ok(Node::Other)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Node<'de>, E> {
+        Ok(Node::Other)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Node<'de>, E> {
+        Ok(Node::Other)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Node<'de>, E> {
+        Ok(Node::Other)
+    }
+}
+
+/// Splits a list body; fails only when it is not JSON. Whitespace alone
+/// reads as `null`, as in [`Client::attempt`].
+fn split_list_body(bytes: &[u8]) -> Result<Node<'_>, serde_json::Error> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Node::Null);
+    }
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let node = (&mut de).deserialize_any(NodeSeed(TOP_MEMBERS))?;
+    de.end()?;
+    Ok(node)
+}
+
+/// The page a split list body describes, or what is wrong with its shape.
+fn page_of(body: Node<'_>) -> Result<Page, String> {
     fn num(v: Option<&Value>) -> Option<u64> {
         match v? {
             Value::Number(n) => n.as_u64(),
@@ -839,10 +1038,10 @@ pub fn parse_page(v: Value) -> Result<Page, String> {
             Some(_) => Some(false),
         }
     }
-    fn sessions(items: Vec<Value>) -> Vec<Session> {
+    fn sessions(items: Vec<&RawValue>) -> Vec<Session> {
         items
             .into_iter()
-            .filter_map(|item| match serde_json::from_value::<Session>(item) {
+            .filter_map(|item| match serde_json::from_str::<Session>(item.get()) {
                 Ok(s) if !s.session_id.is_empty() => Some(s),
                 Ok(_) => None,
                 Err(e) => {
@@ -852,40 +1051,45 @@ pub fn parse_page(v: Value) -> Result<Page, String> {
             })
             .collect()
     }
-    match v {
-        Value::Array(items) => Ok(Page {
+    match body {
+        Node::List(items) => Ok(Page {
             sessions: sessions(items),
             ..Page::default()
         }),
-        Value::Object(mut o) => match o.remove("data") {
-            Some(Value::Array(items)) => {
-                let meta = o.get("meta");
-                let current_page = num(meta.and_then(|m| m.get("current_page")))
-                    .or_else(|| num(o.get("current_page")));
-                let last_page =
-                    num(meta.and_then(|m| m.get("last_page"))).or_else(|| num(o.get("last_page")));
-                let has_next = link(o.get("links").and_then(|l| l.get("next")))
-                    .or_else(|| link(o.get("next_page_url")));
-                Ok(Page {
-                    sessions: sessions(items),
-                    current_page,
-                    last_page,
-                    has_next,
-                })
+        Node::Object(o) => {
+            let Members { data, kept: o } = *o;
+            match data {
+                Some(Node::List(items)) => {
+                    let meta = o.get("meta");
+                    let current_page = num(meta.and_then(|m| m.get("current_page")))
+                        .or_else(|| num(o.get("current_page")));
+                    let last_page = num(meta.and_then(|m| m.get("last_page")))
+                        .or_else(|| num(o.get("last_page")));
+                    let has_next = link(o.get("links").and_then(|l| l.get("next")))
+                        .or_else(|| link(o.get("next_page_url")));
+                    Ok(Page {
+                        sessions: sessions(items),
+                        current_page,
+                        last_page,
+                        has_next,
+                    })
+                }
+                Some(Node::Object(p)) => match p.data {
+                    Some(Node::List(items)) => Ok(Page {
+                        sessions: sessions(items),
+                        current_page: num(p.kept.get("current_page")),
+                        last_page: num(p.kept.get("last_page")),
+                        has_next: link(p.kept.get("next_page_url")),
+                    }),
+                    _ => Err("`data` is an object without a `data` list of sessions".into()),
+                },
+                Some(Node::Null) | None => {
+                    Err("the response has no `data` list of sessions".into())
+                }
+                Some(Node::Other) => Err("`data` is neither a list nor a paginator".into()),
             }
-            Some(Value::Object(mut p)) => match p.remove("data") {
-                Some(Value::Array(items)) => Ok(Page {
-                    sessions: sessions(items),
-                    current_page: num(p.get("current_page")),
-                    last_page: num(p.get("last_page")),
-                    has_next: link(p.get("next_page_url")),
-                }),
-                _ => Err("`data` is an object without a `data` list of sessions".into()),
-            },
-            Some(Value::Null) | None => Err("the response has no `data` list of sessions".into()),
-            Some(_) => Err("`data` is neither a list nor a paginator".into()),
-        },
-        _ => Err("the response is neither a list nor an object".into()),
+        }
+        Node::Null | Node::Other => Err("the response is neither a list nor an object".into()),
     }
 }
 
@@ -906,7 +1110,7 @@ mod tests {
     fn all_three_page_shapes_decode() {
         let laravel_resource = json!({"success": true, "data": [{"session_id": "a"}],
             "meta": {"current_page": 1, "last_page": 3}, "links": {"next": "http://x?page=2"}});
-        let p = parse_page(laravel_resource).unwrap();
+        let p = parse_page(laravel_resource.to_string().as_bytes()).unwrap();
         assert_eq!(
             (p.sessions.len(), p.current_page, p.last_page, p.has_next),
             (1, Some(1), Some(3), Some(true))
@@ -914,17 +1118,167 @@ mod tests {
 
         let paginator = json!({"success": true, "data": {"data": [{"session_id": "a"}, {"session_id": "b"}],
             "current_page": 2, "last_page": 2, "next_page_url": null}});
-        let p = parse_page(paginator).unwrap();
+        let p = parse_page(paginator.to_string().as_bytes()).unwrap();
         assert_eq!(
             (p.sessions.len(), p.current_page, p.last_page, p.has_next),
             (2, Some(2), Some(2), Some(false))
         );
 
         let bare = json!([{"session_id": "a"}, {"bogus": 1}]);
-        let p = parse_page(bare).unwrap();
+        let p = parse_page(bare.to_string().as_bytes()).unwrap();
         assert_eq!((p.sessions.len(), p.last_page, p.has_next), (1, None, None));
 
-        assert!(parse_page(json!({"success": true, "message": "ok"})).is_err());
+        assert!(parse_page(br#"{"success": true, "message": "ok"}"#).is_err());
+    }
+
+    /// The list decoding as it was before pages were decoded from bytes:
+    /// body → `Value` → page. The byte decoder must agree with it exactly.
+    fn page_via_value(body: &[u8]) -> Result<Page, String> {
+        fn num(v: Option<&Value>) -> Option<u64> {
+            match v? {
+                Value::Number(n) => n.as_u64(),
+                Value::String(s) => s.parse().ok(),
+                _ => None,
+            }
+        }
+        fn link(v: Option<&Value>) -> Option<bool> {
+            match v {
+                None => None,
+                Some(Value::String(s)) => Some(!s.is_empty()),
+                Some(_) => Some(false),
+            }
+        }
+        fn sessions(items: Vec<Value>) -> Vec<Session> {
+            items
+                .into_iter()
+                .filter_map(|item| serde_json::from_value::<Session>(item).ok())
+                .filter(|s| !s.session_id.is_empty())
+                .collect()
+        }
+        let v = if body.iter().all(u8::is_ascii_whitespace) {
+            Value::Null
+        } else {
+            serde_json::from_slice(body).map_err(|e| e.to_string())?
+        };
+        match v {
+            Value::Array(items) => Ok(Page {
+                sessions: sessions(items),
+                ..Page::default()
+            }),
+            Value::Object(mut o) => match o.remove("data") {
+                Some(Value::Array(items)) => {
+                    let meta = o.get("meta");
+                    Ok(Page {
+                        sessions: sessions(items),
+                        current_page: num(meta.and_then(|m| m.get("current_page")))
+                            .or_else(|| num(o.get("current_page"))),
+                        last_page: num(meta.and_then(|m| m.get("last_page")))
+                            .or_else(|| num(o.get("last_page"))),
+                        has_next: link(o.get("links").and_then(|l| l.get("next")))
+                            .or_else(|| link(o.get("next_page_url"))),
+                    })
+                }
+                Some(Value::Object(mut p)) => match p.remove("data") {
+                    Some(Value::Array(items)) => Ok(Page {
+                        sessions: sessions(items),
+                        current_page: num(p.get("current_page")),
+                        last_page: num(p.get("last_page")),
+                        has_next: link(p.get("next_page_url")),
+                    }),
+                    _ => Err("`data` is an object without a `data` list of sessions".into()),
+                },
+                Some(Value::Null) | None => {
+                    Err("the response has no `data` list of sessions".into())
+                }
+                Some(_) => Err("`data` is neither a list nor a paginator".into()),
+            },
+            _ => Err("the response is neither a list nor an object".into()),
+        }
+    }
+
+    #[test]
+    fn pages_decode_from_bytes_exactly_as_through_a_value() {
+        let bodies: &[&str] = &[
+            // The three shapes, with paging fields in every accepted form.
+            r#"{"success":true,"data":[{"session_id":"a","status":"ended","handled_by":"human","has_visitor_messages":1,"created_at":"2025-01-02 03:04:05","visitor_name":null}],"meta":{"current_page":1,"last_page":3},"links":{"next":"http://x?page=2"}}"#,
+            r#"{"data":[{"session_id":"a"}],"meta":{"current_page":"2","last_page":"3"},"links":{"next":null}}"#,
+            r#"{"data":[{"session_id":"a"}],"meta":[],"links":[],"current_page":2,"last_page":2,"next_page_url":""}"#,
+            r#"{"data":[{"session_id":"a"}],"meta":{"current_page":1.0,"last_page":-1},"links":{"next":5}}"#,
+            r#"{"data":[{"session_id":"a"}],"meta":"x","links":"y","next_page_url":"http://x?page=2"}"#,
+            r#"{"data":[],"current_page":1,"last_page":1}"#,
+            r#"{"success":true,"data":{"data":[{"session_id":"a"},{"session_id":"b"}],"current_page":2,"last_page":2,"next_page_url":null,"links":[{"url":null}],"total":3}}"#,
+            r#"{"data":{"data":[{"session_id":"a"}],"current_page":"1","last_page":"2","next_page_url":"http://x?page=2"}}"#,
+            r#"  [{"session_id":"a"},{"bogus":1},{"session_id":""},{"session_id":7},"text",null,{"session_id":"b","status":5}]  "#,
+            "[]",
+            // Duplicate and escaped keys: the last one wins, escapes count.
+            r#"{"data":5,"data":[{"session_id":"a"}],"meta":{"last_page":9},"meta":{"last_page":2}}"#,
+            r#"{"d\u0061ta":[{"session_id":"\u0061"}],"m\u0065ta":{"last_page":2}}"#,
+            r#"{"data":{"data":null,"data":[{"session_id":"a"}],"last_page":4,"last_page":5}}"#,
+            // Unknown members of any size and depth are ignored.
+            r#"{"x":{"y":[1,2,{"z":"é"}]},"data":[{"session_id":"a","extra":{"deep":[[[]]]}}],"y":1e300}"#,
+            // Wrong shapes.
+            r#"{"success":true,"message":"ok"}"#,
+            r#"{"data":null}"#,
+            r#"{"data":5}"#,
+            r#"{"data":"x"}"#,
+            r#"{"data":true}"#,
+            r#"{"data":{}}"#,
+            r#"{"data":{"data":{}}}"#,
+            r#"{"data":{"data":"x"}}"#,
+            r#""text""#,
+            "5",
+            "-5",
+            "1.5",
+            "null",
+            "true",
+            "",
+            " \n ",
+            // Not JSON at all.
+            r#"{"success": tru"#,
+            r#"{"data":[{"session_id":"a"}"#,
+            r#"{"data":[{"session_id":"a"}]} x"#,
+            r#"[{"session_id":"a"},]"#,
+            r#"{"data":[{"session_id":"a"}],}"#,
+            "<html>Bad Gateway</html>",
+            r#"{"data":[{"session_id":"a\q"}]}"#,
+        ];
+        for body in bodies {
+            let want = page_via_value(body.as_bytes());
+            let got = parse_page(body.as_bytes());
+            assert_eq!(format!("{got:?}"), format!("{want:?}"), "{body}");
+        }
+        // The one difference: a number beyond f64's range where nothing
+        // reads it no longer fails the whole page (it failed the list for
+        // good before, after every retry).
+        for body in [
+            r#"{"x":1e400,"data":[{"session_id":"a"}]}"#,
+            r#"[{"session_id":"a","x":1e400}]"#,
+        ] {
+            assert!(page_via_value(body.as_bytes()).is_err());
+            assert_eq!(parse_page(body.as_bytes()).unwrap().sessions.len(), 1);
+        }
+        // Invalid UTF-8, in a session and outside.
+        for body in [
+            &b"[{\"session_id\":\"\xff\"}]"[..],
+            b"{\"x\":\"\xff\",\"data\":[]}",
+        ] {
+            assert_eq!(
+                format!("{:?}", parse_page(body)),
+                format!("{:?}", page_via_value(body))
+            );
+        }
+    }
+
+    #[test]
+    fn only_a_top_level_success_false_is_a_refusal() {
+        let rejected = |b: &str| split_list_body(b.as_bytes()).unwrap().rejected();
+        assert!(rejected(r#"{"success":false,"message":"no"}"#));
+        assert!(rejected(r#"{"data":[],"success":true,"success":false}"#));
+        assert!(!rejected(r#"{"success":true,"data":[]}"#));
+        assert!(!rejected(r#"{"success":"false","data":[]}"#));
+        assert!(!rejected(r#"{"data":{"success":false,"data":[]}}"#));
+        assert!(!rejected(r#"[{"success":false}]"#));
+        assert!(!rejected("  "));
     }
 
     #[test]
