@@ -272,6 +272,9 @@ pub fn diff(
     if recent.len() > RECENT_MESSAGES {
         recent.drain(..recent.len() - RECENT_MESSAGES);
     }
+    // Kept for as long as the chat lives, 10,000 of them at a time: the
+    // decoder's spare capacity (up to the whole history) is let go.
+    recent.shrink_to_fit();
     let mut events = Vec::new();
     if !baseline {
         // Events carry a rank so that, at equal timestamps, the order is

@@ -6,11 +6,12 @@
 //! loop's timing or what happens to the events (the engine), nor durable
 //! state (it starts from what the store loaded and hands back new states).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 
-use futures::stream::{self, StreamExt};
+use futures::stream::{self, FuturesUnordered, StreamExt};
+use tokio::sync::mpsc;
 
-use crate::api::{ApiError, Client, ListQuery, SessionDetail, SessionStatus, Timestamp};
+use crate::api::{ApiError, Client, ListQuery, Session, SessionDetail, SessionStatus, Timestamp};
 use crate::events::{diff, due_timers_in, needs_detail, Event, TimerSpec, Tracked};
 use crate::hours::Calendars;
 
@@ -63,48 +64,111 @@ impl Watcher {
         }
     }
 
+    /// Whether the first-start baseline has been taken.
+    pub fn baselined(&self) -> bool {
+        self.baselined
+    }
+
     /// Sessions currently tracked.
     pub fn tracked(&self) -> &HashMap<String, Tracked> {
         &self.tracked
     }
 
     /// One poll: list, read what changed, diff, and add due `timers`.
-    /// On a list failure nothing changes and the error is returned; a
-    /// failed detail read only postpones that session to the next poll.
+    ///
+    /// A listed session that changed (or, for the first-start baseline, any
+    /// listed session) is read as soon as its list page arrives, and its
+    /// [`SessionCycle`] (events and due timers included) goes to `early` at
+    /// once, so the engine can act on page 1 while later pages are still
+    /// being listed, and never holds 10,000 session histories at once.
+    /// The returned [`Cycle`] holds the rest: sessions that left the list
+    /// and unchanged sessions whose timers are due. A session is in at most
+    /// one of the two per poll.
+    ///
+    /// On a list failure the error is returned: sessions already sent early
+    /// keep their new state, nothing else changes. A failed detail read
+    /// only postpones that session to the next poll.
     pub async fn poll(
         &mut self,
         timers: &[TimerSpec],
         calendars: &Calendars,
+        early: &mpsc::UnboundedSender<SessionCycle>,
     ) -> Result<Cycle, ApiError> {
         let query = ListQuery {
             status: Some(SessionStatus::Active),
             per_page: Some(crate::api::client::MAX_PER_PAGE),
             ..ListQuery::default()
         };
-        let listed = self.api.list_all_sessions(&query).await?;
-        let now = self.api.clock().now();
         let baseline = !self.baselined;
-        let listed_ids: HashSet<&str> = listed.iter().map(|s| s.session_id.as_str()).collect();
-
-        let mut to_read: Vec<String> = listed
-            .iter()
-            .filter(|s| {
-                self.tracked
-                    .get(&s.session_id)
-                    .is_none_or(|t| needs_detail(&t.session, s))
-            })
-            .map(|s| s.session_id.clone())
-            .collect();
+        let api = &self.api;
+        let tracked = &mut self.tracked;
+        let mut read: HashSet<String> = HashSet::new();
+        let mut details_read = 0;
+        let listed = {
+            let (pages_tx, mut pages) = mpsc::unbounded_channel::<Vec<Session>>();
+            let walk = async move {
+                api.walk_sessions(&query, |page| {
+                    let _ = pages_tx.send(page);
+                })
+                .await
+            };
+            let reads = async {
+                let mut queue: VecDeque<String> = VecDeque::new();
+                let mut inflight = FuturesUnordered::new();
+                let mut listing = true;
+                loop {
+                    while inflight.len() < DETAIL_CONCURRENCY {
+                        let Some(id) = queue.pop_front() else { break };
+                        inflight.push(async move {
+                            let r = api.get_session(&id).await;
+                            (id, r)
+                        });
+                    }
+                    tokio::select! {
+                        page = pages.recv(), if listing => match page {
+                            Some(page) => {
+                                for s in page {
+                                    let changed = tracked
+                                        .get(&s.session_id)
+                                        .is_none_or(|t| needs_detail(&t.session, &s));
+                                    if changed && read.insert(s.session_id.clone()) {
+                                        queue.push_back(s.session_id);
+                                    }
+                                }
+                            }
+                            None => listing = false,
+                        },
+                        Some((id, result)) = inflight.next(), if !inflight.is_empty() => {
+                            details_read += 1;
+                            let now = api.clock().now();
+                            match settle(tracked, &id, result, baseline, timers, now, calendars) {
+                                Some(sc) => {
+                                    let _ = early.send(sc);
+                                }
+                                // Not read after all: its timers are checked
+                                // below like any unchanged session's.
+                                None => {
+                                    read.remove(&id);
+                                }
+                            }
+                        }
+                        else => break,
+                    }
+                }
+            };
+            let (listed, ()) = tokio::join!(walk, reads);
+            listed?
+        };
+        let now = api.clock().now();
+        let listed_ids = listed;
         // A session that left the active list is read once more to learn
         // that (and how) it ended.
-        to_read.extend(
-            self.tracked
-                .keys()
-                .filter(|id| !listed_ids.contains(id.as_str()))
-                .cloned(),
-        );
-        let details_read = to_read.len();
-        let api = &self.api;
+        let to_read: Vec<String> = tracked
+            .keys()
+            .filter(|id| !listed_ids.contains(*id))
+            .cloned()
+            .collect();
+        details_read += to_read.len();
         let details: Vec<(String, Result<SessionDetail, ApiError>)> = stream::iter(to_read)
             .map(|id| async move {
                 let r = api.get_session(&id).await;
@@ -113,48 +177,16 @@ impl Watcher {
             .buffer_unordered(DETAIL_CONCURRENCY)
             .collect()
             .await;
-
         let mut out: Vec<SessionCycle> = Vec::new();
-        let mut read: HashSet<String> = HashSet::new();
         for (id, result) in details {
-            let prev = self.tracked.get(&id);
-            let detail = match result {
-                Ok(d) => d,
-                Err(e) if e.is_gone() && prev.is_some() => {
-                    // Deleted upstream: it ended as far as rules can tell.
-                    let mut s = prev.map(|p| p.session.clone()).unwrap_or_default();
-                    s.status = SessionStatus::Ended;
-                    SessionDetail {
-                        session: s,
-                        messages: prev.map(|p| p.recent.clone()).unwrap_or_default(),
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(session_id = %id, error = %e, "cannot read session; will retry next poll");
-                    continue;
-                }
-            };
-            let before = prev.map(|p| p.sla.clone()).unwrap_or_default();
-            let (tracked, events) = diff(prev, detail, baseline);
-            crate::metrics::sla(&before, &tracked.sla);
-            read.insert(id.clone());
-            let finished = tracked.session.status == SessionStatus::Ended;
-            out.push(SessionCycle {
-                tracked,
-                events,
-                changed: true,
-                finished,
-            });
-        }
-
-        // Timers for every open session, read this cycle or not.
-        for sc in out.iter_mut() {
-            let t = &mut sc.tracked;
-            sc.events.extend(due_timers_in(t, timers, now, calendars));
+            if let Some(sc) = settle(tracked, &id, result, baseline, timers, now, calendars) {
+                read.insert(id);
+                out.push(sc);
+            }
         }
         // Checked in place: only a session with a due timer is copied out.
-        for (id, t) in self.tracked.iter_mut() {
-            if read.contains(id) || !listed_ids.contains(id.as_str()) {
+        for (id, t) in tracked.iter_mut() {
+            if read.contains(id) || !listed_ids.contains(id) {
                 continue;
             }
             let due = due_timers_in(t, timers, now, calendars);
@@ -167,22 +199,61 @@ impl Watcher {
                 });
             }
         }
-
-        for sc in &out {
-            if sc.finished {
-                self.tracked.remove(&sc.tracked.session.session_id);
-            } else {
-                self.tracked
-                    .insert(sc.tracked.session.session_id.clone(), sc.tracked.clone());
-            }
-        }
         self.baselined = true;
         Ok(Cycle {
             now,
             baseline,
             sessions: out,
-            listed: listed.len(),
+            listed: listed_ids.len(),
             details_read,
         })
     }
+}
+
+/// One detail read turned into the session's share of the cycle: diffed
+/// against what was known, its due timers added, and `tracked` updated
+/// (an ended session leaves it). `None` when the read failed and the
+/// session waits for the next poll.
+fn settle(
+    tracked: &mut HashMap<String, Tracked>,
+    id: &str,
+    result: Result<SessionDetail, ApiError>,
+    baseline: bool,
+    timers: &[TimerSpec],
+    now: Timestamp,
+    calendars: &Calendars,
+) -> Option<SessionCycle> {
+    let prev = tracked.get(id);
+    let detail = match result {
+        Ok(d) => d,
+        Err(e) if e.is_gone() && prev.is_some() => {
+            // Deleted upstream: it ended as far as rules can tell.
+            let mut s = prev.map(|p| p.session.clone()).unwrap_or_default();
+            s.status = SessionStatus::Ended;
+            SessionDetail {
+                session: s,
+                messages: prev.map(|p| p.recent.clone()).unwrap_or_default(),
+            }
+        }
+        Err(e) => {
+            tracing::warn!(session_id = %id, error = %e, "cannot read session; will retry next poll");
+            return None;
+        }
+    };
+    let before = prev.map(|p| p.sla.clone()).unwrap_or_default();
+    let (mut t, mut events) = diff(prev, detail, baseline);
+    crate::metrics::sla(&before, &t.sla);
+    events.extend(due_timers_in(&mut t, timers, now, calendars));
+    let finished = t.session.status == SessionStatus::Ended;
+    if finished {
+        tracked.remove(id);
+    } else {
+        tracked.insert(id.to_string(), t.clone());
+    }
+    Some(SessionCycle {
+        tracked: t,
+        events,
+        changed: true,
+        finished,
+    })
 }

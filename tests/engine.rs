@@ -1353,3 +1353,57 @@ async fn shipped_rules_escalate_and_close_idle_chats() {
         rule_failures(&h.notes())
     );
 }
+
+/// A changed chat is handled as soon as its list page and its detail are
+/// in, not after the whole list: while every poll fails on page 3, a chat
+/// on page 1 is still taken over (once), and one on page 3 waits for the
+/// page to come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chat_on_an_early_list_page_is_handled_while_a_later_page_fails() {
+    let rule = r#"on("human_requested", |ev| ev.take_over());"#;
+    let h = Harness::start(live_sim().await, Setup::rules(&[("esc.rhai", rule)])).await;
+    // 250 chats: three list pages of 100, newest first.
+    for i in 0..250 {
+        h.create(json!({"session_id": format!("c{i:03}")}));
+    }
+    h.settle(2).await;
+    let (first_page, third_page) = ("c249", "c000");
+    h.sim
+        .add_fault(Fault {
+            method: Some("GET".into()),
+            path_contains: Some("/web-chat/sessions".into()),
+            query_contains: Some("page=3".into()),
+            status: Some(500),
+            times: None,
+            ..Fault::default()
+        })
+        .expect("fault");
+    h.request_human(first_page);
+    h.request_human(third_page);
+    h.wait("the take-over of the chat on page 1", |h| {
+        h.handled_by(first_page) == HandledBy::Human
+    })
+    .await;
+    let failed = |h: &Harness| {
+        h.notes()
+            .iter()
+            .filter(|n| matches!(n, Note::PollFailed { .. }))
+            .count()
+    };
+    let seen = failed(&h);
+    h.wait("another failed poll", |h| failed(h) > seen).await;
+    assert_eq!(
+        h.handled_by(third_page),
+        HandledBy::Pending,
+        "page 3 never arrived"
+    );
+
+    h.sim.clear_faults();
+    h.wait("the take-over of the chat on page 3", |h| {
+        h.handled_by(third_page) == HandledBy::Human
+    })
+    .await;
+    h.settle(2).await;
+    assert_eq!(h.posts_to(first_page, "take-over"), 1, "{:?}", h.writes());
+    assert_eq!(h.posts_to(third_page, "take-over"), 1, "{:?}", h.writes());
+}

@@ -714,10 +714,10 @@ async fn metrics_count_events_actions_and_errors_exactly() {
     let store = "skyrules_state_write_duration_seconds_count";
     assert_eq!(d(store, &[("op", "intent")]), 3.0);
     assert_eq!(d(store, &[("op", "outcome")]), 3.0);
-    assert!(
-        after.get(store, &[("op", "commit")]) >= after.get(cycles, &[("result", "ok")]),
-        "a commit per ok cycle"
-    );
+    // Sessions are journaled as they are read; a cycle in which nothing
+    // changed writes nothing.
+    let commits = after.get(store, &[("op", "commit")]);
+    assert!(commits >= 1.0, "the replies' sessions were journaled");
     assert!(d(store, &[("op", "events_done")]) >= 1.0);
 
     // Gauges.

@@ -213,17 +213,17 @@ const PAGE_CONCURRENCY: usize = 8;
 /// guards against a server that pages forever.
 #[derive(Default)]
 struct Walk {
-    out: Vec<Session>,
     ids: HashSet<String>,
     signatures: HashSet<(String, String, usize)>,
 }
 
 impl Walk {
-    /// Takes in page `n`; false when the walk is over (an empty page, a
-    /// page seen before, or the server's last page).
-    fn absorb(&mut self, p: Page, n: u32, per_page: usize) -> bool {
+    /// Takes in page `n`: its sessions not seen on an earlier page, and
+    /// false when the walk is over (an empty page, a page seen before, or
+    /// the server's last page).
+    fn absorb(&mut self, p: Page, n: u32, per_page: usize) -> (Vec<Session>, bool) {
         if p.sessions.is_empty() {
-            return false;
+            return (Vec::new(), false);
         }
         let sig = (
             p.sessions[0].session_id.clone(),
@@ -232,19 +232,19 @@ impl Walk {
         );
         if !self.signatures.insert(sig) {
             tracing::debug!(page = n, "session list repeated a page; stopping");
-            return false;
+            return (Vec::new(), false);
         }
         let more = match (p.last_page, p.has_next) {
             (Some(last), _) => p.current_page.unwrap_or(n as u64) < last,
             (None, Some(next)) => next,
             (None, None) => p.sessions.len() >= per_page,
         };
-        for s in p.sessions {
-            if self.ids.insert(s.session_id.clone()) {
-                self.out.push(s);
-            }
-        }
-        more
+        let fresh = p
+            .sessions
+            .into_iter()
+            .filter(|s| self.ids.insert(s.session_id.clone()))
+            .collect();
+        (fresh, more)
     }
 }
 
@@ -374,13 +374,30 @@ impl Client {
     /// Every session matching `query`, across all pages. Stops on an empty
     /// page, a page seen before, or the server's last page, whichever first.
     pub async fn list_all_sessions(&self, query: &ListQuery) -> Result<Vec<Session>, ApiError> {
+        let mut all = Vec::new();
+        self.walk_sessions(query, |page| all.extend(page)).await?;
+        Ok(all)
+    }
+
+    /// Like [`Client::list_all_sessions`], but hands each page's sessions
+    /// (the ones not seen on an earlier page) to `on_page` as soon as the
+    /// page arrives, in page order, and keeps none: a poller can start on
+    /// page 1's changes while page 100 is still on its way. Returns the ids
+    /// of every session listed.
+    pub async fn walk_sessions(
+        &self,
+        query: &ListQuery,
+        mut on_page: impl FnMut(Vec<Session>),
+    ) -> Result<HashSet<String>, ApiError> {
         let mut query = query.clone();
         let per_page = *query.per_page.get_or_insert(MAX_PER_PAGE) as usize;
         let mut walk = Walk::default();
         let first = self.list_sessions(&query, 1).await?;
         let last = first.last_page;
-        if !walk.absorb(first, 1, per_page) {
-            return Ok(walk.out);
+        let (fresh, more) = walk.absorb(first, 1, per_page);
+        on_page(fresh);
+        if !more {
+            return Ok(walk.ids);
         }
         match last {
             // The first page says how many there are: fetch the rest a few
@@ -397,17 +414,15 @@ impl Client {
                     let window: Vec<u32> = (next..=last).take(width).collect();
                     width = PAGE_CONCURRENCY;
                     next += window.len() as u32;
-                    let pages: Vec<Result<Page, ApiError>> = stream::iter(window.clone())
-                        .map(|n| {
-                            let q = &query;
-                            async move { self.list_sessions(q, n).await }
-                        })
-                        .buffered(PAGE_CONCURRENCY)
-                        .collect()
-                        .await;
-                    for (n, page) in window.into_iter().zip(pages) {
-                        if !walk.absorb(page?, n, per_page) {
-                            return Ok(walk.out);
+                    let q = &query;
+                    let mut pages = stream::iter(window)
+                        .map(|n| async move { (n, self.list_sessions(q, n).await) })
+                        .buffered(PAGE_CONCURRENCY);
+                    while let Some((n, page)) = pages.next().await {
+                        let (fresh, more) = walk.absorb(page?, n, per_page);
+                        on_page(fresh);
+                        if !more {
+                            return Ok(walk.ids);
                         }
                     }
                 }
@@ -415,13 +430,15 @@ impl Client {
             None => {
                 for page in 2..=MAX_PAGES {
                     let p = self.list_sessions(&query, page).await?;
-                    if !walk.absorb(p, page, per_page) {
+                    let (fresh, more) = walk.absorb(p, page, per_page);
+                    on_page(fresh);
+                    if !more {
                         break;
                     }
                 }
             }
         }
-        Ok(walk.out)
+        Ok(walk.ids)
     }
 
     /// `GET /web-chat/sessions/{id}`: the session and its whole history.

@@ -31,6 +31,10 @@ pub struct Fault {
     /// Substring the request path must contain; `None` matches every path.
     #[serde(default)]
     pub path_contains: Option<String>,
+    /// Substring the raw query string must contain (e.g. `page=3`); `None`
+    /// matches any query, or none.
+    #[serde(default)]
+    pub query_contains: Option<String>,
     /// Respond with this status and `{"success":false,"message":"Simulated failure."}`.
     #[serde(default)]
     pub status: Option<u16>,
@@ -59,6 +63,7 @@ impl Default for Fault {
         Fault {
             method: None,
             path_contains: None,
+            query_contains: None,
             status: None,
             retry_after: None,
             latency_ms: 0,
@@ -105,7 +110,7 @@ impl Fault {
         Ok(())
     }
 
-    fn matches(&self, method: &str, path: &str) -> bool {
+    fn matches(&self, method: &str, path: &str, query: Option<&str>) -> bool {
         self.times != Some(0)
             && self
                 .method
@@ -115,6 +120,10 @@ impl Fault {
                 .path_contains
                 .as_deref()
                 .is_none_or(|p| path.contains(p))
+            && self
+                .query_contains
+                .as_deref()
+                .is_none_or(|q| query.is_some_and(|query| query.contains(q)))
     }
 
     /// Whether the real operation runs before the fault's response.
@@ -146,8 +155,11 @@ impl FaultQueue {
     }
 
     /// Takes one use of the first rule matching the request, if any.
-    pub fn take(&mut self, method: &str, path: &str) -> Option<Fault> {
-        let i = self.rules.iter().position(|f| f.matches(method, path))?;
+    pub fn take(&mut self, method: &str, path: &str, query: Option<&str>) -> Option<Fault> {
+        let i = self
+            .rules
+            .iter()
+            .position(|f| f.matches(method, path, query))?;
         let fault = self.rules[i].clone();
         if let Some(n) = self.rules[i].times.as_mut() {
             *n -= 1;
@@ -216,7 +228,7 @@ pub(crate) async fn fault_layer(
     }
     let method = req.method().as_str().to_string();
     let query = req.uri().query().map(str::to_string);
-    let fault = shared.world().faults.take(&method, &path);
+    let fault = shared.world().faults.take(&method, &path, query.as_deref());
 
     let inner = match &fault {
         Some(f) if !f.performs_operation() => None,
