@@ -1,27 +1,32 @@
-//! `skyrules bench`: the load benchmark — the simulator and the engine in
-//! one process, N live chats, a fraction of them changing every poll.
+//! `skyrules bench`: the load benchmark — the engine against the simulator
+//! with N live chats, a fraction of them changing every poll.
 //!
-//! Owns: setting the scene (sessions, rules, a state file), driving traffic
-//! and measuring what ops care about: poll-cycle time, requests per cycle
-//! (list pages versus session reads versus actions), reaction latency from a
-//! human request to the take-over reaching the simulator, CPU seconds and
-//! peak memory. The numbers cover the whole process, simulator included.
+//! Owns: setting the scene (the simulator in its own process, sessions with
+//! history, rules, a state file), driving traffic spread over each poll
+//! interval, and measuring what ops care about: poll-cycle time, requests
+//! per cycle (list pages versus session reads versus actions), reaction
+//! latency from a human request to the take-over (both stamped by the
+//! simulator's clock), hot-reload time, CPU seconds and memory of the
+//! engine alone (the simulator's are reported beside it). The engine runs
+//! its real service loop, [`Engine::run`], as `skyrules run` does.
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
+use futures::stream::{self, StreamExt};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
+use serde_json::{json, Value};
+use tokio::io::AsyncBufReadExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{ApiKey, Client, ClientConfig};
 use crate::engine::{Engine, EngineOptions, Note};
 use crate::executor::Guard;
-use crate::sim::SimConfig;
 use crate::store::SqliteStore;
 
 /// Load benchmark settings.
@@ -33,6 +38,11 @@ pub struct BenchOptions {
     pub duration: Duration,
     /// Fraction of sessions that change between two polls.
     pub changed: f64,
+    /// Fraction of sessions that end, and are replaced by new ones, per
+    /// poll interval (0 for a fixed set).
+    pub churn: f64,
+    /// Messages each session starts with.
+    pub history: usize,
     /// The engine's poll interval.
     pub poll_interval: Duration,
     /// Traffic seed.
@@ -73,18 +83,22 @@ impl Millis {
 pub struct BenchReport {
     /// Active sessions.
     pub sessions: usize,
+    /// Messages each session started with.
+    pub history: usize,
     /// Sessions changed per poll.
     pub changed_per_cycle: usize,
+    /// Sessions ended and replaced per poll interval.
+    pub churned_per_cycle: usize,
     /// The poll interval, ms.
     pub poll_interval_ms: u64,
-    /// Engine construction to the first poll, ms (rules loaded, state
-    /// opened).
+    /// Engine construction to the start of the first poll, ms (rules
+    /// loaded, state opened, clock learned).
     pub startup_ms: f64,
     /// The first poll, which reads every session once (the baseline), ms.
     pub baseline_ms: f64,
     /// Steady-state poll cycles measured.
     pub cycles: usize,
-    /// Poll-cycle wall time (poll, rules, actions, commit).
+    /// Poll-cycle wall time (poll, rules, actions, commits).
     pub cycle_ms: Millis,
     /// Average list-page requests per cycle.
     pub list_requests_per_cycle: f64,
@@ -92,18 +106,33 @@ pub struct BenchReport {
     pub detail_requests_per_cycle: f64,
     /// Average action requests per cycle.
     pub action_requests_per_cycle: f64,
-    /// Human request → take-over reaching the simulator.
+    /// Average state-store transactions journaling a cycle's sessions.
+    pub journal_commits_per_cycle: f64,
+    /// Human request → take-over, both as stamped by the simulator.
     pub reaction_ms: Millis,
-    /// CPU seconds of the whole process (engine and simulator).
+    /// Human requests that were never taken over (should be 0).
+    pub reactions_missed: usize,
+    /// A rule file written → the engine reporting it live, ms.
+    pub hot_reload_ms: Millis,
+    /// CPU seconds of the engine process over the measured run.
     pub cpu_seconds: f64,
-    /// Peak resident memory of the whole process, MiB.
+    /// CPU seconds of the simulator process over the measured run.
+    pub sim_cpu_seconds: f64,
+    /// The engine's peak resident memory, MiB.
     pub peak_rss_mib: f64,
+    /// The engine's resident memory after its first steady cycle, MiB.
+    pub rss_first_mib: f64,
+    /// The engine's resident memory after its last cycle, MiB.
+    pub rss_last_mib: f64,
+    /// The simulator's peak resident memory, MiB.
+    pub sim_peak_rss_mib: f64,
 }
 
-fn cpu_seconds() -> f64 {
-    // utime and stime, fields 14 and 15 of /proc/self/stat, in clock ticks
-    // (100 per second on Linux).
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+/// utime + stime of a process, in seconds.
+fn cpu_seconds(pid: &str) -> f64 {
+    // Fields 14 and 15 of /proc/PID/stat, in clock ticks (100 per second
+    // on Linux).
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return 0.0;
     };
     let after_comm = stat.rsplit(')').next().unwrap_or("");
@@ -117,12 +146,13 @@ fn cpu_seconds() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
+/// A `/proc/PID/status` figure in MiB (`VmHWM` peak, `VmRSS` now).
+fn memory_mib(pid: &str, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|kb| kb.parse::<f64>().ok())
         })
@@ -130,47 +160,239 @@ fn peak_rss_mib() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// `skyrules sim` in a child process, so that its CPU and memory are not
+/// the engine's.
+struct SimProcess {
+    child: tokio::process::Child,
+    pid: String,
+    base: String,
+    control: String,
+}
+
+const BENCH_KEY: &str = "bench";
+
+async fn spawn_sim(seed: u64) -> anyhow::Result<SimProcess> {
+    let exe = std::env::current_exe()
+        .context("cannot find the skyrules binary to start the simulator")?;
+    let mut child = tokio::process::Command::new(exe)
+        .args([
+            "sim",
+            "--port",
+            "0",
+            "--rate",
+            "0",
+            "--bot-delay",
+            "off",
+            "--seed",
+        ])
+        .arg(seed.to_string())
+        .env(crate::config::API_KEY_ENV, BENCH_KEY)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot start the simulator (skyrules sim)")?;
+    let pid = child.id().map(|p| p.to_string()).unwrap_or_default();
+    let out = child.stdout.take().context("simulator has no stdout")?;
+    let mut lines = tokio::io::BufReader::new(out).lines();
+    let (mut base, mut control) = (None, None);
+    let found = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await? {
+            let mut words = line.split_whitespace();
+            match (words.next(), words.next()) {
+                (Some("base"), Some("URL")) => base = words.next().map(str::to_string),
+                (Some("control"), Some(url)) => control = Some(url.to_string()),
+                _ => {}
+            }
+            if base.is_some() && control.is_some() {
+                break;
+            }
+        }
+        anyhow::Ok(())
+    })
+    .await;
+    // Its later lines still need a reader: a closed pipe would kill it.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    match (found, base, control) {
+        (Ok(Ok(())), Some(base), Some(control)) => Ok(SimProcess {
+            child,
+            pid,
+            base,
+            control,
+        }),
+        _ => anyhow::bail!("the simulator did not say where it listens"),
+    }
+}
+
+/// A session body for `POST /_sim/sessions` with `history` messages.
+fn session_body(id: &str, i: usize, history: usize) -> Value {
+    const VISITOR: [&str; 4] = [
+        "Hi, how much is the Pro plan?",
+        "And for a team of five?",
+        "Can I pay yearly instead?",
+        "Is there a discount for non-profits?",
+    ];
+    const BOT: [&str; 4] = [
+        "The Pro plan is $29 a month.",
+        "For five seats it is $119 a month.",
+        "Yes, yearly billing saves two months.",
+        "Yes, non-profits get 30% off.",
+    ];
+    let messages: Vec<Value> = (0..history)
+        .map(|m| {
+            let (sender, text) = if m % 2 == 0 {
+                ("visitor", VISITOR[(m / 2) % 4])
+            } else {
+                ("bot", BOT[(m / 2) % 4])
+            };
+            json!({"sender_type": sender, "text": text})
+        })
+        .collect();
+    json!({
+        "session_id": id,
+        "visitor_name": format!("Visitor {i}"),
+        "visitor_email": format!("visitor{i}@example.com"),
+        "messages": messages,
+    })
+}
+
+async fn post(http: &reqwest::Client, url: String, body: &Value) -> anyhow::Result<Value> {
+    let r = http.post(&url).json(body).send().await?;
+    let status = r.status();
+    let v: Value = r.json().await.unwrap_or(Value::Null);
+    anyhow::ensure!(status.is_success(), "{url}: {status} {v}");
+    Ok(v)
+}
+
+/// What the traffic driver did: ids asked for a human, with the
+/// simulator's stamp of the request.
+#[derive(Default)]
+struct Traffic {
+    asked: Vec<(String, String)>,
+    failures: usize,
+}
+
+/// Moves `changed` chats per interval at random instants spread over it
+/// (one in ten asks for a human), and ends and replaces `churn` chats.
+async fn drive_traffic(
+    http: reqwest::Client,
+    control: String,
+    opts: BenchOptions,
+    mut ids: Vec<String>,
+    stop: CancellationToken,
+) -> Traffic {
+    let changed = changed_per_cycle(&opts);
+    let churn = (opts.sessions as f64 * opts.churn).round() as usize;
+    let mut rng = StdRng::seed_from_u64(opts.seed);
+    let mut traffic = Traffic::default();
+    let mut asked = std::collections::HashSet::new();
+    let mut next_id = ids.len();
+    let start = tokio::time::Instant::now();
+    let mut k = 0u32;
+    while !stop.is_cancelled() {
+        let from = start + opts.poll_interval * k;
+        let mut plan: Vec<(Duration, usize)> = (0..changed + churn)
+            .map(|n| (opts.poll_interval.mul_f64(rng.random::<f64>()), n))
+            .collect();
+        plan.sort();
+        for (offset, n) in plan {
+            tokio::select! {
+                _ = stop.cancelled() => return traffic,
+                _ = tokio::time::sleep_until(from + offset) => {}
+            }
+            let slot = rng.random_range(0..ids.len());
+            let id = ids[slot].clone();
+            let r = if n < changed {
+                let r = post(
+                    &http,
+                    format!("{control}/sessions/{id}/messages"),
+                    &json!({"text": "Another question about pricing"}),
+                )
+                .await;
+                if n % 10 == 0 && r.is_ok() && asked.insert(id.clone()) {
+                    match post(
+                        &http,
+                        format!("{control}/sessions/{id}/request-human"),
+                        &json!({}),
+                    )
+                    .await
+                    {
+                        Ok(v) => {
+                            if let Some(at) = v["human_requested_at"].as_str() {
+                                traffic.asked.push((id.clone(), at.to_string()));
+                            }
+                            Ok(v)
+                        }
+                        Err(e) => Err(e),
+                    }
+                } else {
+                    r
+                }
+            } else {
+                // A chat ends and a new one with the same history starts.
+                let r = post(&http, format!("{control}/sessions/{id}/leave"), &json!({})).await;
+                let new = format!("sess_bench{next_id:07}");
+                let body = session_body(&new, next_id, opts.history);
+                next_id += 1;
+                ids[slot] = new;
+                match r {
+                    Ok(_) => post(&http, format!("{control}/sessions"), &body).await,
+                    Err(e) => Err(e),
+                }
+            };
+            if r.is_err() {
+                traffic.failures += 1;
+            }
+        }
+        k += 1;
+    }
+    traffic
+}
+
+fn changed_per_cycle(opts: &BenchOptions) -> usize {
+    ((opts.sessions as f64 * opts.changed).round() as usize).max(1)
+}
+
 /// Runs the benchmark.
 pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
-    let sim = crate::sim::start(
-        SimConfig {
-            api_key: "bench".into(),
-            seed: opts.seed,
-            bot_delay: None,
-            clock_speed: 1.0,
-            traffic: None,
-        },
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-    )
-    .await?;
-    let mut ids = Vec::with_capacity(opts.sessions);
-    for i in 0..opts.sessions {
-        let id = format!("sess_bench{i:07}");
-        sim.create_session(serde_json::json!({
-            "session_id": id,
-            "visitor_name": format!("Visitor {i}"),
-            "messages": [
-                {"sender_type": "visitor", "text": "Hi, how much is the Pro plan?"},
-                {"sender_type": "bot", "text": "The Pro plan is $29 a month."},
-                {"sender_type": "visitor", "text": "Thanks, and for a team of five?"},
-            ],
-        }))
-        .map_err(|e| anyhow::anyhow!("cannot create session {id}: {e:?}"))?;
-        ids.push(id);
+    let mut sim = spawn_sim(opts.seed).await?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let ids: Vec<String> = (0..opts.sessions)
+        .map(|i| format!("sess_bench{i:07}"))
+        .collect();
+    // Only the outcome is kept: the replies (whole sessions) would sit in
+    // this process's memory, which is the engine's figure.
+    let mut created = stream::iter(ids.iter().enumerate())
+        .map(|(i, id)| {
+            let http = &http;
+            let url = format!("{}/sessions", sim.control);
+            async move {
+                post(http, url, &session_body(id, i, opts.history))
+                    .await
+                    .map(drop)
+            }
+        })
+        .buffer_unordered(16);
+    while let Some(r) = created.next().await {
+        r.context("cannot create the benchmark's sessions in the simulator")?;
     }
+    drop(created);
     let dir = tempdir()?;
     let rules = dir.join("rules");
     crate::demo::write_embedded_rules(&rules)?;
 
     let started = Instant::now();
-    let api = Client::new(ClientConfig::new(sim.base_url(), ApiKey::new("bench")))?;
+    let api = Client::new(ClientConfig::new(sim.base.clone(), ApiKey::new(BENCH_KEY)))?;
     let state = dir.join("bench.db");
     let store = tokio::task::spawn_blocking(move || SqliteStore::open(&state)).await??;
     let (engine, _) = Engine::new(
         api,
         Arc::new(store),
         EngineOptions {
-            rules_dir: rules,
+            rules_dir: rules.clone(),
             poll_interval: opts.poll_interval,
             dry_run: false,
             max_concurrency: 8,
@@ -183,89 +405,161 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
     .await?;
     let mut notes = engine.subscribe();
     let stop = CancellationToken::new();
-    let mut watcher = engine.resume().await?;
-    let startup = started.elapsed();
+    let engine_task = tokio::spawn(engine.run(stop.clone()));
 
-    let baseline_started = Instant::now();
-    engine.cycle(&mut watcher, &stop).await?;
-    let baseline = baseline_started.elapsed();
-    while notes.try_recv().is_ok() {}
-    sim.clear_requests();
-
-    let changed = ((opts.sessions as f64 * opts.changed).round() as usize).max(1);
-    let mut rng = StdRng::seed_from_u64(opts.seed);
-    let mut cycle_ms = Vec::new();
-    let mut asked: HashMap<String, Instant> = HashMap::new();
-    let mut reaction_ms = Vec::new();
-    let cpu_before = cpu_seconds();
-    let until = Instant::now() + opts.duration;
-    let mut tick = tokio::time::interval(opts.poll_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    let mut turn = 0usize;
-    while Instant::now() < until {
-        // Between polls, `changed` chats move; one in ten of those asks for
-        // a human, whose take-over is timed.
-        for k in 0..changed {
-            let id = &ids[rng.random_range(0..ids.len())];
-            let _ = sim.visitor_message(id, "Another question about pricing");
-            if k % 10 == 0 && !asked.contains_key(id) {
-                let _ = sim.request_human(id);
-                asked.insert(id.clone(), Instant::now());
+    // The baseline poll.
+    let (startup, baseline) = loop {
+        match notes.recv().await {
+            Ok(Note::Cycle { elapsed, .. }) => {
+                let baseline = elapsed.as_secs_f64() * 1000.0;
+                break (
+                    started.elapsed().as_secs_f64() * 1000.0 - baseline,
+                    baseline,
+                );
             }
+            Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            Err(_) => anyhow::bail!("the engine stopped before its first poll"),
         }
-        turn += 1;
-        tick.tick().await;
-        let t = Instant::now();
-        engine.cycle(&mut watcher, &stop).await?;
-        cycle_ms.push(t.elapsed().as_secs_f64() * 1000.0);
-        while let Ok(n) = notes.try_recv() {
-            if let Note::Action {
-                session_id,
-                action,
-                outcome,
+    };
+    let _ = http
+        .delete(format!("{}/requests", sim.control))
+        .send()
+        .await;
+    let me = std::process::id().to_string();
+    let (cpu_before, sim_cpu_before) = (cpu_seconds(&me), cpu_seconds(&sim.pid));
+    let traffic_stop = CancellationToken::new();
+    let traffic = tokio::spawn(drive_traffic(
+        http.clone(),
+        sim.control.clone(),
+        opts.clone(),
+        ids,
+        traffic_stop.clone(),
+    ));
+
+    let mut cycle_ms = Vec::new();
+    let mut commits = 0usize;
+    let mut rss = Vec::new();
+    let mut reload_ms = Vec::new();
+    let measured = Instant::now();
+    let until = measured + opts.duration;
+    // Hot reload, measured a few times over the run: a rule file is
+    // written, then the engine reports it loaded.
+    let reloads = 3u32;
+    let mut next_reload = 1u32;
+    let mut reload_started: Option<Instant> = None;
+    while Instant::now() < until {
+        if reload_started.is_none()
+            && next_reload <= reloads
+            && measured.elapsed() >= opts.duration * next_reload / (reloads + 1)
+        {
+            let body = format!("// written by skyrules bench\non(\"session_ended\", |ev| {{ let n = {next_reload}; }});\n");
+            std::fs::write(rules.join("zz-bench-reload.rhai"), body)?;
+            reload_started = Some(Instant::now());
+            next_reload += 1;
+        }
+        let note = tokio::select! {
+            n = notes.recv() => n,
+            _ = tokio::time::sleep(Duration::from_millis(50)) => continue,
+        };
+        match note {
+            Ok(Note::Cycle {
+                elapsed,
+                journal_commits,
                 ..
-            } = n
-            {
-                if action == "take_over" && outcome == "taken" {
-                    if let Some(at) = asked.get(&session_id) {
-                        reaction_ms.push(at.elapsed().as_secs_f64() * 1000.0);
-                    }
+            }) => {
+                cycle_ms.push(elapsed.as_secs_f64() * 1000.0);
+                commits += journal_commits;
+                rss.push(memory_mib(&me, "VmRSS:"));
+            }
+            Ok(Note::Reloaded { loaded, .. }) if loaded.iter().any(|r| r == "zz-bench-reload") => {
+                if let Some(t) = reload_started.take() {
+                    reload_ms.push(t.elapsed().as_secs_f64() * 1000.0);
                 }
             }
+            Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            Err(_) => anyhow::bail!("the engine stopped during the benchmark"),
         }
     }
-    let cpu = cpu_seconds() - cpu_before;
-    let requests = sim.requests();
-    let cycles = cycle_ms.len().max(1) as f64;
+    traffic_stop.cancel();
+    let traffic = traffic.await?;
+    // Human requests from the last interval are answered by the next poll.
+    let drain = Instant::now() + opts.poll_interval * 2;
+    let mut drain_cycles = 0usize;
+    while Instant::now() < drain {
+        tokio::select! {
+            n = notes.recv() => if let Ok(Note::Cycle { .. }) = n { drain_cycles += 1 },
+            _ = tokio::time::sleep_until(drain.into()) => {}
+        }
+    }
+    let cpu = cpu_seconds(&me) - cpu_before;
+    let sim_cpu = cpu_seconds(&sim.pid) - sim_cpu_before;
+    let peak = memory_mib(&me, "VmHWM:");
+    let sim_peak = memory_mib(&sim.pid, "VmHWM:");
+    stop.cancel();
+    let _ = engine_task.await;
+
+    let requests: Value = http
+        .get(format!("{}/requests", sim.control))
+        .send()
+        .await?
+        .json()
+        .await?;
     let (mut list, mut detail, mut actions) = (0usize, 0usize, 0usize);
-    for r in &requests {
-        if r.method == "POST" {
+    for r in requests.as_array().map(Vec::as_slice).unwrap_or_default() {
+        let path = r["path"].as_str().unwrap_or("");
+        if r["method"] == "POST" {
             actions += 1;
-        } else if r.path.ends_with("/sessions") {
+        } else if path.ends_with("/sessions") {
             list += 1;
         } else {
             detail += 1;
         }
     }
-    let _ = turn;
-    stop.cancel();
-    sim.shutdown().await;
+    let mut reaction_ms = Vec::new();
+    let mut missed = 0;
+    for (id, asked_at) in &traffic.asked {
+        let v: Value = http
+            .get(format!("{}/sessions/{id}", sim.control))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let at = |s: &str| chrono::DateTime::parse_from_rfc3339(s).ok();
+        match (at(asked_at), v["human_took_over_at"].as_str().and_then(at)) {
+            (Some(a), Some(t)) => {
+                reaction_ms.push((t - a).num_microseconds().unwrap_or(0) as f64 / 1000.0)
+            }
+            _ => missed += 1,
+        }
+    }
+    let _ = sim.child.kill().await;
     let _ = std::fs::remove_dir_all(&dir);
+    // Cycles during the drain count too: the request log covers them.
+    let cycles = cycle_ms.len().max(1) as f64;
+    let all_cycles = cycles + drain_cycles as f64;
     Ok(BenchReport {
         sessions: opts.sessions,
-        changed_per_cycle: changed,
+        history: opts.history,
+        changed_per_cycle: changed_per_cycle(&opts),
+        churned_per_cycle: (opts.sessions as f64 * opts.churn).round() as usize,
         poll_interval_ms: opts.poll_interval.as_millis() as u64,
-        startup_ms: startup.as_secs_f64() * 1000.0,
-        baseline_ms: baseline.as_secs_f64() * 1000.0,
+        startup_ms: startup,
+        baseline_ms: baseline,
         cycles: cycle_ms.len(),
+        list_requests_per_cycle: list as f64 / all_cycles,
+        detail_requests_per_cycle: detail as f64 / all_cycles,
+        action_requests_per_cycle: actions as f64 / all_cycles,
+        journal_commits_per_cycle: commits as f64 / cycles,
         cycle_ms: Millis::of(cycle_ms),
-        list_requests_per_cycle: list as f64 / cycles,
-        detail_requests_per_cycle: detail as f64 / cycles,
-        action_requests_per_cycle: actions as f64 / cycles,
         reaction_ms: Millis::of(reaction_ms),
+        reactions_missed: missed + traffic.failures,
+        hot_reload_ms: Millis::of(reload_ms),
         cpu_seconds: cpu,
-        peak_rss_mib: peak_rss_mib(),
+        sim_cpu_seconds: sim_cpu,
+        peak_rss_mib: peak,
+        rss_first_mib: rss.first().copied().unwrap_or(0.0),
+        rss_last_mib: rss.last().copied().unwrap_or(0.0),
+        sim_peak_rss_mib: sim_peak,
     })
 }
 
@@ -284,17 +578,22 @@ pub fn render(r: &BenchReport) -> String {
         )
     };
     format!(
-        "skyrules load benchmark: {} sessions, {} changed per poll, poll every {} ms\n\
+        "skyrules load benchmark: {} sessions ({} messages each), {} changed and {} replaced per poll, poll every {} ms\n\
          \n  start-up to first poll   {:.1} ms\
          \n  baseline poll            {:.1} ms (reads every session once)\
          \n  poll cycles              {}\
          \n  cycle time               {}\
          \n  requests per cycle       {:.1} list pages + {:.1} session reads + {:.1} actions\
-         \n  reaction latency         {} ({} take-overs; request → take-over)\
-         \n  CPU                      {:.1} s over the measured run (engine + simulator)\
-         \n  peak memory              {:.1} MiB resident (engine + simulator)\n",
+         \n  journal commits          {:.1} per cycle\
+         \n  reaction latency         {} ({} take-overs, {} missed; request → take-over, simulator clock)\
+         \n  hot reload               {} ({} reloads; file written → rule live)\
+         \n  engine CPU               {:.1} s over the measured run (simulator: {:.1} s)\
+         \n  engine memory            peak {:.1} MiB resident; {:.1} MiB after the first cycle, {:.1} MiB after the last\
+         \n  simulator memory         peak {:.1} MiB resident\n",
         r.sessions,
+        r.history,
         r.changed_per_cycle,
+        r.churned_per_cycle,
         r.poll_interval_ms,
         r.startup_ms,
         r.baseline_ms,
@@ -303,9 +602,17 @@ pub fn render(r: &BenchReport) -> String {
         r.list_requests_per_cycle,
         r.detail_requests_per_cycle,
         r.action_requests_per_cycle,
+        r.journal_commits_per_cycle,
         ms(&r.reaction_ms),
         r.reaction_ms.count,
+        r.reactions_missed,
+        ms(&r.hot_reload_ms),
+        r.hot_reload_ms.count,
         r.cpu_seconds,
+        r.sim_cpu_seconds,
         r.peak_rss_mib,
+        r.rss_first_mib,
+        r.rss_last_mib,
+        r.sim_peak_rss_mib,
     )
 }

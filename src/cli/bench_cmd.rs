@@ -21,6 +21,13 @@ pub struct BenchArgs {
     /// Percentage of sessions that change between two polls
     #[arg(long, default_value_t = 1.0)]
     changed_percent: f64,
+    /// Percentage of sessions that end, and are replaced by new ones,
+    /// per poll interval (for a long run: ended sessions must leave memory)
+    #[arg(long, default_value_t = 0.0)]
+    churn_percent: f64,
+    /// Messages each session starts with
+    #[arg(long, default_value_t = 12)]
+    history: usize,
     /// The engine's poll interval
     #[arg(long, default_value = "5s")]
     poll_interval: String,
@@ -41,10 +48,15 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
             UserError("--sessions must be > 0 and --changed-percent in (0, 100]".into()).into(),
         );
     }
+    if !(0.0..=100.0).contains(&a.churn_percent) {
+        return Err(UserError("--churn-percent must be in [0, 100]".into()).into());
+    }
     let opts = BenchOptions {
         sessions: a.sessions,
         duration: dur("--duration", &a.duration)?,
         changed: a.changed_percent / 100.0,
+        churn: a.churn_percent / 100.0,
+        history: a.history,
         poll_interval: dur("--poll-interval", &a.poll_interval)?,
         seed: a.seed,
     };
