@@ -328,20 +328,32 @@ mod tests {
             ..Fault::status(500)
         });
         assert_eq!(
-            q.take("GET", "/x/messages").and_then(|f| f.status),
+            q.take("GET", "/x/messages", None).and_then(|f| f.status),
             Some(500)
         );
         assert_eq!(
-            q.take("POST", "/x/messages").and_then(|f| f.status),
+            q.take("POST", "/x/messages", None).and_then(|f| f.status),
             Some(503)
         );
         assert_eq!(
-            q.take("POST", "/x/messages").and_then(|f| f.status),
+            q.take("POST", "/x/messages", None).and_then(|f| f.status),
             Some(503)
         );
         assert_eq!(
-            q.take("POST", "/x/messages").and_then(|f| f.status),
+            q.take("POST", "/x/messages", None).and_then(|f| f.status),
             Some(500)
+        );
+        let mut q = FaultQueue::default();
+        q.push(Fault {
+            query_contains: Some("page=3".into()),
+            ..Fault::status(502)
+        });
+        assert!(q.take("GET", "/x/sessions", Some("page=2")).is_none());
+        assert!(q.take("GET", "/x/sessions", None).is_none());
+        assert_eq!(
+            q.take("GET", "/x/sessions", Some("per_page=100&page=3"))
+                .and_then(|f| f.status),
+            Some(502)
         );
         assert_eq!(q.list().len(), 1);
     }
