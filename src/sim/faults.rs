@@ -343,15 +343,18 @@ mod tests {
             q.take("POST", "/x/messages", None).and_then(|f| f.status),
             Some(500)
         );
-        let mut q = FaultQueue::default();
-        q.push(Fault {
+        let mut by_query = FaultQueue::default();
+        by_query.push(Fault {
             query_contains: Some("page=3".into()),
             ..Fault::status(502)
         });
-        assert!(q.take("GET", "/x/sessions", Some("page=2")).is_none());
-        assert!(q.take("GET", "/x/sessions", None).is_none());
+        assert!(by_query
+            .take("GET", "/x/sessions", Some("page=2"))
+            .is_none());
+        assert!(by_query.take("GET", "/x/sessions", None).is_none());
         assert_eq!(
-            q.take("GET", "/x/sessions", Some("per_page=100&page=3"))
+            by_query
+                .take("GET", "/x/sessions", Some("per_page=100&page=3"))
                 .and_then(|f| f.status),
             Some(502)
         );
