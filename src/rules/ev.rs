@@ -427,7 +427,7 @@ pub fn message_map(m: &Message) -> Map {
     map.insert("id".into(), Dynamic::from_int(m.id));
     map.insert("text".into(), m.text().into());
     map.insert("sender_type".into(), m.sender_type.as_str().into());
-    map.insert("type".into(), m.message_type.clone().into());
+    map.insert("type".into(), m.message_type.as_ref().into());
     map.insert(
         "media_url".into(),
         m.media_url

@@ -199,7 +199,7 @@ impl SimSession {
             id,
             sender_type: sender,
             message_text: Some(text),
-            message_type: "text".to_string(),
+            message_type: "text".into(),
             media_url: None,
             is_read: false,
             created_at: Some(at),
