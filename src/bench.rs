@@ -124,6 +124,10 @@ pub struct BenchReport {
     pub rss_first_mib: f64,
     /// The engine's resident memory after its last cycle, MiB.
     pub rss_last_mib: f64,
+    /// The engine's heap in use after its first steady cycle, MiB (glibc).
+    pub heap_first_mib: f64,
+    /// The engine's heap in use after its last cycle, MiB (glibc).
+    pub heap_last_mib: f64,
     /// The simulator's peak resident memory, MiB.
     pub sim_peak_rss_mib: f64,
 }
@@ -158,6 +162,20 @@ fn memory_mib(pid: &str, field: &str) -> f64 {
         })
         .map(|kb| kb / 1024.0)
         .unwrap_or(0.0)
+}
+
+/// Memory the allocator has handed out and not had back, MiB (glibc; 0
+/// elsewhere). Beside the resident size it tells a leak from memory the
+/// allocator merely keeps.
+fn heap_in_use_mib() -> f64 {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallinfo2 only reads the allocator's statistics.
+        let info = unsafe { libc::mallinfo2() };
+        (info.uordblks + info.hblkhd) as f64 / 1048576.0
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    0.0
 }
 
 /// `skyrules sim` in a child process, so that its CPU and memory are not
@@ -439,6 +457,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
     let mut cycle_ms = Vec::new();
     let mut commits = 0usize;
     let mut rss = Vec::new();
+    let mut heap = Vec::new();
     let mut reload_ms = Vec::new();
     let measured = Instant::now();
     let until = measured + opts.duration;
@@ -470,6 +489,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
                 cycle_ms.push(elapsed.as_secs_f64() * 1000.0);
                 commits += journal_commits;
                 rss.push(memory_mib(&me, "VmRSS:"));
+                heap.push(heap_in_use_mib());
             }
             Ok(Note::Reloaded { loaded, .. }) if loaded.iter().any(|r| r == "zz-bench-reload") => {
                 if let Some(t) = reload_started.take() {
@@ -559,6 +579,8 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
         peak_rss_mib: peak,
         rss_first_mib: rss.first().copied().unwrap_or(0.0),
         rss_last_mib: rss.last().copied().unwrap_or(0.0),
+        heap_first_mib: heap.first().copied().unwrap_or(0.0),
+        heap_last_mib: heap.last().copied().unwrap_or(0.0),
         sim_peak_rss_mib: sim_peak,
     })
 }
@@ -589,6 +611,7 @@ pub fn render(r: &BenchReport) -> String {
          \n  hot reload               {} ({} reloads; file written → rule live)\
          \n  engine CPU               {:.1} s over the measured run (simulator: {:.1} s)\
          \n  engine memory            peak {:.1} MiB resident; {:.1} MiB after the first cycle, {:.1} MiB after the last\
+         \n  engine heap in use       {:.1} MiB after the first cycle, {:.1} MiB after the last\
          \n  simulator memory         peak {:.1} MiB resident\n",
         r.sessions,
         r.history,
@@ -613,6 +636,8 @@ pub fn render(r: &BenchReport) -> String {
         r.peak_rss_mib,
         r.rss_first_mib,
         r.rss_last_mib,
+        r.heap_first_mib,
+        r.heap_last_mib,
         r.sim_peak_rss_mib,
     )
 }
