@@ -382,7 +382,7 @@ impl Engine {
                     "handling events the last run journaled but did not finish"
                 );
                 let now = self.api.clock().now();
-                self.handle(pending, now, &CancellationToken::new()).await;
+                self.handle_journaled(pending, now).await;
             }
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(e.into()),
@@ -516,11 +516,7 @@ impl Engine {
                     }
                     let now = self.api.clock().now();
                     for p in self.journal(chunk, now, baselined, &mut handled).await {
-                        let permits = permits.clone();
-                        work.push(async move {
-                            let _permit = permits.acquire_owned().await.ok();
-                            self.process_session(p, now).await
-                        });
+                        work.push(self.process_bounded(&permits, p, now));
                     }
                 }
                 Some(()) = work.next(), if !work.is_empty() => {}
@@ -593,38 +589,28 @@ impl Engine {
         batch.events
     }
 
-    /// Runs every session's events through the rules and their actions
-    /// through the executor, sessions concurrently up to the bound. On
-    /// shutdown, in-flight work gets a bounded grace period; what does not
-    /// finish stays journaled for the next start.
-    async fn handle(
-        &self,
-        pending: Vec<Pending>,
-        now: Timestamp,
-        shutdown: &CancellationToken,
-    ) -> CycleEnd {
+    /// Runs the events a previous run journaled but did not handle,
+    /// sessions concurrently up to the bound, before the first poll.
+    async fn handle_journaled(&self, pending: Vec<Pending>, now: Timestamp) {
         let permits = Arc::new(Semaphore::new(self.opts.max_concurrency));
-        let mut work = FuturesUnordered::new();
-        for p in pending {
-            let permits = permits.clone();
-            work.push(async move {
-                let _permit = permits.acquire_owned().await.ok();
-                self.process_session(p, now).await
-            });
-        }
-        let all = async { while work.next().await.is_some() {} };
-        tokio::pin!(all);
-        tokio::select! {
-            _ = &mut all => CycleEnd::Done,
-            _ = shutdown.cancelled() => {
-                match tokio::time::timeout(SHUTDOWN_GRACE, &mut all).await {
-                    Ok(()) => CycleEnd::Done,
-                    Err(_) => {
-                        tracing::warn!("in-flight actions did not finish within {}s; they will be settled at the next start", SHUTDOWN_GRACE.as_secs());
-                        CycleEnd::Interrupted
-                    }
-                }
-            }
+        let mut work: FuturesUnordered<_> = pending
+            .into_iter()
+            .map(|p| self.process_bounded(&permits, p, now))
+            .collect();
+        while work.next().await.is_some() {}
+    }
+
+    /// [`Engine::process_session`] once one of `permits` is free.
+    fn process_bounded(
+        &self,
+        permits: &Arc<Semaphore>,
+        p: Pending,
+        now: Timestamp,
+    ) -> impl std::future::Future<Output = ()> + '_ {
+        let permits = permits.clone();
+        async move {
+            let _permit = permits.acquire_owned().await.ok();
+            self.process_session(p, now).await
         }
     }
 
