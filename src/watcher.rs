@@ -104,63 +104,57 @@ impl Watcher {
         let tracked = &mut self.tracked;
         let mut read: HashSet<String> = HashSet::new();
         let mut details_read = 0;
-        let listed = {
-            let (pages_tx, mut pages) = mpsc::unbounded_channel::<Vec<Session>>();
-            let walk = async move {
-                api.walk_sessions(&query, |page| {
-                    let _ = pages_tx.send(page);
-                })
-                .await
-            };
-            let reads = async {
-                let mut queue: VecDeque<String> = VecDeque::new();
-                let mut inflight = FuturesUnordered::new();
-                let mut listing = true;
-                loop {
-                    while inflight.len() < DETAIL_CONCURRENCY {
-                        let Some(id) = queue.pop_front() else { break };
-                        inflight.push(async move {
-                            let r = api.get_session(&id).await;
-                            (id, r)
-                        });
-                    }
-                    tokio::select! {
-                        page = pages.recv(), if listing => match page {
-                            Some(page) => {
-                                for s in page {
-                                    let changed = tracked
-                                        .get(&s.session_id)
-                                        .is_none_or(|t| needs_detail(&t.session, &s));
-                                    if changed && read.insert(s.session_id.clone()) {
-                                        queue.push_back(s.session_id);
-                                    }
-                                }
-                            }
-                            None => listing = false,
-                        },
-                        Some((id, result)) = inflight.next(), if !inflight.is_empty() => {
-                            details_read += 1;
-                            let now = api.clock().now();
-                            match settle(tracked, &id, result, baseline, timers, now, calendars) {
-                                Some(sc) => {
-                                    let _ = early.send(sc);
-                                }
-                                // Not read after all: its timers are checked
-                                // below like any unchanged session's.
-                                None => {
-                                    read.remove(&id);
+        let (pages_tx, mut pages) = mpsc::unbounded_channel::<Vec<Session>>();
+        let walk = async move {
+            api.walk_sessions(&query, |page| {
+                let _ = pages_tx.send(page);
+            })
+            .await
+        };
+        let reads = async {
+            let mut queue: VecDeque<String> = VecDeque::new();
+            let mut inflight = FuturesUnordered::new();
+            let mut listing = true;
+            loop {
+                while inflight.len() < DETAIL_CONCURRENCY {
+                    let Some(id) = queue.pop_front() else { break };
+                    inflight.push(read_detail(api, id));
+                }
+                tokio::select! {
+                    page = pages.recv(), if listing => match page {
+                        Some(page) => {
+                            for s in page {
+                                let changed = tracked
+                                    .get(&s.session_id)
+                                    .is_none_or(|t| needs_detail(&t.session, &s));
+                                if changed && read.insert(s.session_id.clone()) {
+                                    queue.push_back(s.session_id);
                                 }
                             }
                         }
-                        else => break,
+                        None => listing = false,
+                    },
+                    Some((id, result)) = inflight.next(), if !inflight.is_empty() => {
+                        details_read += 1;
+                        let now = api.clock().now();
+                        match settle(tracked, &id, result, baseline, timers, now, calendars) {
+                            Some(sc) => {
+                                let _ = early.send(sc);
+                            }
+                            // Not read after all: its timers are checked
+                            // below like any unchanged session's.
+                            None => {
+                                read.remove(&id);
+                            }
+                        }
                     }
+                    else => break,
                 }
-            };
-            let (listed, ()) = tokio::join!(walk, reads);
-            listed?
+            }
         };
+        let (listed, ()) = tokio::join!(walk, reads);
+        let listed_ids = listed?;
         let now = api.clock().now();
-        let listed_ids = listed;
         // A session that left the active list is read once more to learn
         // that (and how) it ended.
         let to_read: Vec<String> = tracked
@@ -170,10 +164,7 @@ impl Watcher {
             .collect();
         details_read += to_read.len();
         let details: Vec<(String, Result<SessionDetail, ApiError>)> = stream::iter(to_read)
-            .map(|id| async move {
-                let r = api.get_session(&id).await;
-                (id, r)
-            })
+            .map(|id| read_detail(api, id))
             .buffer_unordered(DETAIL_CONCURRENCY)
             .collect()
             .await;
@@ -208,6 +199,12 @@ impl Watcher {
             details_read,
         })
     }
+}
+
+/// A session's detail, with its id for whoever collects the reads.
+async fn read_detail(api: &Client, id: String) -> (String, Result<SessionDetail, ApiError>) {
+    let r = api.get_session(&id).await;
+    (id, r)
 }
 
 /// One detail read turned into the session's share of the cycle: diffed
