@@ -1039,22 +1039,26 @@ fn split_list_body(bytes: &[u8]) -> Result<Node<'_>, serde_json::Error> {
     Ok(node)
 }
 
+/// A page number, as a number or a numeric string.
+fn page_num(v: Option<&Value>) -> Option<u64> {
+    match v? {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+/// Whether a `next` link says there is another page: a non-empty string.
+fn next_link(v: Option<&Value>) -> Option<bool> {
+    match v {
+        None => None,
+        Some(Value::String(s)) => Some(!s.is_empty()),
+        Some(_) => Some(false),
+    }
+}
+
 /// The page a split list body describes, or what is wrong with its shape.
 fn page_of(body: Node<'_>) -> Result<Page, String> {
-    fn num(v: Option<&Value>) -> Option<u64> {
-        match v? {
-            Value::Number(n) => n.as_u64(),
-            Value::String(s) => s.parse().ok(),
-            _ => None,
-        }
-    }
-    fn link(v: Option<&Value>) -> Option<bool> {
-        match v {
-            None => None,
-            Some(Value::String(s)) => Some(!s.is_empty()),
-            Some(_) => Some(false),
-        }
-    }
     fn sessions(items: Vec<&RawValue>) -> Vec<Session> {
         items
             .into_iter()
@@ -1078,12 +1082,12 @@ fn page_of(body: Node<'_>) -> Result<Page, String> {
             match data {
                 Some(Node::List(items)) => {
                     let meta = o.get("meta");
-                    let current_page = num(meta.and_then(|m| m.get("current_page")))
-                        .or_else(|| num(o.get("current_page")));
-                    let last_page = num(meta.and_then(|m| m.get("last_page")))
-                        .or_else(|| num(o.get("last_page")));
-                    let has_next = link(o.get("links").and_then(|l| l.get("next")))
-                        .or_else(|| link(o.get("next_page_url")));
+                    let current_page = page_num(meta.and_then(|m| m.get("current_page")))
+                        .or_else(|| page_num(o.get("current_page")));
+                    let last_page = page_num(meta.and_then(|m| m.get("last_page")))
+                        .or_else(|| page_num(o.get("last_page")));
+                    let has_next = next_link(o.get("links").and_then(|l| l.get("next")))
+                        .or_else(|| next_link(o.get("next_page_url")));
                     Ok(Page {
                         sessions: sessions(items),
                         current_page,
@@ -1094,9 +1098,9 @@ fn page_of(body: Node<'_>) -> Result<Page, String> {
                 Some(Node::Object(p)) => match p.data {
                     Some(Node::List(items)) => Ok(Page {
                         sessions: sessions(items),
-                        current_page: num(p.kept.get("current_page")),
-                        last_page: num(p.kept.get("last_page")),
-                        has_next: link(p.kept.get("next_page_url")),
+                        current_page: page_num(p.kept.get("current_page")),
+                        last_page: page_num(p.kept.get("last_page")),
+                        has_next: next_link(p.kept.get("next_page_url")),
                     }),
                     _ => Err("`data` is an object without a `data` list of sessions".into()),
                 },
@@ -1151,20 +1155,6 @@ mod tests {
     /// The list decoding as it was before pages were decoded from bytes:
     /// body → `Value` → page. The byte decoder must agree with it exactly.
     fn page_via_value(body: &[u8]) -> Result<Page, String> {
-        fn num(v: Option<&Value>) -> Option<u64> {
-            match v? {
-                Value::Number(n) => n.as_u64(),
-                Value::String(s) => s.parse().ok(),
-                _ => None,
-            }
-        }
-        fn link(v: Option<&Value>) -> Option<bool> {
-            match v {
-                None => None,
-                Some(Value::String(s)) => Some(!s.is_empty()),
-                Some(_) => Some(false),
-            }
-        }
         fn sessions(items: Vec<Value>) -> Vec<Session> {
             items
                 .into_iter()
@@ -1187,20 +1177,20 @@ mod tests {
                     let meta = o.get("meta");
                     Ok(Page {
                         sessions: sessions(items),
-                        current_page: num(meta.and_then(|m| m.get("current_page")))
-                            .or_else(|| num(o.get("current_page"))),
-                        last_page: num(meta.and_then(|m| m.get("last_page")))
-                            .or_else(|| num(o.get("last_page"))),
-                        has_next: link(o.get("links").and_then(|l| l.get("next")))
-                            .or_else(|| link(o.get("next_page_url"))),
+                        current_page: page_num(meta.and_then(|m| m.get("current_page")))
+                            .or_else(|| page_num(o.get("current_page"))),
+                        last_page: page_num(meta.and_then(|m| m.get("last_page")))
+                            .or_else(|| page_num(o.get("last_page"))),
+                        has_next: next_link(o.get("links").and_then(|l| l.get("next")))
+                            .or_else(|| next_link(o.get("next_page_url"))),
                     })
                 }
                 Some(Value::Object(mut p)) => match p.remove("data") {
                     Some(Value::Array(items)) => Ok(Page {
                         sessions: sessions(items),
-                        current_page: num(p.get("current_page")),
-                        last_page: num(p.get("last_page")),
-                        has_next: link(p.get("next_page_url")),
+                        current_page: page_num(p.get("current_page")),
+                        last_page: page_num(p.get("last_page")),
+                        has_next: next_link(p.get("next_page_url")),
                     }),
                     _ => Err("`data` is an object without a `data` list of sessions".into()),
                 },
