@@ -301,7 +301,7 @@ async fn drive_traffic(
     stop: CancellationToken,
 ) -> Traffic {
     let changed = changed_per_cycle(&opts);
-    let churn = (opts.sessions as f64 * opts.churn).round() as usize;
+    let churn = churned_per_cycle(&opts);
     let mut rng = StdRng::seed_from_u64(opts.seed);
     let mut traffic = Traffic::default();
     let mut asked = std::collections::HashSet::new();
@@ -370,6 +370,10 @@ async fn drive_traffic(
 
 fn changed_per_cycle(opts: &BenchOptions) -> usize {
     ((opts.sessions as f64 * opts.changed).round() as usize).max(1)
+}
+
+fn churned_per_cycle(opts: &BenchOptions) -> usize {
+    (opts.sessions as f64 * opts.churn).round() as usize
 }
 
 /// Runs the benchmark.
@@ -561,7 +565,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
         sessions: opts.sessions,
         history: opts.history,
         changed_per_cycle: changed_per_cycle(&opts),
-        churned_per_cycle: (opts.sessions as f64 * opts.churn).round() as usize,
+        churned_per_cycle: churned_per_cycle(&opts),
         poll_interval_ms: opts.poll_interval.as_millis() as u64,
         startup_ms: startup,
         baseline_ms: baseline,
