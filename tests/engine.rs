@@ -1407,3 +1407,82 @@ async fn a_chat_on_an_early_list_page_is_handled_while_a_later_page_fails() {
     assert_eq!(h.posts_to(first_page, "take-over"), 1, "{:?}", h.writes());
     assert_eq!(h.posts_to(third_page, "take-over"), 1, "{:?}", h.writes());
 }
+
+/// The first-start baseline is saved as it is read and marked whole only
+/// at the end: a first start whose list walk fails half-way leaves the
+/// next start a baseline too, so the chats it had not reached yet do not
+/// look new (no events for their history).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_start_cut_short_takes_the_baseline_again() {
+    let sim = live_sim().await;
+    for i in 0..250 {
+        sim.create_session(json!({
+            "session_id": format!("c{i:03}"),
+            "messages": [{"sender_type": "visitor", "text": "hello"}],
+        }))
+        .expect("create");
+    }
+    let store = Arc::new(MemoryStore::new());
+    let rules = tempfile::tempdir().expect("tempdir");
+    write_rule(
+        rules.path(),
+        "greet.rhai",
+        r#"on("session_started", |ev| ev.reply("welcome"));"#,
+    );
+    let start = || {
+        Engine::new(
+            client(&sim),
+            store.clone(),
+            EngineOptions {
+                rules_dir: rules.path().to_path_buf(),
+                poll_interval: POLL,
+                dry_run: false,
+                max_concurrency: 4,
+                guard: Guard {
+                    max_replies: 50,
+                    window: Duration::from_secs(600),
+                },
+            },
+        )
+    };
+    let never = CancellationToken::new();
+
+    sim.add_fault(Fault {
+        method: Some("GET".into()),
+        query_contains: Some("page=3".into()),
+        status: Some(500),
+        times: None,
+        ..Fault::default()
+    })
+    .expect("fault");
+    let (first, _) = start().await.expect("engine");
+    let mut watcher = first.resume().await.expect("resume");
+    assert!(
+        first.cycle(&mut watcher, &never).await.is_err(),
+        "page 3 fails"
+    );
+    drop(first);
+
+    sim.clear_faults();
+    let (second, _) = start().await.expect("engine");
+    let mut notes = second.subscribe();
+    let mut watcher = second.resume().await.expect("resume");
+    second
+        .cycle(&mut watcher, &never)
+        .await
+        .expect("a whole poll");
+    let mut cycle = None;
+    while let Ok(n) = notes.try_recv() {
+        if let Note::Cycle {
+            baseline, events, ..
+        } = n
+        {
+            cycle = Some((baseline, events));
+        }
+    }
+    assert_eq!(cycle, Some((true, 0)), "still a baseline, no events");
+    assert!(
+        sim.requests().iter().all(|r| r.method != "POST"),
+        "no welcome for chats that were already open"
+    );
+}
