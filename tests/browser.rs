@@ -8,6 +8,8 @@
 //! installs Debian's `chromium` package. Without it the test says so and
 //! passes, so a local `cargo test` works anywhere.
 
+mod util;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -55,14 +57,7 @@ impl Demo {
     fn start(tmp: &Path) -> Demo {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let stderr = tmp.join("demo.err");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_skyrules"));
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("SKYRULES_") {
-                cmd.env_remove(&k);
-            }
-        }
-        let mut child = cmd
-            .env_remove("RUST_LOG")
+        let mut child = util::skyrules_command()
             .env("TMPDIR", tmp)
             // The repository's own rules/.
             .current_dir(root)

@@ -2,6 +2,8 @@
 //! (Friday 17:58 → Monday 09:03), `ev.in_hours` and `ev.next_open`, and a
 //! calendar a rule names but the config lacks.
 
+mod util;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -86,12 +88,7 @@ expect = []
 "#;
 
 fn skyrules(dir: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_skyrules"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("SKYRULES_") || k == "SKYLIGHT_API_KEY" || k == "RUST_LOG" {
-            c.env_remove(k);
-        }
-    }
+    let mut c = util::skyrules_command();
     c.current_dir(dir);
     c
 }

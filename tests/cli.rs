@@ -7,7 +7,7 @@ mod util;
 use std::io::Write;
 use std::ops::Deref;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -83,7 +83,7 @@ fn skyrules(args: &[&str], opts: Opts) -> Run {
     }
     let out_path = dir.path().join("stdout.txt");
     let err_path = dir.path().join("stderr.txt");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_skyrules"));
+    let mut cmd = util::skyrules_command();
     cmd.current_dir(dir.path())
         .args(args)
         .stdout(std::fs::File::create(&out_path).unwrap())
@@ -93,12 +93,6 @@ fn skyrules(args: &[&str], opts: Opts) -> Run {
         } else {
             Stdio::null()
         });
-    for (name, _) in std::env::vars_os() {
-        let name = name.to_string_lossy().to_string();
-        if name.starts_with("SKYRULES_") || name == "SKYLIGHT_API_KEY" || name == "RUST_LOG" {
-            cmd.env_remove(name);
-        }
-    }
     // A panic would print a backtrace; the tests below check there is none.
     cmd.env("RUST_BACKTRACE", "1");
     if let Some(k) = opts.key {

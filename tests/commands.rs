@@ -1,18 +1,14 @@
 //! `skyrules check` and `skyrules demo`, as a user runs them.
 
+mod util;
+
 use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn skyrules() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_skyrules"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("SKYRULES_") || k == "SKYLIGHT_API_KEY" || k == "RUST_LOG" {
-            c.env_remove(k);
-        }
-    }
-    c
+    util::skyrules_command()
 }
 
 fn shipped_rules() -> &'static Path {

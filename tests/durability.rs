@@ -15,6 +15,8 @@
 //! Tests run one at a time (see [`serial`]): they time real processes and
 //! the machine they run on may be small and busy.
 
+mod util;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File};
 use std::ops::Deref;
@@ -31,7 +33,6 @@ use skyrules::api::{HandledBy, Message, SenderType, SessionDetail, Timestamp};
 use skyrules::sim::{self, Fault, SimConfig, SimHandle};
 
 const KEY: &str = "sk_test_durability_KEY";
-const BIN: &str = env!("CARGO_BIN_EXE_skyrules");
 const POLL: &str = "200ms";
 /// How long a process gets to exit after SIGTERM or a startup error.
 const EXIT_LIMIT: Duration = Duration::from_secs(15);
@@ -217,14 +218,8 @@ impl Workdir {
         let logs = self.path().join("logs");
         let out = logs.join(format!("{:02}-{tag}.out", self.runs));
         let err = logs.join(format!("{:02}-{tag}.err", self.runs));
-        let mut cmd = Command::new(BIN);
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("SKYRULES_") {
-                cmd.env_remove(&k);
-            }
-        }
-        cmd.env_remove("RUST_LOG")
-            .env("SKYLIGHT_API_KEY", KEY)
+        let mut cmd = util::skyrules_command();
+        cmd.env("SKYLIGHT_API_KEY", KEY)
             .current_dir(self.path())
             .arg("--base-url")
             .arg(&self.base_url)

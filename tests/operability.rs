@@ -12,10 +12,12 @@
 //! nothing else in the process moves the counters in question. Waits are on
 //! conditions with a generous deadline, never on a fixed sleep.
 
+mod util;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -1022,14 +1024,7 @@ async fn the_token_guards_everything_but_healthz() {
 fn run_refuses_a_public_listener_without_a_token_file() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::create_dir(dir.path().join("rules")).expect("rules dir");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_skyrules"));
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("SKYRULES_") {
-            cmd.env_remove(&k);
-        }
-    }
-    let mut child = cmd
-        .env_remove("RUST_LOG")
+    let mut child = util::skyrules_command()
         .env("SKYLIGHT_API_KEY", "sk_unused")
         .current_dir(dir.path())
         .args([

@@ -5,8 +5,10 @@
 //! `--filter` and `--junit` do what they say, long timers take no real time,
 //! and the scenarios shipped next to the rules pass.
 
+mod util;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 /// How long one run may take before the test gives up (a loaded 2-core CI
@@ -74,18 +76,12 @@ fn skyrules(args: &[&str], cwd: &Path) -> Run {
     let out_dir = tempfile::tempdir().expect("temp dir");
     let out_path = out_dir.path().join("stdout.txt");
     let err_path = out_dir.path().join("stderr.txt");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_skyrules"));
+    let mut cmd = util::skyrules_command();
     cmd.current_dir(cwd)
         .args(args)
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&out_path).expect("stdout file"))
         .stderr(std::fs::File::create(&err_path).expect("stderr file"));
-    for (name, _) in std::env::vars_os() {
-        let name = name.to_string_lossy().to_string();
-        if name.starts_with("SKYRULES_") || name == "SKYLIGHT_API_KEY" || name == "RUST_LOG" {
-            cmd.env_remove(name);
-        }
-    }
     let mut child = cmd.spawn().expect("spawn skyrules");
     let deadline = Instant::now() + RUN_LIMIT;
     let status = loop {

@@ -58,3 +58,17 @@ pub fn dead_base_url() -> String {
     drop(listener);
     format!("http://127.0.0.1:{port}/api/v1")
 }
+
+/// The skyrules binary with what configures it from the environment
+/// removed (`SKYRULES_*`, `SKYLIGHT_API_KEY`, `RUST_LOG`), so that a
+/// developer's shell never changes what a test sees.
+pub fn skyrules_command() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_skyrules"));
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        if k.starts_with("SKYRULES_") || k == "SKYLIGHT_API_KEY" || k == "RUST_LOG" {
+            cmd.env_remove(k.as_ref());
+        }
+    }
+    cmd
+}
