@@ -5,40 +5,20 @@
 mod util;
 
 use std::io::Write;
-use std::ops::Deref;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use skyrules::api::{HandledBy, SenderType, SessionStatus};
-use skyrules::sim::SimHandle;
 use util::{count, create, create_many};
 
 const KEY: &str = "sk_test_cli_SECRET_42";
 
-/// A simulator served by its own runtime while the test thread runs the
-/// binary synchronously.
-struct Sim {
-    handle: SimHandle,
-    _rt: tokio::runtime::Runtime,
-}
-
-impl Deref for Sim {
-    type Target = SimHandle;
-    fn deref(&self) -> &SimHandle {
-        &self.handle
-    }
-}
+type Sim = util::BlockingSim;
 
 fn sim() -> Sim {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let handle = rt.block_on(util::start_sim(KEY));
-    Sim { handle, _rt: rt }
+    Sim::start(util::quiet(KEY))
 }
 
 struct Run {

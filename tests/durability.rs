@@ -19,7 +19,6 @@ mod util;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File};
-use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,7 +29,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use skyrules::api::{HandledBy, Message, SenderType, SessionDetail, Timestamp};
-use skyrules::sim::{self, Fault, SimConfig, SimHandle};
+use skyrules::sim::{Fault, SimConfig};
 
 const KEY: &str = "sk_test_durability_KEY";
 const POLL: &str = "200ms";
@@ -49,39 +48,18 @@ fn serial() -> MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// A simulator served by its own runtime while the test thread drives the
-/// binary synchronously.
-struct Sim {
-    handle: SimHandle,
-    _rt: tokio::runtime::Runtime,
-}
-
-impl Deref for Sim {
-    type Target = SimHandle;
-    fn deref(&self) -> &SimHandle {
-        &self.handle
-    }
-}
+type Sim = util::BlockingSim;
 
 /// A simulator on a real-time clock with a silent bot and no generated
 /// traffic: every message in it is the test's or the engine's.
 fn start_sim() -> Sim {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let config = SimConfig {
+    Sim::start(SimConfig {
         api_key: KEY.to_string(),
         seed: 7,
         bot_delay: None,
         clock_speed: 1.0,
         traffic: None,
-    };
-    let handle = rt
-        .block_on(sim::start(config, "127.0.0.1:0".parse().expect("addr")))
-        .expect("start the simulator");
-    Sim { handle, _rt: rt }
+    })
 }
 
 impl Sim {

@@ -72,3 +72,32 @@ pub fn skyrules_command() -> std::process::Command {
     }
     cmd
 }
+
+/// A simulator served by its own runtime, for tests whose own thread runs
+/// the binary synchronously.
+pub struct BlockingSim {
+    handle: SimHandle,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl std::ops::Deref for BlockingSim {
+    type Target = SimHandle;
+    fn deref(&self) -> &SimHandle {
+        &self.handle
+    }
+}
+
+impl BlockingSim {
+    /// Starts a simulator configured by `config` on a free loopback port.
+    pub fn start(config: SimConfig) -> BlockingSim {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let handle = rt
+            .block_on(sim::start(config, loopback()))
+            .expect("start the simulator");
+        BlockingSim { handle, _rt: rt }
+    }
+}
