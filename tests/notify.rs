@@ -54,6 +54,15 @@ fn channels(toml_text: &str) -> Channels {
     Channels::from_config(&raw(toml_text)).unwrap()
 }
 
+/// One Slack channel, `team`, posting to `server`'s `/hook` (its URL in a
+/// secret file under `dir`).
+fn slack_team(server: &MockServer, dir: &Path) -> Channels {
+    let url = secret(dir, "url", &format!("{}/hook", server.uri()));
+    channels(&format!(
+        "[notify.team]\nkind = \"slack\"\nurl_file = {url}\n"
+    ))
+}
+
 fn note(channel: &str, session: &str, text: &str) -> Notification {
     Notification {
         channel: channel.into(),
@@ -265,10 +274,7 @@ async fn retries_on_500_then_delivers_once() {
         .mount(&server)
         .await;
     let dir = tempfile::tempdir().unwrap();
-    let url = secret(dir.path(), "url", &format!("{}/hook", server.uri()));
-    let chans = channels(&format!(
-        "[notify.team]\nkind = \"slack\"\nurl_file = {url}\n"
-    ));
+    let chans = slack_team(&server, dir.path());
     let shutdown = CancellationToken::new();
     let notifier = Notifier::start_with(chans, fast(), shutdown.clone());
     let mut rx = notifier.delivered();
@@ -294,10 +300,7 @@ async fn honours_retry_after_on_429() {
         .mount(&server)
         .await;
     let dir = tempfile::tempdir().unwrap();
-    let url = secret(dir.path(), "url", &format!("{}/hook", server.uri()));
-    let chans = channels(&format!(
-        "[notify.team]\nkind = \"slack\"\nurl_file = {url}\n"
-    ));
+    let chans = slack_team(&server, dir.path());
     let shutdown = CancellationToken::new();
     let notifier = Notifier::start_with(chans, fast(), shutdown.clone());
     let mut rx = notifier.delivered();
@@ -322,10 +325,7 @@ async fn gives_up_after_max_attempts() {
         .mount(&server)
         .await;
     let dir = tempfile::tempdir().unwrap();
-    let url = secret(dir.path(), "url", &format!("{}/hook", server.uri()));
-    let chans = channels(&format!(
-        "[notify.team]\nkind = \"slack\"\nurl_file = {url}\n"
-    ));
+    let chans = slack_team(&server, dir.path());
     let shutdown = CancellationToken::new();
     let policy = DeliveryPolicy {
         max_attempts: 3,
@@ -354,10 +354,7 @@ async fn client_errors_are_not_retried() {
         .mount(&server)
         .await;
     let dir = tempfile::tempdir().unwrap();
-    let url = secret(dir.path(), "url", &format!("{}/hook", server.uri()));
-    let chans = channels(&format!(
-        "[notify.team]\nkind = \"slack\"\nurl_file = {url}\n"
-    ));
+    let chans = slack_team(&server, dir.path());
     let shutdown = CancellationToken::new();
     let notifier = Notifier::start_with(chans, fast(), shutdown.clone());
     let mut rx = notifier.delivered();
@@ -564,10 +561,7 @@ async fn shutdown_lets_queued_notifications_out_within_the_grace() {
         .mount(&server)
         .await;
     let dir = tempfile::tempdir().unwrap();
-    let url = secret(dir.path(), "url", &format!("{}/hook", server.uri()));
-    let chans = channels(&format!(
-        "[notify.team]\nkind = \"slack\"\nurl_file = {url}\n"
-    ));
+    let chans = slack_team(&server, dir.path());
     let shutdown = CancellationToken::new();
     let policy = DeliveryPolicy {
         shutdown_grace: Duration::from_secs(10),
