@@ -636,6 +636,8 @@ impl Engine {
             }
         };
         let mut effective = sc.tracked.session.clone();
+        // Unpacked once for all of this session's events.
+        let history = sc.tracked.recent.to_vec();
         for event in &sc.events {
             let kind = event.kind;
             crate::metrics::event(kind.name());
@@ -653,7 +655,7 @@ impl Engine {
             let data = Arc::new(EventData::new(
                 event.clone(),
                 &effective,
-                &sc.tracked.recent,
+                &history,
                 now,
             ));
             let runtime = self.runtime.clone();

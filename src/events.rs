@@ -15,6 +15,9 @@ use crate::api::{
 };
 use crate::hours::Calendars;
 
+mod recent;
+pub use recent::{LastMessage, Recent};
+
 /// How many recent messages are kept per session for `ev.messages()` on
 /// events that did not re-read the session (timers).
 pub const RECENT_MESSAGES: usize = 20;
@@ -180,7 +183,7 @@ pub struct Tracked {
     /// The highest message id already turned into events.
     pub cursor: i64,
     /// Newest messages, oldest first, at most [`RECENT_MESSAGES`].
-    pub recent: Vec<Message>,
+    pub recent: Recent,
     /// Timers already fired, keyed by kind, duration and occurrence; only
     /// keys of current occurrences are kept, so this stays small.
     pub fired: BTreeSet<String>,
@@ -237,8 +240,8 @@ fn secs(d: chrono::Duration) -> f64 {
 }
 
 impl Tracked {
-    /// The newest message, if any.
-    pub fn last_message(&self) -> Option<&Message> {
+    /// The newest message's id, time and sender, if any.
+    pub fn last_message(&self) -> Option<LastMessage> {
         self.recent.last()
     }
 }
@@ -272,9 +275,6 @@ pub fn diff(
     if recent.len() > RECENT_MESSAGES {
         recent.drain(..recent.len() - RECENT_MESSAGES);
     }
-    // Kept for as long as the chat lives, 10,000 of them at a time: the
-    // decoder's spare capacity (up to the whole history) is let go.
-    recent.shrink_to_fit();
     let mut events = Vec::new();
     if !baseline {
         // Events carry a rank so that, at equal timestamps, the order is
@@ -349,7 +349,7 @@ pub fn diff(
     let mut tracked = Tracked {
         session,
         cursor,
-        recent,
+        recent: Recent::new(&recent),
         fired: prev.map(|p| p.fired.clone()).unwrap_or_default(),
         sla,
     };
@@ -581,7 +581,7 @@ mod tests {
             Some(&t3),
             SessionDetail {
                 session: s4.clone(),
-                messages: t3.recent.clone(),
+                messages: t3.recent.to_vec(),
             },
             false,
         );
@@ -593,7 +593,7 @@ mod tests {
             Some(&t4),
             SessionDetail {
                 session: s5,
-                messages: t4.recent.clone(),
+                messages: t4.recent.to_vec(),
             },
             false,
         );

@@ -229,7 +229,7 @@ fn settle(
             s.status = SessionStatus::Ended;
             SessionDetail {
                 session: s,
-                messages: prev.map(|p| p.recent.clone()).unwrap_or_default(),
+                messages: prev.map(|p| p.recent.to_vec()).unwrap_or_default(),
             }
         }
         Err(e) => {

@@ -223,12 +223,21 @@ fn default_message_type() -> MessageType {
 /// tracked chats hold 20 messages each, nearly all of them `text`.
 pub type MessageType = std::borrow::Cow<'static, str>;
 
+const KNOWN_MESSAGE_TYPES: [&str; 6] = ["text", "image", "file", "audio", "video", "document"];
+
 /// The kind as stored: the common ones without an allocation each.
 fn message_type_of(s: String) -> MessageType {
-    const KNOWN: [&str; 6] = ["text", "image", "file", "audio", "video", "document"];
-    match KNOWN.iter().find(|k| **k == s) {
+    match KNOWN_MESSAGE_TYPES.iter().find(|k| **k == s) {
         Some(k) => MessageType::Borrowed(k),
         None => MessageType::Owned(s),
+    }
+}
+
+/// [`MessageType`] from borrowed text, allocating only for an unusual kind.
+pub fn message_type_from(s: &str) -> MessageType {
+    match KNOWN_MESSAGE_TYPES.iter().find(|k| **k == s) {
+        Some(k) => MessageType::Borrowed(k),
+        None => MessageType::Owned(s.to_string()),
     }
 }
 
