@@ -18,8 +18,9 @@
 //!    share spent decoding the 100 sessions from their own JSON text.
 //! 5. `store/*`: one poll cycle's writes to a `SqliteStore` in a temporary
 //!    directory: `commit` of 100 changed sessions and 20 journaled events,
-//!    then `finish_events` for the sessions that had events; and one
-//!    action's intent and outcome (`begin_action` + `finish_action`).
+//!    then one more commit taking the handled events of the 10 sessions
+//!    that had them off the journal; and one action's intent and outcome
+//!    (`begin_action` + `finish_action`).
 //!
 //! Everything is deterministic: the data builders use a fixed-seed
 //! generator, and all clocks are fixed timestamps.
@@ -40,7 +41,7 @@ use skyrules::config::Config;
 use skyrules::events::{diff, due_timers_in, needs_detail, Event, EventKind, TimerSpec, Tracked};
 use skyrules::hours::Calendars;
 use skyrules::rules::{EventData, Memory, RuleSet, Runtime, World};
-use skyrules::store::{Batch, Begin, Intent, Pending, SqliteStore, Store};
+use skyrules::store::{Batch, Begin, Done, Intent, Pending, SqliteStore, Store};
 
 // ---------------------------------------------------------------------------
 // Data builders
@@ -722,14 +723,7 @@ fn bench_page(c: &mut Criterion) {
 /// handling them produces (a failure counter for half of them).
 struct StoreCycle {
     batch: Batch,
-    finished: Vec<Handled>,
-}
-
-/// What handling one session's events leaves for `finish_events`.
-struct Handled {
-    session_id: String,
-    keys: Vec<String>,
-    memory: Vec<(String, Memory)>,
+    finished: Vec<Done>,
 }
 
 fn store_cycle(now: Timestamp) -> StoreCycle {
@@ -760,7 +754,7 @@ fn store_cycle(now: Timestamp) -> StoreCycle {
             m.insert("failures".into(), 0.into());
             memory.push(("escalate-failing-bot".to_string(), m));
         }
-        finished.push(Handled {
+        finished.push(Done {
             session_id: t.session.session_id.clone(),
             keys,
             memory,
@@ -777,17 +771,23 @@ fn store_cycle(now: Timestamp) -> StoreCycle {
             sessions,
             ended: Vec::new(),
             events,
+            done: Vec::new(),
         },
         finished,
     }
 }
 
+/// Takes the handled events off the journal the way the engine does: all
+/// of them in one commit (the engine folds them into its next one).
 fn finish_all(store: &SqliteStore, cycle: &StoreCycle) {
-    for h in &cycle.finished {
-        store
-            .finish_events(&h.session_id, &h.keys, &h.memory)
-            .unwrap();
-    }
+    store
+        .commit(&Batch {
+            at: cycle.batch.at,
+            baselined: true,
+            done: cycle.finished.clone(),
+            ..Batch::default()
+        })
+        .unwrap();
 }
 
 fn bench_store(c: &mut Criterion) {
@@ -823,8 +823,8 @@ fn bench_store(c: &mut Criterion) {
     let mut group = c.benchmark_group("store");
     group.sample_size(30);
     group.measurement_time(Duration::from_secs(6));
-    // The whole cycle: one commit, then one finish_events per session that
-    // had events (10 transactions of 2 keys each).
+    // The whole cycle: one commit journaling the events, then one taking
+    // the 10 sessions' handled events off the journal with their memory.
     group.bench_function("cycle_commit_100_sessions_20_events_and_finish", |b| {
         b.iter(|| {
             store.commit(&cycle.batch).unwrap();
@@ -844,9 +844,9 @@ fn bench_store(c: &mut Criterion) {
             spent
         })
     });
-    // finish_events alone, all 10 sessions (the journal is filled between,
-    // untimed).
-    group.bench_function("finish_events_10_sessions", |b| {
+    // Taking 10 sessions' handled events off in one commit (the journal is
+    // filled between, untimed).
+    group.bench_function("finish_10_sessions_in_one_commit", |b| {
         b.iter_custom(|iters| {
             let mut spent = Duration::ZERO;
             for _ in 0..iters {

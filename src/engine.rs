@@ -22,7 +22,7 @@ use crate::executor::{Executor, Guard, Outcome};
 use crate::rules::reload::{log_report, ReloadReport, Reloader};
 use crate::rules::{Action, EventData, Memory, RuleError, Runtime, World};
 use crate::status::{ActionView, Board, RuleView, SessionView, SharedBoard, TimerView};
-use crate::store::{Batch, Begin, Intent, Pending, Store, StoreError};
+use crate::store::{Batch, Begin, Done, Intent, Pending, Store, StoreError};
 use crate::watcher::{SessionCycle, Watcher};
 
 /// How long a shutdown waits for in-flight actions.
@@ -64,7 +64,8 @@ pub enum Note {
         baseline: bool,
         /// Wall time of the whole cycle: poll, rules, actions, commits.
         elapsed: Duration,
-        /// State-store transactions that journaled the cycle's sessions.
+        /// State-store transactions for the cycle's sessions, their events
+        /// and the events handled (action records not counted).
         journal_commits: usize,
     },
     /// A poll failed; the loop carries on.
@@ -457,8 +458,14 @@ impl Engine {
             // The baseline was saved in pieces as it was read; only now is
             // it whole. A first start that dies before this point takes the
             // baseline again, with what it saved as the known state.
-            self.journal(Vec::new(), cycle.now, true, &mut Handled::default())
-                .await;
+            self.journal(
+                Vec::new(),
+                Vec::new(),
+                cycle.now,
+                true,
+                &mut Handled::default(),
+            )
+            .await;
         }
         self.update_board(watcher, &timers, cycle.now);
         tracing::debug!(
@@ -493,6 +500,12 @@ impl Engine {
     /// and every session it sent has been handled. On shutdown, in-flight
     /// work gets a bounded grace period; what does not finish stays
     /// journaled for the next start.
+    ///
+    /// Handled events leave the journal in the next transaction the cycle
+    /// makes anyway, and what is left in one last commit at the end: not a
+    /// transaction per session. A crash in between only means those events
+    /// are handled again at the next start, and their actions, recorded
+    /// one by one, are not repeated.
     async fn consume(
         &self,
         mut incoming: mpsc::UnboundedReceiver<SessionCycle>,
@@ -502,6 +515,7 @@ impl Engine {
         let permits = Arc::new(Semaphore::new(self.opts.max_concurrency));
         let mut work = FuturesUnordered::new();
         let mut handled = Handled::default();
+        let mut done: Vec<Done> = Vec::new();
         let mut open = true;
         while open || !work.is_empty() {
             tokio::select! {
@@ -515,20 +529,27 @@ impl Engine {
                         chunk.push(more);
                     }
                     let now = self.api.clock().now();
-                    for p in self.journal(chunk, now, baselined, &mut handled).await {
+                    let finished = std::mem::take(&mut done);
+                    for p in self.journal(chunk, finished, now, baselined, &mut handled).await {
                         work.push(self.process_bounded(&permits, p, now));
                     }
                 }
-                Some(()) = work.next(), if !work.is_empty() => {}
+                Some(d) = work.next(), if !work.is_empty() => done.extend(d),
                 _ = shutdown.cancelled() => {
-                    let all = async { while work.next().await.is_some() {} };
+                    let all = async { while let Some(d) = work.next().await { done.extend(d) } };
                     if tokio::time::timeout(SHUTDOWN_GRACE, all).await.is_err() {
                         tracing::warn!("in-flight actions did not finish within {}s; they will be settled at the next start", SHUTDOWN_GRACE.as_secs());
                         handled.end = CycleEnd::Interrupted;
                     }
-                    return handled;
+                    break;
                 }
             }
+        }
+        drop(work);
+        if !done.is_empty() {
+            let now = self.api.clock().now();
+            self.journal(Vec::new(), done, now, baselined, &mut handled)
+                .await;
         }
         handled
     }
@@ -539,6 +560,7 @@ impl Engine {
     async fn journal(
         &self,
         chunk: Vec<SessionCycle>,
+        done: Vec<Done>,
         now: Timestamp,
         baselined: bool,
         handled: &mut Handled,
@@ -546,6 +568,7 @@ impl Engine {
         let mut batch = Batch {
             at: now,
             baselined,
+            done,
             ..Batch::default()
         };
         for sc in chunk {
@@ -585,6 +608,9 @@ impl Engine {
             // Handling the events anyway is better than dropping them; they
             // are just not protected against a crash this cycle.
             tracing::error!(error = %e, "cannot save state; handling these events unprotected");
+            if !batch.done.is_empty() {
+                tracing::error!(sessions = batch.done.len(), "cannot record handled events; they will be handled again at the next start (their actions are not repeated)");
+            }
         }
         batch.events
     }
@@ -597,7 +623,15 @@ impl Engine {
             .into_iter()
             .map(|p| self.process_bounded(&permits, p, now))
             .collect();
-        while work.next().await.is_some() {}
+        let mut done = Vec::new();
+        while let Some(d) = work.next().await {
+            done.extend(d);
+        }
+        drop(work);
+        if !done.is_empty() {
+            self.journal(Vec::new(), done, now, true, &mut Handled::default())
+                .await;
+        }
     }
 
     /// [`Engine::process_session`] once one of `permits` is free.
@@ -606,7 +640,7 @@ impl Engine {
         permits: &Arc<Semaphore>,
         p: Pending,
         now: Timestamp,
-    ) -> impl std::future::Future<Output = ()> + '_ {
+    ) -> impl std::future::Future<Output = Option<Done>> + '_ {
         let permits = permits.clone();
         async move {
             let _permit = permits.acquire_owned().await.ok();
@@ -614,12 +648,13 @@ impl Engine {
         }
     }
 
-    /// One session's events, strictly in order, then their removal from
-    /// the journal together with the rule memory they changed.
-    async fn process_session(&self, sc: Pending, now: Timestamp) {
+    /// One session's events, strictly in order. Returns what takes them
+    /// off the journal, with the rule memory they changed; `None` when
+    /// they stay journaled (the rules could not run).
+    async fn process_session(&self, sc: Pending, now: Timestamp) -> Option<Done> {
         let mut writes: HashMap<String, Memory> = HashMap::new();
         if sc.events.is_empty() {
-            return;
+            return None;
         }
         let id = sc.tracked.session.session_id.clone();
         let store = self.store.clone();
@@ -628,11 +663,11 @@ impl Engine {
             Ok(Ok(m)) => m,
             Ok(Err(e)) => {
                 tracing::error!(session_id = %id, error = %e, "cannot read rule memory; this session's events stay journaled until the next start");
-                return;
+                return None;
             }
             Err(e) => {
                 tracing::error!(session_id = %id, error = %e, "rule memory task failed; events stay journaled");
-                return;
+                return None;
             }
         };
         let mut effective = sc.tracked.session.clone();
@@ -652,12 +687,7 @@ impl Engine {
             if !rules.rules.iter().any(|r| !r.handlers.is_empty()) {
                 continue;
             }
-            let data = Arc::new(EventData::new(
-                event.clone(),
-                &effective,
-                &history,
-                now,
-            ));
+            let data = Arc::new(EventData::new(event.clone(), &effective, &history, now));
             let runtime = self.runtime.clone();
             let (runs, mem) = match tokio::task::spawn_blocking(move || {
                 let runs = runtime.evaluate(&rules, &data, &mut memory);
@@ -668,7 +698,7 @@ impl Engine {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::error!(session_id = %id, event = %kind, error = %e, "rule evaluation crashed; this session's events stay journaled until the next start");
-                    return;
+                    return None;
                 }
             };
             memory = mem;
@@ -710,19 +740,11 @@ impl Engine {
                 }
             }
         }
-        let keys: Vec<String> = sc.events.iter().map(|e| e.key()).collect();
-        let memory: Vec<(String, Memory)> = writes.into_iter().collect();
-        let store = self.store.clone();
-        let done = tokio::task::spawn_blocking(move || {
-            let t = std::time::Instant::now();
-            let r = store.finish_events(&id, &keys, &memory);
-            crate::metrics::store_write("events_done", t.elapsed());
-            r
+        Some(Done {
+            session_id: id,
+            keys: sc.events.iter().map(|e| e.key()).collect(),
+            memory: writes.into_iter().collect(),
         })
-        .await;
-        if !matches!(done, Ok(Ok(()))) {
-            tracing::error!(session_id = %sc.tracked.session.session_id, "cannot record handled events; they will be handled again at the next start (their actions are not repeated)");
-        }
     }
 
     /// Records the intent, takes (or reconciles, or skips) the action, and

@@ -43,8 +43,8 @@ pub const RULES_LOADED: &str = "skyrules_rules_loaded";
 pub const LAST_RELOAD_OK: &str = "skyrules_rule_last_reload_successful";
 /// Unix time of the last reload that changed something.
 pub const LAST_RELOAD_TIME: &str = "skyrules_rule_last_reload_timestamp_seconds";
-/// State-store write latency, by `op` (`commit`, `intent`, `outcome`,
-/// `events_done`) (histogram).
+/// State-store write latency, by `op` (`commit`, `intent`, `outcome`)
+/// (histogram).
 pub const STORE_WRITE: &str = "skyrules_state_write_duration_seconds";
 
 /// Visitor's first message to the first bot or agent reply (histogram).

@@ -24,7 +24,7 @@ use skyrules::engine::{Engine, EngineOptions, Note};
 use skyrules::events::EventKind;
 use skyrules::executor::Guard;
 use skyrules::sim::{self, Fault, SimConfig, SimHandle};
-use skyrules::store::MemoryStore;
+use skyrules::store::{MemoryStore, Store};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -1247,6 +1247,12 @@ async fn a_restart_neither_repeats_nor_loses_events() {
     h.visitor(&id, "one");
     h.wait("replies seen back", |h| {
         h.agent_texts(&id) == ["welcome", "got: one"] && h.count(&id, AgentMessage) == 2
+    })
+    .await;
+    // Handled events leave the journal with the cycle, not only at
+    // shutdown: a crash now would not handle them again.
+    h.wait("the journal emptied while running", |h| {
+        h.store.pending_events().expect("journal").is_empty()
     })
     .await;
     h.stop_engine().await;

@@ -42,6 +42,18 @@ impl MemoryStore {
     }
 }
 
+/// Takes handled events off the journal and saves rule memory.
+fn finish(inner: &mut Inner, session_id: &str, keys: &[String], memory: &[(String, Memory)]) {
+    for (rule, m) in memory {
+        inner
+            .memory
+            .entry(session_id.to_string())
+            .or_default()
+            .insert(rule.clone(), m.clone());
+    }
+    inner.journal.retain(|(k, _, _)| !keys.contains(k));
+}
+
 impl Store for MemoryStore {
     fn load(&self) -> Result<Loaded, StoreError> {
         Ok(self.lock().loaded.clone())
@@ -78,24 +90,9 @@ impl Store for MemoryStore {
                 }
             }
         }
-        Ok(())
-    }
-
-    fn finish_events(
-        &self,
-        session_id: &str,
-        keys: &[String],
-        memory: &[(String, Memory)],
-    ) -> Result<(), StoreError> {
-        let mut inner = self.lock();
-        for (rule, m) in memory {
-            inner
-                .memory
-                .entry(session_id.to_string())
-                .or_default()
-                .insert(rule.clone(), m.clone());
+        for d in &batch.done {
+            finish(&mut inner, &d.session_id, &d.keys, &d.memory);
         }
-        inner.journal.retain(|(k, _, _)| !keys.contains(k));
         Ok(())
     }
 

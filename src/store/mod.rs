@@ -162,8 +162,9 @@ pub struct Pending {
     pub events: Vec<Event>,
 }
 
-/// Everything one poll cycle learnt, committed together before any of its
-/// events is handled.
+/// One transaction of a poll cycle: the sessions that arrived, their
+/// events (journaled before any is handled), and the events handled since
+/// the cycle's previous transaction.
 #[derive(Debug, Default)]
 pub struct Batch {
     /// When the cycle ran (server clock); ended sessions are stamped with it.
@@ -176,6 +177,20 @@ pub struct Batch {
     pub ended: Vec<Tracked>,
     /// The events to handle, journaled until handled.
     pub events: Vec<Pending>,
+    /// Events handled since the last commit, to take off the journal with
+    /// their sessions' rule memory.
+    pub done: Vec<Done>,
+}
+
+/// One session's handled events and the rule memory they left.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Done {
+    /// The session.
+    pub session_id: String,
+    /// Keys of its handled events.
+    pub keys: Vec<String>,
+    /// Rule memory the handlers changed, by rule.
+    pub memory: Vec<(String, Memory)>,
 }
 
 /// Durable engine state. Every method blocks: call from a blocking thread.
@@ -186,14 +201,6 @@ pub trait Store: Send + Sync + 'static {
     fn memory(&self, session_id: &str) -> Result<HashMap<String, Memory>, StoreError>;
     /// Applies a batch atomically.
     fn commit(&self, batch: &Batch) -> Result<(), StoreError>;
-    /// Takes handled events off the journal and saves the session's rule
-    /// memory, in one transaction.
-    fn finish_events(
-        &self,
-        session_id: &str,
-        keys: &[String],
-        memory: &[(String, Memory)],
-    ) -> Result<(), StoreError>;
     /// Journaled events not yet handled, per session, oldest first.
     fn pending_events(&self) -> Result<Vec<Pending>, StoreError>;
     /// Records an intent, unless one with its key exists; says which.

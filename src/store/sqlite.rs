@@ -130,6 +130,35 @@ impl SqliteStore {
         Ok(store)
     }
 
+    /// Takes handled events off the journal and saves rule memory, inside
+    /// the caller's transaction.
+    fn finish_in(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        session_id: &str,
+        keys: &[String],
+        memory: &[(String, Memory)],
+    ) -> Result<(), StoreError> {
+        let mut mem = tx
+            .prepare_cached(
+                "INSERT INTO memory (session_id, rule, value) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (session_id, rule) DO UPDATE SET value = ?3",
+            )
+            .map_err(|e| self.io(e))?;
+        for (rule, m) in memory {
+            let json = serde_json::to_string(m).map_err(|e| self.io(e))?;
+            mem.execute(params![session_id, rule, json])
+                .map_err(|e| self.io(e))?;
+        }
+        let mut done = tx
+            .prepare_cached("DELETE FROM journal WHERE key = ?1")
+            .map_err(|e| self.io(e))?;
+        for k in keys {
+            done.execute([k]).map_err(|e| self.io(e))?;
+        }
+        Ok(())
+    }
+
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -336,35 +365,8 @@ impl Store for SqliteStore {
                         .map_err(|e| self.io(e))?;
                 }
             }
-        }
-        tx.commit().map_err(|e| self.io(e))
-    }
-
-    fn finish_events(
-        &self,
-        session_id: &str,
-        keys: &[String],
-        memory: &[(String, Memory)],
-    ) -> Result<(), StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction().map_err(|e| self.io(e))?;
-        {
-            let mut mem = tx
-                .prepare_cached(
-                    "INSERT INTO memory (session_id, rule, value) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (session_id, rule) DO UPDATE SET value = ?3",
-                )
-                .map_err(|e| self.io(e))?;
-            for (rule, m) in memory {
-                let json = serde_json::to_string(m).map_err(|e| self.io(e))?;
-                mem.execute(params![session_id, rule, json])
-                    .map_err(|e| self.io(e))?;
-            }
-            let mut done = tx
-                .prepare_cached("DELETE FROM journal WHERE key = ?1")
-                .map_err(|e| self.io(e))?;
-            for k in keys {
-                done.execute([k]).map_err(|e| self.io(e))?;
+            for d in &batch.done {
+                self.finish_in(&tx, &d.session_id, &d.keys, &d.memory)?;
             }
         }
         tx.commit().map_err(|e| self.io(e))
