@@ -49,6 +49,21 @@ pub struct BenchOptions {
     pub seed: u64,
 }
 
+/// The engine's memory at one moment of the measured run.
+#[derive(Debug, Clone, Serialize)]
+pub struct MemoryPoint {
+    /// Seconds into the measured run.
+    pub at_secs: u64,
+    /// Resident memory, MiB.
+    pub rss_mib: f64,
+    /// Heap in use, MiB (glibc).
+    pub heap_mib: f64,
+}
+
+/// Points on the memory timeline a run reports: enough to see a trend in
+/// a one-hour run without a line per cycle.
+const TIMELINE_POINTS: u32 = 12;
+
 /// Percentiles of a series, in milliseconds.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct Millis {
@@ -106,7 +121,8 @@ pub struct BenchReport {
     pub detail_requests_per_cycle: f64,
     /// Average action requests per cycle.
     pub action_requests_per_cycle: f64,
-    /// Average state-store transactions journaling a cycle's sessions.
+    /// Average state-store transactions per cycle for sessions, their
+    /// events and handled events (each action adds two of its own).
     pub journal_commits_per_cycle: f64,
     /// Human request → take-over, both as stamped by the simulator.
     pub reaction_ms: Millis,
@@ -130,6 +146,9 @@ pub struct BenchReport {
     pub heap_last_mib: f64,
     /// The simulator's peak resident memory, MiB.
     pub sim_peak_rss_mib: f64,
+    /// The engine's memory at even steps over the run, for growth over a
+    /// long run.
+    pub memory_timeline: Vec<MemoryPoint>,
 }
 
 /// utime + stime of a process, in seconds.
@@ -463,6 +482,8 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
     let mut rss = Vec::new();
     let mut heap = Vec::new();
     let mut reload_ms = Vec::new();
+    let mut timeline: Vec<MemoryPoint> = Vec::new();
+    let step = opts.duration / TIMELINE_POINTS;
     let measured = Instant::now();
     let until = measured + opts.duration;
     // Hot reload, measured a few times over the run: a rule file is
@@ -494,6 +515,16 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
                 commits += journal_commits;
                 rss.push(memory_mib(&me, "VmRSS:"));
                 heap.push(heap_in_use_mib());
+                let at = measured.elapsed();
+                if timeline.len() < TIMELINE_POINTS as usize
+                    && at >= step * (timeline.len() as u32 + 1)
+                {
+                    timeline.push(MemoryPoint {
+                        at_secs: at.as_secs(),
+                        rss_mib: rss.last().copied().unwrap_or(0.0),
+                        heap_mib: heap.last().copied().unwrap_or(0.0),
+                    });
+                }
             }
             Ok(Note::Reloaded { loaded, .. }) if loaded.iter().any(|r| r == "zz-bench-reload") => {
                 if let Some(t) = reload_started.take() {
@@ -586,6 +617,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
         heap_first_mib: heap.first().copied().unwrap_or(0.0),
         heap_last_mib: heap.last().copied().unwrap_or(0.0),
         sim_peak_rss_mib: sim_peak,
+        memory_timeline: timeline,
     })
 }
 
@@ -593,6 +625,19 @@ fn tempdir() -> std::io::Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("skyrules-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
+}
+
+/// `m:ss rss` pairs, resident memory at even steps over the run.
+fn timeline(points: &[MemoryPoint]) -> String {
+    if points.is_empty() {
+        return "(run too short)".into();
+    }
+    points
+        .iter()
+        .map(|p| format!("{}:{:02} {:.1}", p.at_secs / 60, p.at_secs % 60, p.rss_mib))
+        .collect::<Vec<_>>()
+        .join(" · ")
+        + " MiB resident"
 }
 
 /// The report as a table for people.
@@ -610,12 +655,13 @@ pub fn render(r: &BenchReport) -> String {
          \n  poll cycles              {}\
          \n  cycle time               {}\
          \n  requests per cycle       {:.1} list pages + {:.1} session reads + {:.1} actions\
-         \n  journal commits          {:.1} per cycle\
+         \n  state commits            {:.1} per cycle for sessions and events, + 2 per action (intent, outcome) = {:.1} in all\
          \n  reaction latency         {} ({} take-overs, {} missed; request → take-over, simulator clock)\
          \n  hot reload               {} ({} reloads; file written → rule live)\
          \n  engine CPU               {:.1} s over the measured run (simulator: {:.1} s)\
          \n  engine memory            peak {:.1} MiB resident; {:.1} MiB after the first cycle, {:.1} MiB after the last\
          \n  engine heap in use       {:.1} MiB after the first cycle, {:.1} MiB after the last\
+         \n  engine memory over time  {}\
          \n  simulator memory         peak {:.1} MiB resident\n",
         r.sessions,
         r.history,
@@ -630,6 +676,7 @@ pub fn render(r: &BenchReport) -> String {
         r.detail_requests_per_cycle,
         r.action_requests_per_cycle,
         r.journal_commits_per_cycle,
+        r.journal_commits_per_cycle + 2.0 * r.action_requests_per_cycle,
         ms(&r.reaction_ms),
         r.reaction_ms.count,
         r.reactions_missed,
@@ -642,6 +689,7 @@ pub fn render(r: &BenchReport) -> String {
         r.rss_last_mib,
         r.heap_first_mib,
         r.heap_last_mib,
+        timeline(&r.memory_timeline),
         r.sim_peak_rss_mib,
     )
 }

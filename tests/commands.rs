@@ -180,4 +180,13 @@ fn bench_reports_cycles_requests_and_reactions() {
     assert!(reads > 0.0 && reads < 20.0, "reads only what changed: {r}");
     assert!(r["reaction_ms"]["count"].as_u64().unwrap() > 0, "{r}");
     assert!(r["peak_rss_mib"].as_f64().unwrap() > 0.0, "{r}");
+    // A rule file written during the run is seen live.
+    assert!(r["hot_reload_ms"]["count"].as_u64().unwrap() >= 1, "{r}");
+    // Memory over the run, for growth in a long one.
+    let timeline = r["memory_timeline"].as_array().unwrap();
+    assert!(!timeline.is_empty(), "{r}");
+    assert!(timeline
+        .iter()
+        .all(|p| p["rss_mib"].as_f64().unwrap() > 0.0));
+    assert!(stdout.contains("engine memory over time"), "{stdout}");
 }
