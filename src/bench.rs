@@ -126,8 +126,15 @@ pub struct BenchReport {
     pub journal_commits_per_cycle: f64,
     /// Human request → take-over, both as stamped by the simulator.
     pub reaction_ms: Millis,
-    /// Human requests that were never taken over (should be 0).
+    /// Human requests never taken over in a chat still open (should be 0).
     pub reactions_missed: usize,
+    /// Human requests in chats that ended before they were taken over.
+    pub reactions_moot: usize,
+    /// Requests of the benchmark's traffic driver that failed.
+    pub traffic_errors: usize,
+    /// Whether the run outgrew the simulator's request log, so requests
+    /// per cycle are over the newest requests only.
+    pub requests_log_truncated: bool,
     /// A rule file written → the engine reporting it live, ms.
     pub hot_reload_ms: Millis,
     /// CPU seconds of the engine process over the measured run.
@@ -559,8 +566,9 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
         .await?
         .json()
         .await?;
+    let records = requests.as_array().map(Vec::as_slice).unwrap_or_default();
     let (mut list, mut detail, mut actions) = (0usize, 0usize, 0usize);
-    for r in requests.as_array().map(Vec::as_slice).unwrap_or_default() {
+    for r in records {
         let path = r["path"].as_str().unwrap_or("");
         if r["method"] == "POST" {
             actions += 1;
@@ -570,8 +578,24 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
             detail += 1;
         }
     }
+    let at = |s: &str| chrono::DateTime::parse_from_rfc3339(s).ok();
+    // A long run outgrows the simulator's request log, which keeps only the
+    // newest requests: per cycle is then over the cycles that log spans.
+    let log_full = records.len() >= crate::sim::REQUEST_LOG_CAP;
+    let log_span = match (records.first(), records.last()) {
+        (Some(a), Some(b)) if log_full => {
+            match (
+                at(a["at"].as_str().unwrap_or("")),
+                at(b["at"].as_str().unwrap_or("")),
+            ) {
+                (Some(a), Some(b)) => (b - a).to_std().ok(),
+                _ => None,
+            }
+        }
+        _ => None,
+    };
     let mut reaction_ms = Vec::new();
-    let mut missed = 0;
+    let (mut missed, mut ended_first) = (0, 0);
     for (id, asked_at) in &traffic.asked {
         let v: Value = http
             .get(format!("{}/sessions/{id}", sim.control))
@@ -579,11 +603,13 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
             .await?
             .json()
             .await?;
-        let at = |s: &str| chrono::DateTime::parse_from_rfc3339(s).ok();
         match (at(asked_at), v["human_took_over_at"].as_str().and_then(at)) {
             (Some(a), Some(t)) => {
                 reaction_ms.push((t - a).num_microseconds().unwrap_or(0) as f64 / 1000.0)
             }
+            // The chat ended (churn) before a poll saw the request open:
+            // nothing to take over.
+            _ if v["status"] == "ended" => ended_first += 1,
             _ => missed += 1,
         }
     }
@@ -591,7 +617,10 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
     let _ = std::fs::remove_dir_all(&dir);
     // Cycles during the drain count too: the request log covers them.
     let cycles = cycle_ms.len().max(1) as f64;
-    let all_cycles = cycles + drain_cycles as f64;
+    let all_cycles = match log_span {
+        Some(span) => (span.as_secs_f64() / opts.poll_interval.as_secs_f64()).max(1.0),
+        None => cycles + drain_cycles as f64,
+    };
     Ok(BenchReport {
         sessions: opts.sessions,
         history: opts.history,
@@ -607,7 +636,10 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
         journal_commits_per_cycle: commits as f64 / cycles,
         cycle_ms: Millis::of(cycle_ms),
         reaction_ms: Millis::of(reaction_ms),
-        reactions_missed: missed + traffic.failures,
+        reactions_missed: missed,
+        reactions_moot: ended_first,
+        traffic_errors: traffic.failures,
+        requests_log_truncated: log_full,
         hot_reload_ms: Millis::of(reload_ms),
         cpu_seconds: cpu,
         sim_cpu_seconds: sim_cpu,
@@ -654,9 +686,10 @@ pub fn render(r: &BenchReport) -> String {
          \n  baseline poll            {:.1} ms (reads every session once)\
          \n  poll cycles              {}\
          \n  cycle time               {}\
-         \n  requests per cycle       {:.1} list pages + {:.1} session reads + {:.1} actions\
+         \n  requests per cycle       {:.1} list pages + {:.1} session reads + {:.1} actions{}\
          \n  state commits            {:.1} per cycle for sessions and events, + 2 per action (intent, outcome) = {:.1} in all\
-         \n  reaction latency         {} ({} take-overs, {} missed; request → take-over, simulator clock)\
+         \n  reaction latency         {} ({} take-overs, {} missed, {} chats ended first; request → take-over, simulator clock)\
+         \n  traffic errors           {} (the benchmark's own requests that failed)\
          \n  hot reload               {} ({} reloads; file written → rule live)\
          \n  engine CPU               {:.1} s over the measured run (simulator: {:.1} s)\
          \n  engine memory            peak {:.1} MiB resident; {:.1} MiB after the first cycle, {:.1} MiB after the last\
@@ -675,11 +708,21 @@ pub fn render(r: &BenchReport) -> String {
         r.list_requests_per_cycle,
         r.detail_requests_per_cycle,
         r.action_requests_per_cycle,
+        if r.requests_log_truncated {
+            format!(
+                " (over the simulator's newest {} requests)",
+                crate::sim::REQUEST_LOG_CAP
+            )
+        } else {
+            String::new()
+        },
         r.journal_commits_per_cycle,
         r.journal_commits_per_cycle + 2.0 * r.action_requests_per_cycle,
         ms(&r.reaction_ms),
         r.reaction_ms.count,
         r.reactions_missed,
+        r.reactions_moot,
+        r.traffic_errors,
         ms(&r.hot_reload_ms),
         r.hot_reload_ms.count,
         r.cpu_seconds,

@@ -180,6 +180,9 @@ fn bench_reports_cycles_requests_and_reactions() {
     assert!(reads > 0.0 && reads < 20.0, "reads only what changed: {r}");
     assert!(r["reaction_ms"]["count"].as_u64().unwrap() > 0, "{r}");
     assert!(r["peak_rss_mib"].as_f64().unwrap() > 0.0, "{r}");
+    // The traffic driver's own failures are counted apart from reactions.
+    assert_eq!(r["traffic_errors"], 0, "{r}");
+    assert_eq!(r["requests_log_truncated"], false, "{r}");
     // A rule file written during the run is seen live.
     assert!(r["hot_reload_ms"]["count"].as_u64().unwrap() >= 1, "{r}");
     // Memory over the run, for growth in a long one.

@@ -18,7 +18,8 @@ use super::{is_api_path, Shared};
 use crate::api::types::Timestamp;
 
 /// Most request records kept; older ones are forgotten first.
-const MAX_RECORDS: usize = 100_000;
+/// Requests the log keeps; older ones are forgotten.
+pub const MAX_RECORDS: usize = 100_000;
 
 /// One fault rule: which requests it matches, what it does to them and how
 /// many times it fires.

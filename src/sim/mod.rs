@@ -15,6 +15,7 @@ mod api;
 mod bot;
 mod control;
 mod faults;
+pub use faults::MAX_RECORDS as REQUEST_LOG_CAP;
 mod traffic;
 mod world;
 
