@@ -546,11 +546,7 @@ impl Engine {
             }
         }
         drop(work);
-        if !done.is_empty() {
-            let now = self.api.clock().now();
-            self.journal(Vec::new(), done, now, baselined, &mut handled)
-                .await;
-        }
+        self.finish_events(done, &mut handled).await;
         handled
     }
 
@@ -628,9 +624,17 @@ impl Engine {
             done.extend(d);
         }
         drop(work);
+        self.finish_events(done, &mut Handled::default()).await;
+    }
+
+    /// Takes handled events off the journal in one commit, if there are
+    /// any. It never marks the baseline complete: only a cycle that read
+    /// the whole list may, and this also runs on resuming a first start
+    /// that died half-way.
+    async fn finish_events(&self, done: Vec<Done>, handled: &mut Handled) {
         if !done.is_empty() {
-            self.journal(Vec::new(), done, now, true, &mut Handled::default())
-                .await;
+            let now = self.api.clock().now();
+            self.journal(Vec::new(), done, now, false, handled).await;
         }
     }
 

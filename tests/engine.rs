@@ -1492,3 +1492,87 @@ async fn a_first_start_cut_short_takes_the_baseline_again() {
         "no welcome for chats that were already open"
     );
 }
+
+/// Events a first start journaled before it died are handled at the next
+/// start without marking the baseline whole: the chats it never saved are
+/// still taken as a baseline, not greeted as new.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn journaled_events_of_a_cut_short_first_start_leave_the_baseline_open() {
+    let sim = live_sim().await;
+    for i in 0..10 {
+        sim.create_session(json!({
+            "session_id": format!("c{i:03}"),
+            "messages": [{"sender_type": "visitor", "text": "hello"}],
+        }))
+        .expect("create");
+    }
+    // What the first start left: one chat's message event, journaled and
+    // not handled, and no baseline mark.
+    let store = Arc::new(MemoryStore::new());
+    let detail = client(&sim).get_session("c000").await.expect("read");
+    let (tracked, events) = skyrules::events::diff(None, detail, false);
+    let events: Vec<_> = events
+        .into_iter()
+        .filter(|e| e.kind == EventKind::VisitorMessage)
+        .collect();
+    assert_eq!(events.len(), 1);
+    store
+        .commit(&skyrules::store::Batch {
+            events: vec![skyrules::store::Pending { tracked, events }],
+            ..skyrules::store::Batch::default()
+        })
+        .expect("journal");
+
+    let rules = tempfile::tempdir().expect("tempdir");
+    write_rule(
+        rules.path(),
+        "greet.rhai",
+        r#"on("session_started", |ev| ev.reply("welcome"));"#,
+    );
+    let start = || {
+        Engine::new(
+            client(&sim),
+            store.clone(),
+            EngineOptions {
+                rules_dir: rules.path().to_path_buf(),
+                poll_interval: POLL,
+                dry_run: false,
+                max_concurrency: 4,
+                guard: Guard {
+                    max_replies: 50,
+                    window: Duration::from_secs(600),
+                },
+            },
+        )
+    };
+    // The second start handles the journal, then dies before its poll.
+    let (second, _) = start().await.expect("engine");
+    second.resume().await.expect("resume");
+    assert!(
+        store.pending_events().expect("journal").is_empty(),
+        "the journaled event was handled"
+    );
+    drop(second);
+
+    let (third, _) = start().await.expect("engine");
+    let mut notes = third.subscribe();
+    let mut watcher = third.resume().await.expect("resume");
+    third
+        .cycle(&mut watcher, &CancellationToken::new())
+        .await
+        .expect("a whole poll");
+    let mut cycle = None;
+    while let Ok(n) = notes.try_recv() {
+        if let Note::Cycle {
+            baseline, events, ..
+        } = n
+        {
+            cycle = Some((baseline, events));
+        }
+    }
+    assert_eq!(cycle, Some((true, 0)), "still a baseline, no events");
+    assert!(
+        sim.requests().iter().all(|r| r.method != "POST"),
+        "no welcome for chats that were already open"
+    );
+}
