@@ -301,6 +301,12 @@ fn session_body(id: &str, i: usize, history: usize) -> Value {
     })
 }
 
+/// A GET to the simulator's control API, its body as JSON.
+async fn get(http: &reqwest::Client, url: String) -> anyhow::Result<Value> {
+    Ok(http.get(url).send().await?.json().await?)
+}
+
+/// A POST to the simulator's control API; a non-2xx answer is an error.
 async fn post(http: &reqwest::Client, url: String, body: &Value) -> anyhow::Result<Value> {
     let r = http.post(&url).json(body).send().await?;
     let status = r.status();
@@ -560,12 +566,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
     stop.cancel();
     let _ = engine_task.await;
 
-    let requests: Value = http
-        .get(format!("{}/requests", sim.control))
-        .send()
-        .await?
-        .json()
-        .await?;
+    let requests = get(&http, format!("{}/requests", sim.control)).await?;
     let records = requests.as_array().map(Vec::as_slice).unwrap_or_default();
     let (mut list, mut detail, mut actions) = (0usize, 0usize, 0usize);
     for r in records {
@@ -597,12 +598,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
     let mut reaction_ms = Vec::new();
     let (mut missed, mut ended_first) = (0, 0);
     for (id, asked_at) in &traffic.asked {
-        let v: Value = http
-            .get(format!("{}/sessions/{id}", sim.control))
-            .send()
-            .await?
-            .json()
-            .await?;
+        let v = get(&http, format!("{}/sessions/{id}", sim.control)).await?;
         match (at(asked_at), v["human_took_over_at"].as_str().and_then(at)) {
             (Some(a), Some(t)) => {
                 reaction_ms.push((t - a).num_microseconds().unwrap_or(0) as f64 / 1000.0)

@@ -625,11 +625,7 @@ impl Client {
             let v: Value = serde_json::from_slice(bytes)
                 .map_err(|e| Fail::Retry(Transient::Malformed(format!("{e}"))))?;
             if v.get("success") == Some(&Value::Bool(false)) {
-                return Err(Fail::Final(ApiError::Rejected {
-                    what: what.to_string(),
-                    status: status.as_u16(),
-                    message: error_message(bytes),
-                }));
+                return Err(refused(what, status, bytes));
             }
             Ok(v)
         })
@@ -649,11 +645,7 @@ impl Client {
             let body = split_list_body(bytes)
                 .map_err(|e| Fail::Retry(Transient::Malformed(format!("{e}"))))?;
             if body.rejected() {
-                return Err(Fail::Final(ApiError::Rejected {
-                    what: what.to_string(),
-                    status: status.as_u16(),
-                    message: error_message(bytes),
-                }));
+                return Err(refused(what, status, bytes));
             }
             page_of(body).map_err(|e| {
                 Fail::Final(ApiError::Unavailable {
@@ -882,6 +874,16 @@ fn error_message(bytes: &[u8]) -> String {
         }
     }
     msg
+}
+
+/// A 2xx body saying `"success": false`: a final refusal, with the
+/// server's message.
+fn refused(what: &str, status: StatusCode, body: &[u8]) -> Fail {
+    Fail::Final(ApiError::Rejected {
+        what: what.to_string(),
+        status: status.as_u16(),
+        message: error_message(body),
+    })
 }
 
 /// `{"success": true, "data": X}` → X; a bare object stays as it is.

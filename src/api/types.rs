@@ -225,20 +225,19 @@ pub type MessageType = std::borrow::Cow<'static, str>;
 
 const KNOWN_MESSAGE_TYPES: [&str; 6] = ["text", "image", "file", "audio", "video", "document"];
 
+/// The shared spelling of a common kind.
+fn known_message_type(s: &str) -> Option<&'static str> {
+    KNOWN_MESSAGE_TYPES.iter().find(|k| **k == s).copied()
+}
+
 /// The kind as stored: the common ones without an allocation each.
 fn message_type_of(s: String) -> MessageType {
-    match KNOWN_MESSAGE_TYPES.iter().find(|k| **k == s) {
-        Some(k) => MessageType::Borrowed(k),
-        None => MessageType::Owned(s),
-    }
+    known_message_type(&s).map_or(MessageType::Owned(s), MessageType::Borrowed)
 }
 
 /// [`MessageType`] from borrowed text, allocating only for an unusual kind.
 pub fn message_type_from(s: &str) -> MessageType {
-    match KNOWN_MESSAGE_TYPES.iter().find(|k| **k == s) {
-        Some(k) => MessageType::Borrowed(k),
-        None => MessageType::Owned(s.to_string()),
-    }
+    known_message_type(s).map_or_else(|| MessageType::Owned(s.to_string()), MessageType::Borrowed)
 }
 
 /// A session with its full message history (`GET /web-chat/sessions/{id}`).
