@@ -818,23 +818,33 @@ fn analytics_ok() -> ResponseTemplate {
 
 const ANALYTICS: &str = "/api/v1/web-chat/analytics";
 
-/// Mounts `first` for the first `n` requests, then a healthy analytics answer.
-async fn flaky(first: ResponseTemplate, n: u64) -> MockServer {
+/// Mounts `first` for the first `n` GETs of `route`, then `then`.
+async fn flaky_at(
+    route: &str,
+    first: ResponseTemplate,
+    n: u64,
+    then: ResponseTemplate,
+) -> MockServer {
     let server = MockServer::start().await;
     Mock::given(method("GET"))
-        .and(path(ANALYTICS))
+        .and(path(route))
         .respond_with(first)
         .up_to_n_times(n)
         .with_priority(1)
         .mount(&server)
         .await;
     Mock::given(method("GET"))
-        .and(path(ANALYTICS))
-        .respond_with(analytics_ok())
+        .and(path(route))
+        .respond_with(then)
         .with_priority(2)
         .mount(&server)
         .await;
     server
+}
+
+/// Mounts `first` for the first `n` requests, then a healthy analytics answer.
+async fn flaky(first: ResponseTemplate, n: u64) -> MockServer {
+    flaky_at(ANALYTICS, first, n, analytics_ok()).await
 }
 
 #[tokio::test]
@@ -1440,23 +1450,10 @@ async fn a_rate_limit_that_is_not_positive_is_refused() {
 
 /// Serves `first` for the first `n` list requests, then a one-session page.
 async fn flaky_list(first: ResponseTemplate, n: u64) -> MockServer {
-    let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path(SESSIONS))
-        .respond_with(first)
-        .up_to_n_times(n)
-        .with_priority(1)
-        .mount(&server)
-        .await;
-    Mock::given(method("GET"))
-        .and(path(SESSIONS))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
-            "success": true, "data": [sess("ok")], "meta": {"current_page": 1, "last_page": 1}
-        })))
-        .with_priority(2)
-        .mount(&server)
-        .await;
-    server
+    let ok = ResponseTemplate::new(200).set_body_json(json!({
+        "success": true, "data": [sess("ok")], "meta": {"current_page": 1, "last_page": 1}
+    }));
+    flaky_at(SESSIONS, first, n, ok).await
 }
 
 fn raw_200(body: &str) -> ResponseTemplate {

@@ -22,11 +22,12 @@ use skyrules::api::{
 };
 use skyrules::engine::{Engine, EngineOptions, Note};
 use skyrules::events::EventKind;
-use skyrules::executor::Guard;
 use skyrules::sim::{self, Fault, SimConfig, SimHandle};
 use skyrules::store::{MemoryStore, Store};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+mod util;
 
 const KEY: &str = "engine-test-key";
 /// Time between polls.
@@ -59,6 +60,18 @@ impl Setup {
             dry_run: false,
             max_replies: 50,
         }
+    }
+}
+
+/// Every request for page 3 of the session list fails with a 500.
+fn page_three_fails() -> Fault {
+    Fault {
+        method: Some("GET".into()),
+        path_contains: Some("/web-chat/sessions".into()),
+        query_contains: Some("page=3".into()),
+        status: Some(500),
+        times: None,
+        ..Fault::default()
     }
 }
 
@@ -160,14 +173,8 @@ impl Harness {
     /// Starts an engine on the harness's store and waits for its first cycle.
     async fn launch(&mut self) {
         let opts = EngineOptions {
-            rules_dir: self.rules_dir.clone(),
-            poll_interval: POLL,
             dry_run: self.setup.dry_run,
-            max_concurrency: 4,
-            guard: Guard {
-                max_replies: self.setup.max_replies,
-                window: Duration::from_secs(600),
-            },
+            ..util::engine_options(&self.rules_dir, POLL, self.setup.max_replies)
         };
         let (engine, report) = Engine::new(client(&self.sim), self.store.clone(), opts)
             .await
@@ -1374,16 +1381,7 @@ async fn a_chat_on_an_early_list_page_is_handled_while_a_later_page_fails() {
     }
     h.settle(2).await;
     let (first_page, third_page) = ("c249", "c000");
-    h.sim
-        .add_fault(Fault {
-            method: Some("GET".into()),
-            path_contains: Some("/web-chat/sessions".into()),
-            query_contains: Some("page=3".into()),
-            status: Some(500),
-            times: None,
-            ..Fault::default()
-        })
-        .expect("fault");
+    h.sim.add_fault(page_three_fails()).expect("fault");
     h.request_human(first_page);
     h.request_human(third_page);
     h.wait("the take-over of the chat on page 1", |h| {
@@ -1439,28 +1437,12 @@ async fn a_first_start_cut_short_takes_the_baseline_again() {
         Engine::new(
             client(&sim),
             store.clone(),
-            EngineOptions {
-                rules_dir: rules.path().to_path_buf(),
-                poll_interval: POLL,
-                dry_run: false,
-                max_concurrency: 4,
-                guard: Guard {
-                    max_replies: 50,
-                    window: Duration::from_secs(600),
-                },
-            },
+            util::engine_options(rules.path(), POLL, 50),
         )
     };
     let never = CancellationToken::new();
 
-    sim.add_fault(Fault {
-        method: Some("GET".into()),
-        query_contains: Some("page=3".into()),
-        status: Some(500),
-        times: None,
-        ..Fault::default()
-    })
-    .expect("fault");
+    sim.add_fault(page_three_fails()).expect("fault");
     let (first, _) = start().await.expect("engine");
     let mut watcher = first.resume().await.expect("resume");
     assert!(
@@ -1533,16 +1515,7 @@ async fn journaled_events_of_a_cut_short_first_start_leave_the_baseline_open() {
         Engine::new(
             client(&sim),
             store.clone(),
-            EngineOptions {
-                rules_dir: rules.path().to_path_buf(),
-                poll_interval: POLL,
-                dry_run: false,
-                max_concurrency: 4,
-                guard: Guard {
-                    max_replies: 50,
-                    window: Duration::from_secs(600),
-                },
-            },
+            util::engine_options(rules.path(), POLL, 50),
         )
     };
     // The second start handles the journal, then dies before its poll.

@@ -23,9 +23,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use skyrules::api::{ApiKey, Client, ClientConfig, RetryPolicy, SenderType};
-use skyrules::engine::{Engine, EngineOptions, Note};
+use skyrules::engine::{Engine, Note};
 use skyrules::events::EventKind;
-use skyrules::executor::Guard;
 use skyrules::sim::{self, Fault, SimConfig, SimHandle};
 use skyrules::status::Board;
 use skyrules::store::MemoryStore;
@@ -154,16 +153,7 @@ impl Ops {
         for (name, src) in rules {
             write_rule(tmp.path(), name, src);
         }
-        let opts = EngineOptions {
-            rules_dir: tmp.path().to_path_buf(),
-            poll_interval: POLL,
-            dry_run: false,
-            max_concurrency: 4,
-            guard: Guard {
-                max_replies: 50,
-                window: Duration::from_secs(600),
-            },
-        };
+        let opts = util::engine_options(tmp.path(), POLL, 50);
         let (engine, report) =
             Engine::new(client(&sim.base_url()), Arc::new(MemoryStore::new()), opts)
                 .await

@@ -101,3 +101,23 @@ impl BlockingSim {
         BlockingSim { handle, _rt: rt }
     }
 }
+
+/// Engine options for a test: rules from `rules_dir`, polling every
+/// `poll_interval`, at most `max_replies` replies per chat in ten minutes,
+/// four chats at a time, actions taken for real.
+pub fn engine_options(
+    rules_dir: &std::path::Path,
+    poll_interval: std::time::Duration,
+    max_replies: u32,
+) -> skyrules::engine::EngineOptions {
+    skyrules::engine::EngineOptions {
+        rules_dir: rules_dir.to_path_buf(),
+        poll_interval,
+        dry_run: false,
+        max_concurrency: 4,
+        guard: skyrules::executor::Guard {
+            max_replies,
+            window: std::time::Duration::from_secs(600),
+        },
+    }
+}
