@@ -46,10 +46,17 @@ pub struct Cycle {
     pub details_read: usize,
 }
 
+/// What the watcher knows of each active session, by id.
+///
+/// Boxed so that the table holds pointers, not 400-byte snapshots: under
+/// churn the table's deleted slots eventually make it double once, and a
+/// table of snapshots at 10,000 chats doubles from 7 to 14 MiB for good.
+pub type TrackedMap = HashMap<String, Box<Tracked>>;
+
 /// Polls the API and remembers what it saw.
 pub struct Watcher {
     api: Client,
-    tracked: HashMap<String, Tracked>,
+    tracked: TrackedMap,
     baselined: bool,
 }
 
@@ -59,7 +66,7 @@ impl Watcher {
     pub fn new(api: Client, tracked: HashMap<String, Tracked>, baselined: bool) -> Watcher {
         Watcher {
             api,
-            tracked,
+            tracked: tracked.into_iter().map(|(k, v)| (k, Box::new(v))).collect(),
             baselined,
         }
     }
@@ -70,7 +77,7 @@ impl Watcher {
     }
 
     /// Sessions currently tracked.
-    pub fn tracked(&self) -> &HashMap<String, Tracked> {
+    pub fn tracked(&self) -> &TrackedMap {
         &self.tracked
     }
 
@@ -183,7 +190,7 @@ impl Watcher {
             let due = due_timers_in(t, timers, now, calendars);
             if !due.is_empty() {
                 out.push(SessionCycle {
-                    tracked: t.clone(),
+                    tracked: Tracked::clone(t),
                     events: due,
                     changed: true,
                     finished: false,
@@ -212,7 +219,7 @@ async fn read_detail(api: &Client, id: String) -> (String, Result<SessionDetail,
 /// (an ended session leaves it). `None` when the read failed and the
 /// session waits for the next poll.
 fn settle(
-    tracked: &mut HashMap<String, Tracked>,
+    tracked: &mut TrackedMap,
     id: &str,
     result: Result<SessionDetail, ApiError>,
     baseline: bool,
@@ -220,7 +227,7 @@ fn settle(
     now: Timestamp,
     calendars: &Calendars,
 ) -> Option<SessionCycle> {
-    let prev = tracked.get(id);
+    let prev = tracked.get(id).map(|t| &**t);
     let detail = match result {
         Ok(d) => d,
         Err(e) if e.is_gone() && prev.is_some() => {
@@ -245,7 +252,13 @@ fn settle(
     if finished {
         tracked.remove(id);
     } else {
-        tracked.insert(id.to_string(), t.clone());
+        match tracked.get_mut(id) {
+            // The snapshot's box is reused: no allocation per changed chat.
+            Some(known) => Tracked::clone_from(known, &t),
+            None => {
+                tracked.insert(id.to_string(), Box::new(t.clone()));
+            }
+        }
     }
     Some(SessionCycle {
         tracked: t,
