@@ -89,6 +89,26 @@ pub fn install() -> Option<PrometheusHandle> {
         .clone()
 }
 
+/// Drains histogram samples into their buckets every few seconds until
+/// `shutdown`. The recorder keeps every sample until something does this,
+/// and a service nobody scrapes would otherwise grow by every request it
+/// ever timed.
+pub fn keep_up(handle: PrometheusHandle, shutdown: tokio_util::sync::CancellationToken) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(UPKEEP_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => handle.run_upkeep(),
+            }
+        }
+    });
+}
+
+/// How often [`keep_up`] drains histogram samples.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
 fn describe() {
     describe_counter!(POLL_CYCLES, "Poll cycles, by result.");
     describe_histogram!(

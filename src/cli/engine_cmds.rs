@@ -88,6 +88,9 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
         .await
         .context("opening the state file crashed")??;
     let shutdown = CancellationToken::new();
+    if let Some(handle) = &metrics {
+        crate::metrics::keep_up(handle.clone(), shutdown.clone());
+    }
     let names = channels.names();
     let notifier = (!channels.is_empty())
         .then(|| Arc::new(crate::notify::Notifier::start(channels, shutdown.clone())));
