@@ -190,18 +190,28 @@ fn memory_mib(pid: &str, field: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Memory the allocator has handed out and not had back, MiB (glibc; 0
-/// elsewhere). Beside the resident size it tells a leak from memory the
-/// allocator merely keeps.
+/// Memory the allocators have handed out and not had back, MiB: jemalloc
+/// (the binary's allocator, for Rust's memory) plus glibc's malloc (what C
+/// code such as SQLite allocates). Beside the resident size it tells a leak
+/// from memory an allocator merely keeps.
 fn heap_in_use_mib() -> f64 {
+    #[cfg(not(target_env = "msvc"))]
+    let rust = {
+        // The statistics are a snapshot taken when the epoch advances.
+        let _ = tikv_jemalloc_ctl::epoch::advance();
+        tikv_jemalloc_ctl::stats::allocated::read().unwrap_or(0) as f64 / 1048576.0
+    };
+    #[cfg(target_env = "msvc")]
+    let rust = 0.0;
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
+    let c = {
         // SAFETY: mallinfo2 only reads the allocator's statistics.
         let info = unsafe { libc::mallinfo2() };
         (info.uordblks + info.hblkhd) as f64 / 1048576.0
-    }
+    };
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    0.0
+    let c = 0.0;
+    rust + c
 }
 
 /// `skyrules sim` in a child process, so that its CPU and memory are not
@@ -315,12 +325,20 @@ async fn post(http: &reqwest::Client, url: String, body: &Value) -> anyhow::Resu
     Ok(v)
 }
 
-/// What the traffic driver did: ids asked for a human, with the
-/// simulator's stamp of the request.
+/// What the traffic driver did: chats asked for a human (by number, see
+/// [`bench_id`]), with the simulator's stamp of the request.
+///
+/// Kept compact because it lives in the engine's process for the whole
+/// run: an hour asks for a human thousands of times.
 #[derive(Default)]
 struct Traffic {
-    asked: Vec<(String, String)>,
+    asked: Vec<(u32, chrono::DateTime<chrono::FixedOffset>)>,
     failures: usize,
+}
+
+/// The id of the benchmark's chat number `n`.
+fn bench_id(n: u32) -> String {
+    format!("sess_bench{n:07}")
 }
 
 /// Moves `changed` chats per interval at random instants spread over it
@@ -329,7 +347,7 @@ async fn drive_traffic(
     http: reqwest::Client,
     control: String,
     opts: BenchOptions,
-    mut ids: Vec<String>,
+    mut ids: Vec<u32>,
     stop: CancellationToken,
 ) -> Traffic {
     let changed = changed_per_cycle(&opts);
@@ -337,7 +355,7 @@ async fn drive_traffic(
     let mut rng = StdRng::seed_from_u64(opts.seed);
     let mut traffic = Traffic::default();
     let mut asked = std::collections::HashSet::new();
-    let mut next_id = ids.len();
+    let mut next_id = ids.len() as u32;
     let start = tokio::time::Instant::now();
     let mut k = 0u32;
     while !stop.is_cancelled() {
@@ -352,7 +370,8 @@ async fn drive_traffic(
                 _ = tokio::time::sleep_until(from + offset) => {}
             }
             let slot = rng.random_range(0..ids.len());
-            let id = ids[slot].clone();
+            let num = ids[slot];
+            let id = bench_id(num);
             let r = if n < changed {
                 let r = post(
                     &http,
@@ -360,7 +379,7 @@ async fn drive_traffic(
                     &json!({"text": "Another question about pricing"}),
                 )
                 .await;
-                if n % 10 == 0 && r.is_ok() && asked.insert(id.clone()) {
+                if n % 10 == 0 && r.is_ok() && asked.insert(num) {
                     match post(
                         &http,
                         format!("{control}/sessions/{id}/request-human"),
@@ -369,8 +388,11 @@ async fn drive_traffic(
                     .await
                     {
                         Ok(v) => {
-                            if let Some(at) = v["human_requested_at"].as_str() {
-                                traffic.asked.push((id.clone(), at.to_string()));
+                            if let Some(at) = v["human_requested_at"]
+                                .as_str()
+                                .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+                            {
+                                traffic.asked.push((num, at));
                             }
                             Ok(v)
                         }
@@ -382,10 +404,9 @@ async fn drive_traffic(
             } else {
                 // A chat ends and a new one with the same history starts.
                 let r = post(&http, format!("{control}/sessions/{id}/leave"), &json!({})).await;
-                let new = format!("sess_bench{next_id:07}");
-                let body = session_body(&new, next_id, opts.history);
+                let body = session_body(&bench_id(next_id), next_id as usize, opts.history);
+                ids[slot] = next_id;
                 next_id += 1;
-                ids[slot] = new;
                 match r {
                     Ok(_) => post(&http, format!("{control}/sessions"), &body).await,
                     Err(e) => Err(e),
@@ -414,19 +435,21 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()?;
-    let ids: Vec<String> = (0..opts.sessions)
-        .map(|i| format!("sess_bench{i:07}"))
-        .collect();
+    let ids: Vec<u32> = (0..opts.sessions as u32).collect();
     // Only the outcome is kept: the replies (whole sessions) would sit in
     // this process's memory, which is the engine's figure.
-    let mut created = stream::iter(ids.iter().enumerate())
-        .map(|(i, id)| {
+    let mut created = stream::iter(ids.iter().copied())
+        .map(|n| {
             let http = &http;
             let url = format!("{}/sessions", sim.control);
             async move {
-                post(http, url, &session_body(id, i, opts.history))
-                    .await
-                    .map(drop)
+                post(
+                    http,
+                    url,
+                    &session_body(&bench_id(n), n as usize, opts.history),
+                )
+                .await
+                .map(drop)
             }
         })
         .buffer_unordered(16);
@@ -438,6 +461,8 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
     let rules = dir.join("rules");
     crate::demo::write_embedded_rules(&rules)?;
 
+    // Measured with metrics on, as `skyrules run` has them.
+    let metrics = crate::metrics::install();
     let started = Instant::now();
     let api = Client::new(ClientConfig::new(sim.base.clone(), ApiKey::new(BENCH_KEY)))?;
     let state = dir.join("bench.db");
@@ -459,6 +484,9 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
     .await?;
     let mut notes = engine.subscribe();
     let stop = CancellationToken::new();
+    if let Some(handle) = metrics {
+        crate::metrics::keep_up(handle, stop.clone());
+    }
     let engine_task = tokio::spawn(engine.run(stop.clone()));
 
     // The baseline poll.
@@ -597,12 +625,14 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
     };
     let mut reaction_ms = Vec::new();
     let (mut missed, mut ended_first) = (0, 0);
-    for (id, asked_at) in &traffic.asked {
-        let v = get(&http, format!("{}/sessions/{id}", sim.control)).await?;
-        match (at(asked_at), v["human_took_over_at"].as_str().and_then(at)) {
-            (Some(a), Some(t)) => {
-                reaction_ms.push((t - a).num_microseconds().unwrap_or(0) as f64 / 1000.0)
-            }
+    for (num, a) in &traffic.asked {
+        let v = get(
+            &http,
+            format!("{}/sessions/{}", sim.control, bench_id(*num)),
+        )
+        .await?;
+        match v["human_took_over_at"].as_str().and_then(at) {
+            Some(t) => reaction_ms.push((t - *a).num_microseconds().unwrap_or(0) as f64 / 1000.0),
             // The chat ended (churn) before a poll saw the request open:
             // nothing to take over.
             _ if v["status"] == "ended" => ended_first += 1,
