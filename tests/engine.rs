@@ -1453,10 +1453,24 @@ async fn a_first_start_cut_short_takes_the_baseline_again() {
 
     sim.clear_faults();
     let (second, _) = start().await.expect("engine");
-    let mut notes = second.subscribe();
-    let mut watcher = second.resume().await.expect("resume");
-    second
-        .cycle(&mut watcher, &never)
+    assert_eq!(
+        resume_and_poll(&second).await,
+        Some((true, 0)),
+        "still a baseline, no events"
+    );
+    assert!(
+        sim.requests().iter().all(|r| r.method != "POST"),
+        "no welcome for chats that were already open"
+    );
+}
+
+/// Resumes `engine` and runs one whole poll; returns the cycle's note as
+/// (baseline, events), if it sent one.
+async fn resume_and_poll(engine: &Engine) -> Option<(bool, usize)> {
+    let mut notes = engine.subscribe();
+    let mut watcher = engine.resume().await.expect("resume");
+    engine
+        .cycle(&mut watcher, &CancellationToken::new())
         .await
         .expect("a whole poll");
     let mut cycle = None;
@@ -1468,11 +1482,7 @@ async fn a_first_start_cut_short_takes_the_baseline_again() {
             cycle = Some((baseline, events));
         }
     }
-    assert_eq!(cycle, Some((true, 0)), "still a baseline, no events");
-    assert!(
-        sim.requests().iter().all(|r| r.method != "POST"),
-        "no welcome for chats that were already open"
-    );
+    cycle
 }
 
 /// Events a first start journaled before it died are handled at the next
@@ -1528,22 +1538,11 @@ async fn journaled_events_of_a_cut_short_first_start_leave_the_baseline_open() {
     drop(second);
 
     let (third, _) = start().await.expect("engine");
-    let mut notes = third.subscribe();
-    let mut watcher = third.resume().await.expect("resume");
-    third
-        .cycle(&mut watcher, &CancellationToken::new())
-        .await
-        .expect("a whole poll");
-    let mut cycle = None;
-    while let Ok(n) = notes.try_recv() {
-        if let Note::Cycle {
-            baseline, events, ..
-        } = n
-        {
-            cycle = Some((baseline, events));
-        }
-    }
-    assert_eq!(cycle, Some((true, 0)), "still a baseline, no events");
+    assert_eq!(
+        resume_and_poll(&third).await,
+        Some((true, 0)),
+        "still a baseline, no events"
+    );
     assert!(
         sim.requests().iter().all(|r| r.method != "POST"),
         "no welcome for chats that were already open"
