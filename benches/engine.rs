@@ -874,7 +874,7 @@ fn bench_store(c: &mut Criterion) {
                 action: "reply".into(),
                 text: Some("I'm bringing in a teammate who can sort this out with you.".into()),
             };
-            assert_eq!(store.begin_action(&intent).unwrap(), Begin::New);
+            assert_eq!(store.begin_action(&intent, None).unwrap(), Begin::New);
             store.finish_action(&intent.key, "taken", None).unwrap();
         })
     });

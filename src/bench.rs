@@ -121,9 +121,9 @@ pub struct BenchReport {
     pub detail_requests_per_cycle: f64,
     /// Average action requests per cycle.
     pub action_requests_per_cycle: f64,
-    /// Average state-store transactions per cycle for sessions, their
-    /// events and handled events (each action adds two of its own).
-    pub journal_commits_per_cycle: f64,
+    /// Average state-store transactions per cycle for sessions, events
+    /// and rule memory (at most one; each action adds two of its own).
+    pub state_commits_per_cycle: f64,
     /// Human request → take-over, both as stamped by the simulator.
     pub reaction_ms: Millis,
     /// Human requests never taken over in a chat still open (should be 0).
@@ -549,11 +549,11 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
         match note {
             Ok(Note::Cycle {
                 elapsed,
-                journal_commits,
+                commits: cycle_commits,
                 ..
             }) => {
                 cycle_ms.push(elapsed.as_secs_f64() * 1000.0);
-                commits += journal_commits;
+                commits += cycle_commits;
                 rss.push(memory_mib(&me, "VmRSS:"));
                 heap.push(heap_in_use_mib());
                 let at = measured.elapsed();
@@ -659,7 +659,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
         list_requests_per_cycle: list as f64 / all_cycles,
         detail_requests_per_cycle: detail as f64 / all_cycles,
         action_requests_per_cycle: actions as f64 / all_cycles,
-        journal_commits_per_cycle: commits as f64 / cycles,
+        state_commits_per_cycle: commits as f64 / cycles,
         cycle_ms: Millis::of(cycle_ms),
         reaction_ms: Millis::of(reaction_ms),
         reactions_missed: missed,
@@ -713,7 +713,7 @@ pub fn render(r: &BenchReport) -> String {
          \n  poll cycles              {}\
          \n  cycle time               {}\
          \n  requests per cycle       {:.1} list pages + {:.1} session reads + {:.1} actions{}\
-         \n  state commits            {:.1} per cycle for sessions and events, + 2 per action (intent, outcome) = {:.1} in all\
+         \n  state commits            {:.2} per cycle (sessions, events, rule memory), + 2 per action (intent, outcome) = {:.1} in all\
          \n  reaction latency         {} ({} take-overs, {} missed, {} chats ended first; request → take-over, simulator clock)\
          \n  traffic errors           {} (the benchmark's own requests that failed)\
          \n  hot reload               {} ({} reloads; file written → rule live)\
@@ -742,8 +742,8 @@ pub fn render(r: &BenchReport) -> String {
         } else {
             String::new()
         },
-        r.journal_commits_per_cycle,
-        r.journal_commits_per_cycle + 2.0 * r.action_requests_per_cycle,
+        r.state_commits_per_cycle,
+        r.state_commits_per_cycle + 2.0 * r.action_requests_per_cycle,
         ms(&r.reaction_ms),
         r.reaction_ms.count,
         r.reactions_missed,

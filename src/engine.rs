@@ -65,8 +65,9 @@ pub enum Note {
         /// Wall time of the whole cycle: poll, rules, actions, commits.
         elapsed: Duration,
         /// State-store transactions for the cycle's sessions, their events
-        /// and the events handled (action records not counted).
-        journal_commits: usize,
+        /// and rule memory: one, or none when nothing changed. The
+        /// actions' intents and outcomes are not counted.
+        commits: usize,
     },
     /// A poll failed; the loop carries on.
     PollFailed {
@@ -141,8 +142,91 @@ pub enum CycleEnd {
 struct Handled {
     end: CycleEnd,
     events: usize,
-    commits: usize,
     finished: Vec<String>,
+    /// What the cycle's commit writes.
+    batch: Batch,
+}
+
+impl Handled {
+    /// Takes in one polled session: one without events goes straight to
+    /// the commit; one with events comes back as work for the rules.
+    fn admit(&mut self, sc: SessionCycle) -> Option<Work> {
+        if sc.finished {
+            self.finished.push(sc.tracked.session.session_id.clone());
+        }
+        if sc.events.is_empty() {
+            if sc.finished {
+                self.batch.ended.push(sc.tracked);
+            } else if sc.changed {
+                self.batch.sessions.push(sc.tracked);
+            }
+            return None;
+        }
+        self.events += sc.events.len();
+        Some(Work {
+            pending: Pending {
+                tracked: sc.tracked,
+                events: sc.events,
+            },
+            finished: sc.finished,
+            journaled: false,
+        })
+    }
+
+    /// Adds a session whose events went through the rules to the commit.
+    /// One that acted is in the journal already, with its state: the
+    /// commit takes its events off. One whose rules could not run is
+    /// journaled now, for the next start.
+    fn settle(&mut self, w: Work, done: Option<Done>) {
+        match done {
+            Some(mut d) => {
+                if !w.journaled {
+                    d.keys.clear();
+                }
+                if !d.keys.is_empty() || !d.memory.is_empty() {
+                    self.batch.done.push(d);
+                }
+            }
+            None if !w.journaled => self.batch.events.push(w.pending.clone()),
+            None => {}
+        }
+        if !w.journaled {
+            if w.finished {
+                self.batch.ended.push(w.pending.tracked);
+            } else {
+                self.batch.sessions.push(w.pending.tracked);
+            }
+        }
+    }
+}
+
+/// One session's events on their way through the rules, with what saving
+/// the session needs afterwards.
+#[derive(Debug)]
+struct Work {
+    pending: Pending,
+    /// The session ended this cycle: it is saved as ended.
+    finished: bool,
+    /// Its state and events are in the journal (written with its first
+    /// action's intent, or left by the last run).
+    journaled: bool,
+}
+
+impl Work {
+    /// The batch that journals this session: its state and its events.
+    fn journal(&self, at: Timestamp) -> Batch {
+        let mut b = Batch {
+            at,
+            events: vec![self.pending.clone()],
+            ..Batch::default()
+        };
+        if self.finished {
+            b.ended.push(self.pending.tracked.clone());
+        } else {
+            b.sessions.push(self.pending.tracked.clone());
+        }
+        b
+    }
 }
 
 /// Why the engine could not start.
@@ -407,10 +491,15 @@ impl Engine {
     /// step (tests, scenario runs) call this instead of [`Engine::run`].
     ///
     /// Handling starts while the list is still being walked: a session that
-    /// changed is journaled and handed to the rules as soon as its page and
-    /// its detail are in, so a chat on page 1 of 100 is answered without
-    /// waiting for page 100 (reaction time does not grow with the number of
-    /// chats). Sessions that left the list and due timers follow the walk.
+    /// changed is handed to the rules as soon as its page and its detail are
+    /// in, so a chat on page 1 of 100 is answered without waiting for page
+    /// 100 (reaction time does not grow with the number of chats). Sessions
+    /// that left the list and due timers follow the walk.
+    ///
+    /// The cycle's state is written in one transaction at its end. The
+    /// only earlier writes are the actions' own records: a session's first
+    /// action also journals that session, so that a crash after it loses
+    /// nothing (see [`crate::store`]).
     pub async fn cycle(
         &self,
         watcher: &mut Watcher,
@@ -426,8 +515,6 @@ impl Engine {
                 r = watcher.poll(&timers, self.runtime.calendars(), &tx) => Some(r),
             };
             if let Some(Ok(cycle)) = &mut polled {
-                // Sent in one go, with no await in between: the consumer
-                // journals them as one batch (for the baseline, all of it).
                 for sc in cycle.sessions.drain(..) {
                     let _ = tx.send(sc);
                 }
@@ -435,10 +522,17 @@ impl Engine {
             drop(tx);
             polled
         };
-        let (polled, handled) = tokio::join!(produce, self.consume(rx, !baseline, shutdown));
+        let (polled, mut handled) = tokio::join!(produce, self.consume(rx, shutdown));
         for id in &handled.finished {
             self.executor.forget(id);
         }
+        // A first start's baseline is whole only once the list was read to
+        // the end and every session in it saved. One that is cut short
+        // saves what it read as the known state and takes the baseline
+        // again at the next start.
+        handled.batch.baselined =
+            baseline && matches!(polled, Some(Ok(_))) && handled.end == CycleEnd::Done;
+        let commits = self.commit(std::mem::take(&mut handled.batch)).await;
         let cycle = match polled {
             None => return Ok(CycleEnd::Interrupted),
             Some(Ok(c)) => c,
@@ -454,25 +548,12 @@ impl Engine {
         if handled.end == CycleEnd::Interrupted {
             return Ok(CycleEnd::Interrupted);
         }
-        if baseline {
-            // The baseline was saved in pieces as it was read; only now is
-            // it whole. A first start that dies before this point takes the
-            // baseline again, with what it saved as the known state.
-            self.journal(
-                Vec::new(),
-                Vec::new(),
-                cycle.now,
-                true,
-                &mut Handled::default(),
-            )
-            .await;
-        }
         self.update_board(watcher, &timers, cycle.now);
         tracing::debug!(
             listed = cycle.listed,
             details_read = cycle.details_read,
             events = handled.events,
-            journal_commits = handled.commits,
+            commits,
             baseline = cycle.baseline,
             "poll cycle"
         );
@@ -489,54 +570,46 @@ impl Engine {
             events: handled.events,
             baseline: cycle.baseline,
             elapsed: started.elapsed(),
-            journal_commits: handled.commits,
+            commits,
         });
         Ok(CycleEnd::Done)
     }
 
-    /// Takes the poll's sessions as they come, journals what has arrived
-    /// (one transaction for whatever is waiting), then runs their events,
-    /// sessions concurrently up to the bound. Returns once the poll is over
-    /// and every session it sent has been handled. On shutdown, in-flight
-    /// work gets a bounded grace period; what does not finish stays
-    /// journaled for the next start.
-    ///
-    /// Handled events leave the journal in the next transaction the cycle
-    /// makes anyway, and what is left in one last commit at the end: not a
-    /// transaction per session. A crash in between only means those events
-    /// are handled again at the next start, and their actions, recorded
-    /// one by one, are not repeated.
+    /// Takes the poll's sessions as they come and runs their events,
+    /// sessions concurrently up to the bound, gathering what the cycle's
+    /// commit writes. Returns once the poll is over and every session it
+    /// sent has been handled. On shutdown, in-flight work gets a bounded
+    /// grace period; a session whose work does not finish is not saved, so
+    /// the next start finds its events again (or in the journal, if it had
+    /// begun to act).
     async fn consume(
         &self,
         mut incoming: mpsc::UnboundedReceiver<SessionCycle>,
-        baselined: bool,
         shutdown: &CancellationToken,
     ) -> Handled {
         let permits = Arc::new(Semaphore::new(self.opts.max_concurrency));
         let mut work = FuturesUnordered::new();
         let mut handled = Handled::default();
-        let mut done: Vec<Done> = Vec::new();
         let mut open = true;
         while open || !work.is_empty() {
             tokio::select! {
                 next = incoming.recv(), if open => {
-                    let Some(first) = next else {
+                    let Some(sc) = next else {
                         open = false;
                         continue;
                     };
-                    let mut chunk = vec![first];
-                    while let Ok(more) = incoming.try_recv() {
-                        chunk.push(more);
-                    }
-                    let now = self.api.clock().now();
-                    let finished = std::mem::take(&mut done);
-                    for p in self.journal(chunk, finished, now, baselined, &mut handled).await {
-                        work.push(self.process_bounded(&permits, p, now));
+                    if let Some(w) = handled.admit(sc) {
+                        let now = self.api.clock().now();
+                        work.push(self.process_bounded(&permits, w, now));
                     }
                 }
-                Some(d) = work.next(), if !work.is_empty() => done.extend(d),
+                Some((w, d)) = work.next(), if !work.is_empty() => handled.settle(w, d),
                 _ = shutdown.cancelled() => {
-                    let all = async { while let Some(d) = work.next().await { done.extend(d) } };
+                    let all = async {
+                        while let Some((w, d)) = work.next().await {
+                            handled.settle(w, d);
+                        }
+                    };
                     if tokio::time::timeout(SHUTDOWN_GRACE, all).await.is_err() {
                         tracing::warn!("in-flight actions did not finish within {}s; they will be settled at the next start", SHUTDOWN_GRACE.as_secs());
                         handled.end = CycleEnd::Interrupted;
@@ -545,139 +618,100 @@ impl Engine {
                 }
             }
         }
-        drop(work);
-        self.finish_events(done, &mut handled).await;
         handled
     }
 
-    /// Saves sessions' new states and their events before any event is
-    /// handled: a crash from here on resumes from the journal. Returns the
-    /// sessions that have events to handle.
-    async fn journal(
-        &self,
-        chunk: Vec<SessionCycle>,
-        done: Vec<Done>,
-        now: Timestamp,
-        baselined: bool,
-        handled: &mut Handled,
-    ) -> Vec<Pending> {
-        let mut batch = Batch {
-            at: now,
-            baselined,
-            done,
-            ..Batch::default()
-        };
-        for sc in chunk {
-            // Copied only for a session with events: at a baseline of
-            // 10,000 chats the copies would be 10,000 histories.
-            if !sc.events.is_empty() {
-                handled.events += sc.events.len();
-                batch.events.push(Pending {
-                    tracked: sc.tracked.clone(),
-                    events: sc.events,
-                });
-            }
-            if sc.finished {
-                handled.finished.push(sc.tracked.session.session_id.clone());
-                batch.ended.push(sc.tracked);
-            } else if sc.changed {
-                batch.sessions.push(sc.tracked);
-            }
+    /// Writes a batch in one transaction, if it holds anything; returns
+    /// how many transactions that was (0 or 1).
+    async fn commit(&self, mut batch: Batch) -> usize {
+        if batch.is_empty() {
+            return 0;
         }
-        handled.commits += 1;
+        batch.at = self.api.clock().now();
         let store = self.store.clone();
-        let (saved, batch) = match tokio::task::spawn_blocking(move || {
+        let saved = tokio::task::spawn_blocking(move || {
             let t = std::time::Instant::now();
             let r = store.commit(&batch);
             crate::metrics::store_write("commit", t.elapsed());
-            (r, batch)
+            r
         })
-        .await
-        {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(error = %e, "state commit task failed; these sessions are polled again next cycle");
-                return Vec::new();
+        .await;
+        match saved {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "cannot save this cycle's state; after a restart its events would be handled again (actions already taken are not repeated)")
             }
-        };
-        if let Err(e) = saved {
-            // Handling the events anyway is better than dropping them; they
-            // are just not protected against a crash this cycle.
-            tracing::error!(error = %e, "cannot save state; handling these events unprotected");
-            if !batch.done.is_empty() {
-                tracing::error!(sessions = batch.done.len(), "cannot record handled events; they will be handled again at the next start (their actions are not repeated)");
+            Err(e) => {
+                tracing::error!(error = %e, "state commit task failed; after a restart this cycle's events would be handled again (actions already taken are not repeated)")
             }
         }
-        batch.events
+        1
     }
 
     /// Runs the events a previous run journaled but did not handle,
-    /// sessions concurrently up to the bound, before the first poll.
+    /// sessions concurrently up to the bound, before the first poll, and
+    /// takes them off the journal in one commit.
     async fn handle_journaled(&self, pending: Vec<Pending>, now: Timestamp) {
         let permits = Arc::new(Semaphore::new(self.opts.max_concurrency));
         let mut work: FuturesUnordered<_> = pending
             .into_iter()
-            .map(|p| self.process_bounded(&permits, p, now))
+            .map(|pending| {
+                let w = Work {
+                    pending,
+                    finished: false,
+                    journaled: true,
+                };
+                self.process_bounded(&permits, w, now)
+            })
             .collect();
-        let mut done = Vec::new();
-        while let Some(d) = work.next().await {
-            done.extend(d);
+        let mut handled = Handled::default();
+        while let Some((w, d)) = work.next().await {
+            handled.settle(w, d);
         }
         drop(work);
-        self.finish_events(done, &mut Handled::default()).await;
-    }
-
-    /// Takes handled events off the journal in one commit, if there are
-    /// any. It never marks the baseline complete: only a cycle that read
-    /// the whole list may, and this also runs on resuming a first start
-    /// that died half-way.
-    async fn finish_events(&self, done: Vec<Done>, handled: &mut Handled) {
-        if !done.is_empty() {
-            let now = self.api.clock().now();
-            self.journal(Vec::new(), done, now, false, handled).await;
-        }
+        self.commit(handled.batch).await;
     }
 
     /// [`Engine::process_session`] once one of `permits` is free.
     fn process_bounded(
         &self,
         permits: &Arc<Semaphore>,
-        p: Pending,
+        w: Work,
         now: Timestamp,
-    ) -> impl std::future::Future<Output = Option<Done>> + '_ {
+    ) -> impl std::future::Future<Output = (Work, Option<Done>)> + '_ {
         let permits = permits.clone();
         async move {
             let _permit = permits.acquire_owned().await.ok();
-            self.process_session(p, now).await
+            self.process_session(w, now).await
         }
     }
 
-    /// One session's events, strictly in order. Returns what takes them
-    /// off the journal, with the rule memory they changed; `None` when
-    /// they stay journaled (the rules could not run).
-    async fn process_session(&self, sc: Pending, now: Timestamp) -> Option<Done> {
+    /// One session's events, strictly in order. Gives the work back with
+    /// what takes its events off the journal and the rule memory they
+    /// changed; `None` when the rules could not run, and the events wait
+    /// in the journal for the next start.
+    async fn process_session(&self, mut w: Work, now: Timestamp) -> (Work, Option<Done>) {
         let mut writes: HashMap<String, Memory> = HashMap::new();
-        if sc.events.is_empty() {
-            return None;
-        }
-        let id = sc.tracked.session.session_id.clone();
+        let id = w.pending.tracked.session.session_id.clone();
         let store = self.store.clone();
         let sid = id.clone();
         let mut memory = match tokio::task::spawn_blocking(move || store.memory(&sid)).await {
             Ok(Ok(m)) => m,
             Ok(Err(e)) => {
                 tracing::error!(session_id = %id, error = %e, "cannot read rule memory; this session's events stay journaled until the next start");
-                return None;
+                return (w, None);
             }
             Err(e) => {
                 tracing::error!(session_id = %id, error = %e, "rule memory task failed; events stay journaled");
-                return None;
+                return (w, None);
             }
         };
-        let mut effective = sc.tracked.session.clone();
+        let mut journaled = w.journaled;
+        let mut crashed = false;
+        let mut effective = w.pending.tracked.session.clone();
         // Unpacked once for all of this session's events.
-        let history = sc.tracked.recent.to_vec();
-        for event in &sc.events {
+        let history = w.pending.tracked.recent.to_vec();
+        for event in &w.pending.events {
             let kind = event.kind;
             crate::metrics::event(kind.name());
             let _ = self.notes.send(Note::Event {
@@ -702,7 +736,8 @@ impl Engine {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::error!(session_id = %id, event = %kind, error = %e, "rule evaluation crashed; this session's events stay journaled until the next start");
-                    return None;
+                    crashed = true;
+                    break;
                 }
             };
             memory = mem;
@@ -737,38 +772,56 @@ impl Engine {
                             _ => None,
                         },
                     };
-                    if let Some(outcome) = self.take_action(&mut effective, action, intent).await {
+                    let journal = (!journaled).then(|| w.journal(now));
+                    if let Some(outcome) = self
+                        .take_action(&mut effective, action, intent, journal, &mut journaled)
+                        .await
+                    {
                         let origin = run.origins.get(i).map(String::as_str);
                         self.record(&run.rule, &id, kind.name(), action, &outcome, origin);
                     }
                 }
             }
         }
-        Some(Done {
+        w.journaled = journaled;
+        if crashed {
+            return (w, None);
+        }
+        let done = Done {
             session_id: id,
-            keys: sc.events.iter().map(|e| e.key()).collect(),
+            keys: w.pending.events.iter().map(|e| e.key()).collect(),
             memory: writes.into_iter().collect(),
-        })
+        };
+        (w, Some(done))
     }
 
     /// Records the intent, takes (or reconciles, or skips) the action, and
     /// records the outcome. `None` when the action was already taken before
     /// a restart and nothing was done now.
+    ///
+    /// `journal`, the session's state and events, is written with the
+    /// intent; `journaled` is set once it has been.
     async fn take_action(
         &self,
         session: &mut Session,
         action: &Action,
         intent: Intent,
+        journal: Option<Batch>,
+        journaled: &mut bool,
     ) -> Option<Outcome> {
         let store = self.store.clone();
         let written = intent.clone();
+        let with_journal = journal.is_some();
         let begin = tokio::task::spawn_blocking(move || {
             let t = std::time::Instant::now();
-            let r = store.begin_action(&written);
+            let r = store.begin_action(&written, journal.as_ref());
             crate::metrics::store_write("intent", t.elapsed());
             r
         })
         .await;
+        if with_journal && matches!(begin, Ok(Ok(_))) {
+            *journaled = true;
+        }
         let outcome = match begin {
             Ok(Ok(Begin::New)) => self.executor.execute(session, &intent.rule, action).await,
             Ok(Ok(Begin::Pending(old))) => {

@@ -12,18 +12,21 @@
 //! a few more poll cycles pass after the moment it would have happened,
 //! then look.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 use skyrules::api::{
-    ApiKey, Client, ClientConfig, HandledBy, RetryPolicy, SenderType, SessionStatus,
+    ApiKey, Client, ClientConfig, HandledBy, RetryPolicy, SenderType, SessionStatus, Timestamp,
 };
 use skyrules::engine::{Engine, EngineOptions, Note};
-use skyrules::events::EventKind;
+use skyrules::events::{EventKind, Tracked};
+use skyrules::rules::Memory;
 use skyrules::sim::{self, Fault, SimConfig, SimHandle};
-use skyrules::store::{MemoryStore, Store};
+use skyrules::store::{self, MemoryStore, Store, StoreError};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -1547,4 +1550,303 @@ async fn journaled_events_of_a_cut_short_first_start_leave_the_baseline_open() {
         sim.requests().iter().all(|r| r.method != "POST"),
         "no welcome for chats that were already open"
     );
+}
+
+// ---------------------------------------------------------------------------
+// The cycle's one transaction
+// ---------------------------------------------------------------------------
+
+/// A store that counts its transactions and can lose a cycle's commit, as
+/// a process killed just before making it would.
+#[derive(Default)]
+struct Watched {
+    inner: MemoryStore,
+    /// Cycle commits made (lost ones included).
+    commits: AtomicUsize,
+    /// Intents written, and how many of them journaled a session.
+    intents: AtomicUsize,
+    journaled: AtomicUsize,
+    /// Commits are acknowledged but not written.
+    lose_commits: AtomicBool,
+}
+
+impl Watched {
+    fn counts(&self) -> (usize, usize, usize) {
+        (
+            self.commits.load(SeqCst),
+            self.intents.load(SeqCst),
+            self.journaled.load(SeqCst),
+        )
+    }
+}
+
+impl Store for Watched {
+    fn load(&self) -> Result<store::Loaded, StoreError> {
+        self.inner.load()
+    }
+    fn memory(&self, id: &str) -> Result<HashMap<String, Memory>, StoreError> {
+        self.inner.memory(id)
+    }
+    fn commit(&self, batch: &store::Batch) -> Result<(), StoreError> {
+        self.commits.fetch_add(1, SeqCst);
+        if self.lose_commits.load(SeqCst) {
+            return Ok(());
+        }
+        self.inner.commit(batch)
+    }
+    fn pending_events(&self) -> Result<Vec<store::Pending>, StoreError> {
+        self.inner.pending_events()
+    }
+    fn begin_action(
+        &self,
+        intent: &store::Intent,
+        journal: Option<&store::Batch>,
+    ) -> Result<store::Begin, StoreError> {
+        self.intents.fetch_add(1, SeqCst);
+        if journal.is_some() {
+            self.journaled.fetch_add(1, SeqCst);
+        }
+        self.inner.begin_action(intent, journal)
+    }
+    fn finish_action(
+        &self,
+        key: &str,
+        outcome: &str,
+        detail: Option<&str>,
+    ) -> Result<(), StoreError> {
+        self.inner.finish_action(key, outcome, detail)
+    }
+    fn pending_actions(&self) -> Result<Vec<store::Intent>, StoreError> {
+        self.inner.pending_actions()
+    }
+    fn audit(&self, filter: &store::AuditFilter) -> Result<Vec<store::AuditEntry>, StoreError> {
+        self.inner.audit(filter)
+    }
+    fn sessions_since(&self, since: Timestamp) -> Result<Vec<Tracked>, StoreError> {
+        self.inner.sessions_since(since)
+    }
+    fn timer_breaches(
+        &self,
+        since: Timestamp,
+    ) -> Result<Vec<(String, chrono::NaiveDate, u64)>, StoreError> {
+        self.inner.timer_breaches(since)
+    }
+    fn purge(&self, before: Timestamp) -> Result<usize, StoreError> {
+        self.inner.purge(before)
+    }
+}
+
+/// Runs one whole poll on a resumed engine; returns the cycle's note as
+/// (events, commits).
+async fn one_cycle(engine: &Engine, watcher: &mut skyrules::watcher::Watcher) -> (usize, usize) {
+    let mut notes = engine.subscribe();
+    let never = CancellationToken::new();
+    engine.cycle(watcher, &never).await.expect("cycle");
+    while let Ok(n) = notes.try_recv() {
+        if let Note::Cycle {
+            events, commits, ..
+        } = n
+        {
+            return (events, commits);
+        }
+    }
+    panic!("the cycle sent no note");
+}
+
+/// A cycle over three list pages in which thirty chats changed writes
+/// their new states, their events and the rule memory they left in one
+/// transaction; the three take-overs add only their own intents, each
+/// carrying its chat's journal. A cycle in which nothing changed writes
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cycle_writes_its_state_in_one_transaction() {
+    let sim = live_sim().await;
+    for i in 0..250 {
+        sim.create_session(json!({"session_id": format!("c{i:03}")}))
+            .expect("create");
+    }
+    let rules = tempfile::tempdir().expect("tempdir");
+    write_rule(
+        rules.path(),
+        "count.rhai",
+        r#"on("visitor_message", |ev| { let n = ev.get("n"); ev.set("n", if n == () { 1 } else { n + 1 }); });"#,
+    );
+    write_rule(
+        rules.path(),
+        "esc.rhai",
+        r#"on("human_requested", |ev| ev.take_over());"#,
+    );
+    let store = Arc::new(Watched::default());
+    let (engine, _) = Engine::new(
+        client(&sim),
+        store.clone(),
+        util::engine_options(rules.path(), POLL, 50),
+    )
+    .await
+    .expect("engine");
+    let mut watcher = engine.resume().await.expect("resume");
+    assert_eq!(
+        one_cycle(&engine, &mut watcher).await,
+        (0, 1),
+        "the baseline"
+    );
+
+    // Every eighth chat writes, on all three pages; three ask for a human.
+    let wrote: Vec<String> = (0..250).step_by(8).map(|i| format!("c{i:03}")).collect();
+    assert_eq!(wrote.len(), 32);
+    for id in &wrote {
+        sim.visitor_message(id, "hello").expect("message");
+    }
+    let asked = ["c000", "c120", "c248"];
+    for id in asked {
+        sim.request_human(id).expect("request");
+    }
+    let before = store.counts();
+    let (events, commits) = one_cycle(&engine, &mut watcher).await;
+    assert_eq!(events, 35, "32 messages and 3 human requests");
+    assert_eq!(commits, 1, "the cycle reports one commit");
+    let after = store.counts();
+    assert_eq!(
+        (after.0 - before.0, after.1 - before.1, after.2 - before.2),
+        (1, 3, 3),
+        "one commit; three intents, each journaling its chat"
+    );
+    for id in asked {
+        assert_eq!(
+            sim.session(id).expect("session").session.handled_by,
+            HandledBy::Human
+        );
+    }
+    // What the commit saved: every chat's memory and new state, and an
+    // empty journal.
+    for id in &wrote {
+        let memory = store.memory(id).expect("memory");
+        assert_eq!(
+            memory.get("count").map(|m| json!(m).to_string()),
+            Some(r#"{"n":1}"#.to_string()),
+            "{id}"
+        );
+    }
+    let loaded = store.load().expect("load");
+    for id in &wrote {
+        assert!(loaded.sessions[id].session.has_visitor_messages, "{id}");
+    }
+    assert!(store.pending_events().expect("journal").is_empty());
+
+    // The next poll sees the take-overs come back (three events).
+    assert_eq!(one_cycle(&engine, &mut watcher).await, (3, 1));
+    let quiet = store.counts();
+    assert_eq!(
+        one_cycle(&engine, &mut watcher).await,
+        (0, 0),
+        "nothing changed"
+    );
+    assert_eq!(store.counts(), quiet, "and nothing was written");
+}
+
+/// A process that dies after a cycle's actions but before its commit:
+/// the chat that acted was journaled with its first action, so the next
+/// start finishes its events without acting again; the chats that did not
+/// act were never saved, so the next poll finds their events again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cycle_that_dies_before_its_commit_loses_no_event_and_repeats_no_reply() {
+    use EventKind::*;
+    let sim = live_sim().await;
+    let rules = tempfile::tempdir().expect("tempdir");
+    write_rule(
+        rules.path(),
+        "help.rhai",
+        r#"on("visitor_message", |ev| {
+            let n = ev.get("n");
+            ev.set("n", if n == () { 1 } else { n + 1 });
+            if ev.message.text == "help" { ev.reply("on it"); ev.reply("still here"); }
+        });"#,
+    );
+    let store = Arc::new(Watched::default());
+    let start = || {
+        Engine::new(
+            client(&sim),
+            store.clone(),
+            util::engine_options(rules.path(), POLL, 50),
+        )
+    };
+    let (first, _) = start().await.expect("engine");
+    let mut watcher = first.resume().await.expect("resume");
+    one_cycle(&first, &mut watcher).await;
+    for id in ["asks", "chats"] {
+        sim.create_session(json!({"session_id": id}))
+            .expect("create");
+    }
+    sim.visitor_message("asks", "help").expect("message");
+    sim.visitor_message("chats", "hello").expect("message");
+    store.lose_commits.store(true, SeqCst);
+    let (events, _) = one_cycle(&first, &mut watcher).await;
+    assert_eq!(events, 4, "two chats started, two messages");
+    drop(first);
+    store.lose_commits.store(false, SeqCst);
+    let replies = |id: &str| -> Vec<String> {
+        sim.session(id)
+            .expect("session")
+            .messages
+            .iter()
+            .filter(|m| m.sender_type == SenderType::Agent)
+            .map(|m| m.text().to_string())
+            .collect()
+    };
+    assert_eq!(replies("asks"), ["on it", "still here"]);
+    // What the dead process left: the chat that acted, journaled with its
+    // first reply's intent; the other chat, nowhere.
+    let journal = store.pending_events().expect("journal");
+    assert_eq!(journal.len(), 1);
+    assert_eq!(journal[0].tracked.session.session_id, "asks");
+    assert_eq!(journal[0].events.len(), 2);
+    let known = store.load().expect("load").sessions;
+    assert!(known.contains_key("asks") && !known.contains_key("chats"));
+
+    let (second, _) = start().await.expect("engine");
+    let mut notes = second.subscribe();
+    let mut watcher = second.resume().await.expect("resume");
+    one_cycle(&second, &mut watcher).await;
+    let mut seen = Vec::new();
+    while let Ok(n) = notes.try_recv() {
+        if let Note::Event {
+            session_id, kind, ..
+        } = n
+        {
+            seen.push((session_id, kind));
+        }
+    }
+    let of = |id: &str| -> Vec<EventKind> {
+        seen.iter()
+            .filter(|(s, _)| s == id)
+            .map(|(_, k)| *k)
+            .collect()
+    };
+    assert_eq!(
+        of("asks"),
+        [SessionStarted, VisitorMessage, AgentMessage, AgentMessage],
+        "the journaled chat's events once (from the journal, not the poll again), then its replies"
+    );
+    assert_eq!(
+        of("chats"),
+        [SessionStarted, VisitorMessage],
+        "the unsaved chat's events, found again"
+    );
+    assert_eq!(
+        replies("asks"),
+        ["on it", "still here"],
+        "no reply sent twice"
+    );
+    for id in ["asks", "chats"] {
+        assert_eq!(
+            store
+                .memory(id)
+                .expect("memory")
+                .get("help")
+                .map(|m| json!(m).to_string()),
+            Some(r#"{"n":1}"#.to_string()),
+            "{id}: the handler's memory counted its message once"
+        );
+    }
+    assert!(store.pending_events().expect("journal").is_empty());
 }

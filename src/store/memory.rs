@@ -43,6 +43,33 @@ impl MemoryStore {
 }
 
 /// Takes handled events off the journal and saves rule memory.
+/// Applies a batch to the held state.
+fn write(inner: &mut Inner, batch: &Batch) {
+    inner.loaded.baselined |= batch.baselined;
+    for t in &batch.sessions {
+        inner
+            .loaded
+            .sessions
+            .insert(t.session.session_id.clone(), t.clone());
+    }
+    for t in &batch.ended {
+        let id = t.session.session_id.clone();
+        inner.loaded.sessions.remove(&id);
+        inner.ended.insert(id, (batch.at, t.clone()));
+    }
+    for p in &batch.events {
+        for e in &p.events {
+            let key = e.key();
+            if !inner.journal.iter().any(|(k, _, _)| *k == key) {
+                inner.journal.push((key, e.clone(), p.tracked.clone()));
+            }
+        }
+    }
+    for d in &batch.done {
+        finish(inner, &d.session_id, &d.keys, &d.memory);
+    }
+}
+
 fn finish(inner: &mut Inner, session_id: &str, keys: &[String], memory: &[(String, Memory)]) {
     for (rule, m) in memory {
         inner
@@ -69,30 +96,7 @@ impl Store for MemoryStore {
     }
 
     fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
-        let mut inner = self.lock();
-        inner.loaded.baselined |= batch.baselined;
-        for t in &batch.sessions {
-            inner
-                .loaded
-                .sessions
-                .insert(t.session.session_id.clone(), t.clone());
-        }
-        for t in &batch.ended {
-            let id = t.session.session_id.clone();
-            inner.loaded.sessions.remove(&id);
-            inner.ended.insert(id, (batch.at, t.clone()));
-        }
-        for p in &batch.events {
-            for e in &p.events {
-                let key = e.key();
-                if !inner.journal.iter().any(|(k, _, _)| *k == key) {
-                    inner.journal.push((key, e.clone(), p.tracked.clone()));
-                }
-            }
-        }
-        for d in &batch.done {
-            finish(&mut inner, &d.session_id, &d.keys, &d.memory);
-        }
+        write(&mut self.lock(), batch);
         Ok(())
     }
 
@@ -114,8 +118,11 @@ impl Store for MemoryStore {
         Ok(out)
     }
 
-    fn begin_action(&self, intent: &Intent) -> Result<Begin, StoreError> {
+    fn begin_action(&self, intent: &Intent, journal: Option<&Batch>) -> Result<Begin, StoreError> {
         let mut inner = self.lock();
+        if let Some(batch) = journal {
+            write(&mut inner, batch);
+        }
         if let Some(&i) = inner.index.get(&intent.key) {
             let (old, outcome) = &inner.actions[i];
             return Ok(match outcome {

@@ -8,15 +8,23 @@
 //! action's intent before taking it and its outcome after, and commits one
 //! [`Batch`] per poll cycle.
 //!
-//! Exactly-once delivery rests on three facts. A cycle's new session states
-//! and its events are committed together, as a journal, before any event is
-//! handled, so a restart neither re-derives nor loses them (a timer that was
-//! due stays due even if our own first reply changed the session). An
-//! action's intent is written under `event key + rule + index` before the
-//! action runs, so an event handled again after a crash does not act twice,
-//! and an intent left without an outcome is reconciled against the API.
-//! Finally, a session's rule memory is committed in the same transaction
-//! that takes its events off the journal.
+//! Exactly-once delivery rests on three facts.
+//!
+//! - Nothing a cycle learns is saved before anything is done about it,
+//!   except what an action needs: before a session's first action of the
+//!   cycle, its new state and its events are journaled in the same
+//!   transaction as that action's intent. A crash before that point leaves
+//!   the session's old state, so the next start derives the same events
+//!   again, and nothing was done about them yet. A crash after it leaves
+//!   the journal, which the next start handles first (a timer that was due
+//!   stays due even if our own first reply changed the session).
+//! - An action's intent is written under `event key + rule + index` before
+//!   the action runs, so an event handled again after a crash does not act
+//!   twice, and an intent left without an outcome is reconciled against
+//!   the API.
+//! - The cycle's one commit saves every session's new state, the rule
+//!   memory the handlers left, and takes the handled events off the
+//!   journal, together.
 
 mod memory;
 mod sqlite;
@@ -162,9 +170,9 @@ pub struct Pending {
     pub events: Vec<Event>,
 }
 
-/// One transaction of a poll cycle: the sessions that arrived, their
-/// events (journaled before any is handled), and the events handled since
-/// the cycle's previous transaction.
+/// What one transaction writes: a poll cycle's sessions and handled
+/// events, or one session's state and events journaled with its first
+/// action's intent.
 #[derive(Debug, Default)]
 pub struct Batch {
     /// When the cycle ran (server clock); ended sessions are stamped with it.
@@ -175,11 +183,23 @@ pub struct Batch {
     pub sessions: Vec<Tracked>,
     /// Sessions that ended; kept until the retention purge, not tracked.
     pub ended: Vec<Tracked>,
-    /// The events to handle, journaled until handled.
+    /// Events to journal: they are not handled yet (or not wholly), and
+    /// the next start handles them first.
     pub events: Vec<Pending>,
-    /// Events handled since the last commit, to take off the journal with
-    /// their sessions' rule memory.
+    /// Sessions whose events were handled, to take off the journal with
+    /// their rule memory.
     pub done: Vec<Done>,
+}
+
+impl Batch {
+    /// Whether writing it would change nothing.
+    pub fn is_empty(&self) -> bool {
+        !self.baselined
+            && self.sessions.is_empty()
+            && self.ended.is_empty()
+            && self.events.is_empty()
+            && self.done.is_empty()
+    }
 }
 
 /// One session's handled events and the rule memory they left.
@@ -187,7 +207,8 @@ pub struct Batch {
 pub struct Done {
     /// The session.
     pub session_id: String,
-    /// Keys of its handled events.
+    /// Keys of its handled events to take off the journal (none when its
+    /// events were never journaled).
     pub keys: Vec<String>,
     /// Rule memory the handlers changed, by rule.
     pub memory: Vec<(String, Memory)>,
@@ -204,7 +225,9 @@ pub trait Store: Send + Sync + 'static {
     /// Journaled events not yet handled, per session, oldest first.
     fn pending_events(&self) -> Result<Vec<Pending>, StoreError>;
     /// Records an intent, unless one with its key exists; says which.
-    fn begin_action(&self, intent: &Intent) -> Result<Begin, StoreError>;
+    /// `journal`, when given, is written in the same transaction: the
+    /// session's state and events, saved before its first action.
+    fn begin_action(&self, intent: &Intent, journal: Option<&Batch>) -> Result<Begin, StoreError>;
     /// Records an intent's outcome (and forgets its text).
     fn finish_action(
         &self,

@@ -130,6 +130,55 @@ impl SqliteStore {
         Ok(store)
     }
 
+    /// Writes a batch inside the caller's transaction.
+    fn write_in(&self, tx: &rusqlite::Transaction<'_>, batch: &Batch) -> Result<(), StoreError> {
+        if batch.baselined {
+            tx.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('baselined', ?1)",
+                [format_ts(&batch.at)],
+            )
+            .map_err(|e| self.io(e))?;
+        }
+        let mut upsert = tx
+            .prepare_cached(
+                "INSERT INTO sessions (session_id, tracked, ended_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (session_id) DO UPDATE SET tracked = ?2, ended_at = ?3",
+            )
+            .map_err(|e| self.io(e))?;
+        for t in &batch.sessions {
+            let json = serde_json::to_string(t).map_err(|e| self.io(e))?;
+            upsert
+                .execute(params![t.session.session_id, json, None::<String>])
+                .map_err(|e| self.io(e))?;
+        }
+        let ended_at = format_ts(&batch.at);
+        for t in &batch.ended {
+            let json = serde_json::to_string(t).map_err(|e| self.io(e))?;
+            upsert
+                .execute(params![t.session.session_id, json, ended_at])
+                .map_err(|e| self.io(e))?;
+        }
+        let mut journal = tx
+            .prepare_cached(
+                "INSERT OR IGNORE INTO journal (key, session_id, event, context)
+                 VALUES (?1, ?2, ?3, ?4)",
+            )
+            .map_err(|e| self.io(e))?;
+        for p in &batch.events {
+            let context = serde_json::to_string(&p.tracked).map_err(|e| self.io(e))?;
+            for e in &p.events {
+                let json = serde_json::to_string(e).map_err(|e| self.io(e))?;
+                journal
+                    .execute(params![e.key(), e.session_id, json, context])
+                    .map_err(|e| self.io(e))?;
+            }
+        }
+        for d in &batch.done {
+            self.finish_in(tx, &d.session_id, &d.keys, &d.memory)?;
+        }
+        Ok(())
+    }
+
     /// Takes handled events off the journal and saves rule memory, inside
     /// the caller's transaction.
     fn finish_in(
@@ -323,52 +372,7 @@ impl Store for SqliteStore {
     fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(|e| self.io(e))?;
-        {
-            if batch.baselined {
-                tx.execute(
-                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('baselined', ?1)",
-                    [format_ts(&batch.at)],
-                )
-                .map_err(|e| self.io(e))?;
-            }
-            let mut upsert = tx
-                .prepare_cached(
-                    "INSERT INTO sessions (session_id, tracked, ended_at) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (session_id) DO UPDATE SET tracked = ?2, ended_at = ?3",
-                )
-                .map_err(|e| self.io(e))?;
-            for t in &batch.sessions {
-                let json = serde_json::to_string(t).map_err(|e| self.io(e))?;
-                upsert
-                    .execute(params![t.session.session_id, json, None::<String>])
-                    .map_err(|e| self.io(e))?;
-            }
-            let ended_at = format_ts(&batch.at);
-            for t in &batch.ended {
-                let json = serde_json::to_string(t).map_err(|e| self.io(e))?;
-                upsert
-                    .execute(params![t.session.session_id, json, ended_at])
-                    .map_err(|e| self.io(e))?;
-            }
-            let mut journal = tx
-                .prepare_cached(
-                    "INSERT OR IGNORE INTO journal (key, session_id, event, context)
-                     VALUES (?1, ?2, ?3, ?4)",
-                )
-                .map_err(|e| self.io(e))?;
-            for p in &batch.events {
-                let context = serde_json::to_string(&p.tracked).map_err(|e| self.io(e))?;
-                for e in &p.events {
-                    let json = serde_json::to_string(e).map_err(|e| self.io(e))?;
-                    journal
-                        .execute(params![e.key(), e.session_id, json, context])
-                        .map_err(|e| self.io(e))?;
-                }
-            }
-            for d in &batch.done {
-                self.finish_in(&tx, &d.session_id, &d.keys, &d.memory)?;
-            }
-        }
+        self.write_in(&tx, batch)?;
         tx.commit().map_err(|e| self.io(e))
     }
 
@@ -414,9 +418,12 @@ impl Store for SqliteStore {
         Ok(out)
     }
 
-    fn begin_action(&self, intent: &Intent) -> Result<Begin, StoreError> {
+    fn begin_action(&self, intent: &Intent, journal: Option<&Batch>) -> Result<Begin, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(|e| self.io(e))?;
+        if let Some(batch) = journal {
+            self.write_in(&tx, batch)?;
+        }
         let existing = tx
             .query_row(
                 "SELECT at, rule, session_id, event, action, text, outcome FROM actions WHERE key = ?1",
@@ -670,15 +677,15 @@ mod tests {
     fn intents_are_recorded_once_and_texts_forgotten() {
         let dir = tempfile::tempdir().unwrap();
         let s = SqliteStore::open(&dir.path().join("state.db")).unwrap();
-        assert_eq!(s.begin_action(&intent("k1")).unwrap(), Begin::New);
-        match s.begin_action(&intent("k1")).unwrap() {
+        assert_eq!(s.begin_action(&intent("k1"), None).unwrap(), Begin::New);
+        match s.begin_action(&intent("k1"), None).unwrap() {
             Begin::Pending(i) => assert_eq!(i.text.as_deref(), Some("hello")),
             other => panic!("{other:?}"),
         }
         assert_eq!(s.pending_actions().unwrap().len(), 1);
         s.finish_action("k1", "taken", None).unwrap();
         assert_eq!(
-            s.begin_action(&intent("k1")).unwrap(),
+            s.begin_action(&intent("k1"), None).unwrap(),
             Begin::Done {
                 outcome: "taken".into()
             }
