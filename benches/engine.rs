@@ -16,9 +16,10 @@
 //!    builds no `serde_json::Value` of the sessions); `sessions_only` is the
 //!    share spent decoding the 100 sessions from their own JSON text.
 //! 5. `store/*`: one poll cycle's writes to a `SqliteStore` in a temporary
-//!    directory: `commit` of 100 changed sessions and 20 journaled events,
-//!    then one more commit taking the handled events of the 10 sessions
-//!    that had them off the journal; and one action's intent and outcome
+//!    directory: the cycle's one `commit` (100 changed sessions, and the
+//!    handled events of the 10 sessions that acted taken off the journal
+//!    with their memory); a session's first action, whose intent carries
+//!    its journal; and any later action's intent and outcome
 //!    (`begin_action` + `finish_action`).
 //!
 //! Everything is deterministic: the data builders use a fixed-seed
@@ -716,12 +717,16 @@ fn bench_page(c: &mut Criterion) {
 // 5: the state store
 // ---------------------------------------------------------------------------
 
-/// One cycle's writes: 100 changed sessions, 20 events journaled for 10 of
-/// them (a visitor message and a bot answer each), and the memory writes
-/// handling them produces (a failure counter for half of them).
+/// One cycle's writes: 100 changed sessions; 10 of them acted, so their 20
+/// events (a visitor message and a bot answer each) were journaled with
+/// their first intents; and the memory writes handling them produces (a
+/// failure counter for half of them).
 struct StoreCycle {
-    batch: Batch,
-    finished: Vec<Done>,
+    /// What the 10 sessions' first intents journaled.
+    journal: Batch,
+    /// The cycle's one commit: every session's new state, and the 10
+    /// sessions' events taken off the journal with their memory.
+    commit: Batch,
 }
 
 fn store_cycle(now: Timestamp) -> StoreCycle {
@@ -763,29 +768,50 @@ fn store_cycle(now: Timestamp) -> StoreCycle {
         });
     }
     StoreCycle {
-        batch: Batch {
+        journal: Batch {
             at: now,
-            baselined: true,
-            sessions,
-            ended: Vec::new(),
+            sessions: sessions[..10].to_vec(),
             events,
-            done: Vec::new(),
+            ..Batch::default()
         },
-        finished,
+        commit: Batch {
+            at: now,
+            sessions,
+            done: finished,
+            ..Batch::default()
+        },
     }
 }
 
-/// Takes the handled events off the journal the way the engine does: all
-/// of them in one commit (the engine folds them into its next one).
-fn finish_all(store: &SqliteStore, cycle: &StoreCycle) {
-    store
-        .commit(&Batch {
-            at: cycle.batch.at,
-            baselined: true,
-            done: cycle.finished.clone(),
-            ..Batch::default()
-        })
-        .unwrap();
+/// A session's first action: its intent, written with the session's state
+/// and events (the journal), then its outcome.
+fn first_action(store: &SqliteStore, cycle: &StoreCycle, n: u64) {
+    let pending = &cycle.journal.events[0];
+    let journal = Batch {
+        at: cycle.journal.at,
+        sessions: vec![pending.tracked.clone()],
+        events: vec![pending.clone()],
+        ..Batch::default()
+    };
+    let intent = reply_intent(&pending.tracked.session.session_id, n);
+    assert_eq!(
+        store.begin_action(&intent, Some(&journal)).unwrap(),
+        Begin::New
+    );
+    store.finish_action(&intent.key, "taken", None).unwrap();
+}
+
+/// A reply's intent, unique per `n`.
+fn reply_intent(session_id: &str, n: u64) -> Intent {
+    Intent {
+        key: format!("{session_id}|visitor_message|m{n}|escalate-on-keywords|0"),
+        at: t0(),
+        rule: "escalate-on-keywords".into(),
+        session_id: session_id.to_string(),
+        event: "visitor_message".into(),
+        action: "reply".into(),
+        text: Some("I'm bringing in a teammate who can sort this out with you.".into()),
+    }
 }
 
 fn bench_store(c: &mut Criterion) {
@@ -803,77 +829,62 @@ fn bench_store(c: &mut Criterion) {
     };
     store.commit(&others).unwrap();
     let cycle = store_cycle(t0());
-    store.commit(&cycle.batch).unwrap();
+    store.commit(&cycle.journal).unwrap();
     assert_eq!(store.pending_events().unwrap().len(), 10);
-    finish_all(&store, &cycle);
+    store.commit(&cycle.commit).unwrap();
     assert!(store.pending_events().unwrap().is_empty());
     let json: usize = cycle
-        .batch
+        .commit
         .sessions
         .iter()
         .map(|t| serde_json::to_string(t).unwrap().len())
         .sum();
     eprintln!(
         "store: a tracked session is {} bytes of JSON on average",
-        json / cycle.batch.sessions.len()
+        json / cycle.commit.sessions.len()
     );
 
     let mut group = c.benchmark_group("store");
     group.sample_size(30);
     group.measurement_time(Duration::from_secs(6));
-    // The whole cycle: one commit journaling the events, then one taking
-    // the 10 sessions' handled events off the journal with their memory.
-    group.bench_function("cycle_commit_100_sessions_20_events_and_finish", |b| {
-        b.iter(|| {
-            store.commit(&cycle.batch).unwrap();
-            finish_all(&store, &cycle);
-        })
-    });
-    // The commit alone (the journal is emptied between, untimed).
-    group.bench_function("commit_100_sessions_20_events", |b| {
+    // The cycle's one transaction (the 10 sessions are journaled again
+    // between iterations, untimed, as their first intents would).
+    group.bench_function("cycle_commit_100_sessions_10_handled", |b| {
         b.iter_custom(|iters| {
             let mut spent = Duration::ZERO;
             for _ in 0..iters {
+                store.commit(&cycle.journal).unwrap();
                 let t = Instant::now();
-                store.commit(black_box(&cycle.batch)).unwrap();
-                spent += t.elapsed();
-                finish_all(&store, &cycle);
-            }
-            spent
-        })
-    });
-    // Taking 10 sessions' handled events off in one commit (the journal is
-    // filled between, untimed).
-    group.bench_function("finish_10_sessions_in_one_commit", |b| {
-        b.iter_custom(|iters| {
-            let mut spent = Duration::ZERO;
-            for _ in 0..iters {
-                store.commit(&cycle.batch).unwrap();
-                let t = Instant::now();
-                finish_all(&store, &cycle);
+                store.commit(black_box(&cycle.commit)).unwrap();
                 spent += t.elapsed();
             }
             spent
         })
     });
-    // Per action the engine adds two more transactions: the intent before
-    // the action (`begin_action`) and its outcome after (`finish_action`).
+    // A session's first action of a cycle: the intent carries the
+    // session's journal (the cycle's commit empties it between
+    // iterations, untimed).
     let mut n = 0u64;
+    group.bench_function("first_action_intent_with_journal_and_outcome", |b| {
+        b.iter_custom(|iters| {
+            let mut spent = Duration::ZERO;
+            for _ in 0..iters {
+                n += 1;
+                let t = Instant::now();
+                first_action(&store, &cycle, n);
+                spent += t.elapsed();
+                store.commit(&cycle.commit).unwrap();
+            }
+            spent
+        })
+    });
+    // Any later action: its intent before (`begin_action`) and its outcome
+    // after (`finish_action`), two transactions.
+    let session = cycle.commit.sessions[0].session.session_id.clone();
     group.bench_function("action_intent_begin_and_finish", |b| {
         b.iter(|| {
             n += 1;
-            let intent = Intent {
-                key: format!(
-                    "{}|visitor_message|m{n}|escalate-on-keywords|0",
-                    cycle.finished[0].session_id
-                ),
-                at: t0(),
-                rule: "escalate-on-keywords".into(),
-                session_id: cycle.finished[0].session_id.clone(),
-                event: "visitor_message".into(),
-                action: "reply".into(),
-                text: Some("I'm bringing in a teammate who can sort this out with you.".into()),
-            };
+            let intent = reply_intent(&session, n);
             assert_eq!(store.begin_action(&intent, None).unwrap(), Begin::New);
             store.finish_action(&intent.key, "taken", None).unwrap();
         })
