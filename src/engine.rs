@@ -28,6 +28,13 @@ use crate::watcher::{SessionCycle, Watcher};
 /// How long a shutdown waits for in-flight actions.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
+/// Sessions a cycle holds for its commit before it writes them early: a
+/// cycle in which this many changed (the first start's baseline, a mass
+/// change) is written in transactions of this size, so that it never holds
+/// 10,000 sessions' histories at once. Only handled work is held, so
+/// writing it early is always safe.
+const COMMIT_AT: usize = 1_000;
+
 /// How often ended sessions past their retention are purged.
 const PURGE_EVERY: Duration = Duration::from_secs(3600);
 
@@ -65,8 +72,9 @@ pub enum Note {
         /// Wall time of the whole cycle: poll, rules, actions, commits.
         elapsed: Duration,
         /// State-store transactions for the cycle's sessions, their events
-        /// and rule memory: one, or none when nothing changed. The
-        /// actions' intents and outcomes are not counted.
+        /// and rule memory: one (one per 1,000 changed sessions), or none
+        /// when nothing changed. The actions' intents and outcomes are not
+        /// counted.
         commits: usize,
     },
     /// A poll failed; the loop carries on.
@@ -142,6 +150,8 @@ pub enum CycleEnd {
 struct Handled {
     end: CycleEnd,
     events: usize,
+    /// Transactions written for the cycle's own state.
+    commits: usize,
     finished: Vec<String>,
     /// What the cycle's commit writes.
     batch: Batch,
@@ -171,6 +181,11 @@ impl Handled {
             finished: sc.finished,
             journaled: false,
         })
+    }
+
+    /// Whether the held batch is big enough to be written early.
+    fn full(&self) -> bool {
+        self.batch.sessions.len() + self.batch.ended.len() >= COMMIT_AT
     }
 
     /// Adds a session whose events went through the rules to the commit.
@@ -496,10 +511,12 @@ impl Engine {
     /// 100 (reaction time does not grow with the number of chats). Sessions
     /// that left the list and due timers follow the walk.
     ///
-    /// The cycle's state is written in one transaction at its end. The
-    /// only earlier writes are the actions' own records: a session's first
-    /// action also journals that session, so that a crash after it loses
-    /// nothing (see [`crate::store`]).
+    /// The cycle's state is written in one transaction at its end (a cycle
+    /// with more than 1,000 changed sessions, such as the first start's
+    /// baseline, writes them 1,000 at a time as they are handled). The only
+    /// other writes are the actions' own records: a session's first action
+    /// also journals that session, so that a crash after it loses nothing
+    /// (see [`crate::store`]).
     pub async fn cycle(
         &self,
         watcher: &mut Watcher,
@@ -532,7 +549,7 @@ impl Engine {
         // again at the next start.
         handled.batch.baselined =
             baseline && matches!(polled, Some(Ok(_))) && handled.end == CycleEnd::Done;
-        let commits = self.commit(std::mem::take(&mut handled.batch)).await;
+        let commits = handled.commits + self.commit(std::mem::take(&mut handled.batch)).await;
         let cycle = match polled {
             None => return Ok(CycleEnd::Interrupted),
             Some(Ok(c)) => c,
@@ -601,6 +618,9 @@ impl Engine {
                     if let Some(w) = handled.admit(sc) {
                         let now = self.api.clock().now();
                         work.push(self.process_bounded(&permits, w, now));
+                    }
+                    if handled.full() {
+                        handled.commits += self.commit(std::mem::take(&mut handled.batch)).await;
                     }
                 }
                 Some((w, d)) = work.next(), if !work.is_empty() => handled.settle(w, d),
