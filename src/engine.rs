@@ -274,6 +274,10 @@ pub struct Engine {
     // of every tracked chat, sorted) cost real time at 10,000 chats and
     // only a status page reads them.
     board_watched: std::sync::atomic::AtomicBool,
+    // A commit that failed (a full disk, say), kept to be written with the
+    // next one: its sessions, memory and handled events are not dropped,
+    // and the rules read its memory meanwhile.
+    unsaved: std::sync::Mutex<Batch>,
 }
 
 impl Engine {
@@ -331,6 +335,7 @@ impl Engine {
                 notes,
                 board,
                 board_watched: std::sync::atomic::AtomicBool::new(false),
+                unsaved: std::sync::Mutex::new(Batch::default()),
             },
             report,
         ))
@@ -641,9 +646,17 @@ impl Engine {
         handled
     }
 
-    /// Writes a batch in one transaction, if it holds anything; returns
-    /// how many transactions that was (0 or 1).
-    async fn commit(&self, mut batch: Batch) -> usize {
+    /// Writes a batch in one transaction, if it holds anything, after what
+    /// an earlier failed commit left; returns how many transactions were
+    /// written (0 or 1). A batch that cannot be written is kept for the
+    /// next commit.
+    async fn commit(&self, batch: Batch) -> usize {
+        let mut batch = {
+            let mut unsaved = self.unsaved.lock().unwrap_or_else(|p| p.into_inner());
+            let mut all = std::mem::take(&mut *unsaved);
+            all.append(batch);
+            all
+        };
         if batch.is_empty() {
             return 0;
         }
@@ -653,19 +666,25 @@ impl Engine {
             let t = std::time::Instant::now();
             let r = store.commit(&batch);
             crate::metrics::store_write("commit", t.elapsed());
-            r
+            (r, batch)
         })
         .await;
-        match saved {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "cannot save this cycle's state; after a restart its events would be handled again (actions already taken are not repeated)")
-            }
+        let (error, batch) = match saved {
+            Ok((Ok(()), _)) => return 1,
+            Ok((Err(e), batch)) => (e.to_string(), batch),
             Err(e) => {
-                tracing::error!(error = %e, "state commit task failed; after a restart this cycle's events would be handled again (actions already taken are not repeated)")
+                // The batch went down with the task; its sessions are
+                // written again when they next change.
+                tracing::error!(error = %e, "state commit task failed; this cycle's state was not saved");
+                return 0;
             }
-        }
-        1
+        };
+        tracing::error!(error = %error, sessions = batch.sessions.len() + batch.ended.len(), "cannot save this cycle's state; kept in memory and written with the next commit");
+        let mut unsaved = self.unsaved.lock().unwrap_or_else(|p| p.into_inner());
+        let later = std::mem::take(&mut *unsaved);
+        *unsaved = batch;
+        unsaved.append(later);
+        0
     }
 
     /// Runs the events a previous run journaled but did not handle,
@@ -726,6 +745,16 @@ impl Engine {
                 return (w, None);
             }
         };
+        // Memory the last, failed commit still holds is newer than the
+        // file's.
+        {
+            let unsaved = self.unsaved.lock().unwrap_or_else(|p| p.into_inner());
+            for d in unsaved.done.iter().filter(|d| d.session_id == id) {
+                for (rule, m) in &d.memory {
+                    memory.insert(rule.clone(), m.clone());
+                }
+            }
+        }
         let mut journaled = w.journaled;
         let mut crashed = false;
         let mut effective = w.pending.tracked.session.clone();

@@ -1568,6 +1568,8 @@ struct Watched {
     journaled: AtomicUsize,
     /// Commits are acknowledged but not written.
     lose_commits: AtomicBool,
+    /// Commits fail, as on a full disk.
+    fail_commits: AtomicBool,
 }
 
 impl Watched {
@@ -1591,6 +1593,12 @@ impl Store for Watched {
         self.commits.fetch_add(1, SeqCst);
         if self.lose_commits.load(SeqCst) {
             return Ok(());
+        }
+        if self.fail_commits.load(SeqCst) {
+            return Err(StoreError::Io {
+                path: "test.db".into(),
+                message: "database or disk is full".into(),
+            });
         }
         self.inner.commit(batch)
     }
@@ -1849,4 +1857,81 @@ async fn a_cycle_that_dies_before_its_commit_loses_no_event_and_repeats_no_reply
         );
     }
     assert!(store.pending_events().expect("journal").is_empty());
+}
+
+/// A cycle whose commit fails (a full disk) is not dropped: the rules
+/// still see the memory it left, and it is written with the next commit
+/// that succeeds, so a restart afterwards neither greets nor replays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_commit_is_kept_and_written_with_the_next() {
+    let sim = live_sim().await;
+    let rules = tempfile::tempdir().expect("tempdir");
+    write_rule(
+        rules.path(),
+        "greet.rhai",
+        r#"on("visitor_message", |ev| if ev.once("greeted") { ev.reply("welcome"); });"#,
+    );
+    let store = Arc::new(Watched::default());
+    let start = || {
+        Engine::new(
+            client(&sim),
+            store.clone(),
+            util::engine_options(rules.path(), POLL, 50),
+        )
+    };
+    let welcomes = || {
+        sim.session("a")
+            .expect("session")
+            .messages
+            .iter()
+            .filter(|m| m.sender_type == SenderType::Agent)
+            .count()
+    };
+    let (engine, _) = start().await.expect("engine");
+    let mut watcher = engine.resume().await.expect("resume");
+    one_cycle(&engine, &mut watcher).await;
+    sim.create_session(json!({"session_id": "a"}))
+        .expect("create");
+
+    store.fail_commits.store(true, SeqCst);
+    sim.visitor_message("a", "hello").expect("message");
+    one_cycle(&engine, &mut watcher).await;
+    assert_eq!(welcomes(), 1);
+    sim.visitor_message("a", "hello again").expect("message");
+    let (events, _) = one_cycle(&engine, &mut watcher).await;
+    assert!(events >= 1, "the second message was seen");
+    assert_eq!(welcomes(), 1, "once() remembered through the failed commit");
+    assert!(
+        store.memory("a").expect("memory").is_empty(),
+        "no memory written yet"
+    );
+    assert!(
+        !store.pending_events().expect("journal").is_empty(),
+        "the first message is still in the journal, as its reply left it"
+    );
+
+    store.fail_commits.store(false, SeqCst);
+    one_cycle(&engine, &mut watcher).await;
+    assert!(store.load().expect("load").sessions.contains_key("a"));
+    assert_eq!(
+        store
+            .memory("a")
+            .expect("memory")
+            .get("greet")
+            .map(|m| json!(m).to_string()),
+        Some(r#"{"greeted":true}"#.to_string())
+    );
+    assert!(store.pending_events().expect("journal").is_empty());
+    drop(engine);
+
+    let (second, _) = start().await.expect("engine");
+    let mut watcher = second.resume().await.expect("resume");
+    assert_eq!(
+        one_cycle(&second, &mut watcher).await.0,
+        0,
+        "nothing replayed"
+    );
+    sim.visitor_message("a", "third").expect("message");
+    one_cycle(&second, &mut watcher).await;
+    assert_eq!(welcomes(), 1, "still one welcome after the restart");
 }

@@ -14,10 +14,12 @@
 //!   except what an action needs: before a session's first action of the
 //!   cycle, its new state and its events are journaled in the same
 //!   transaction as that action's intent. A crash before that point leaves
-//!   the session's old state, so the next start derives the same events
-//!   again, and nothing was done about them yet. A crash after it leaves
-//!   the journal, which the next start handles first (a timer that was due
-//!   stays due even if our own first reply changed the session).
+//!   the session's old state, so the next start reads the chat as if the
+//!   cycle had never run (every message is found again; a state or a due
+//!   timer only if the chat is still in it), and nothing was done about it
+//!   yet. A crash after it leaves the journal, which the next start
+//!   handles first (a timer that was due stays due even if our own first
+//!   reply changed the session).
 //! - An action's intent is written under `event key + rule + index` before
 //!   the action runs, so an event handled again after a crash does not act
 //!   twice, and an intent left without an outcome is reconciled against
@@ -199,6 +201,17 @@ impl Batch {
             && self.ended.is_empty()
             && self.events.is_empty()
             && self.done.is_empty()
+    }
+
+    /// Adds a later batch after this one: written together, the later
+    /// states and memory win, as if the two had been written in turn.
+    pub fn append(&mut self, later: Batch) {
+        self.at = later.at;
+        self.baselined |= later.baselined;
+        self.sessions.extend(later.sessions);
+        self.ended.extend(later.ended);
+        self.events.extend(later.events);
+        self.done.extend(later.done);
     }
 }
 
