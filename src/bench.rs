@@ -122,7 +122,8 @@ pub struct BenchReport {
     /// Average action requests per cycle.
     pub action_requests_per_cycle: f64,
     /// Average state-store transactions per cycle for sessions, events
-    /// and rule memory (at most one; each action adds two of its own).
+    /// and rule memory (one, or one per 1,000 changed sessions; each
+    /// action adds two of its own).
     pub state_commits_per_cycle: f64,
     /// Human request → take-over, both as stamped by the simulator.
     pub reaction_ms: Millis,

@@ -165,10 +165,8 @@ impl Handled {
             self.finished.push(sc.tracked.session.session_id.clone());
         }
         if sc.events.is_empty() {
-            if sc.finished {
-                self.batch.ended.push(sc.tracked);
-            } else if sc.changed {
-                self.batch.sessions.push(sc.tracked);
+            if sc.finished || sc.changed {
+                self.batch.save(sc.tracked, sc.finished);
             }
             return None;
         }
@@ -206,11 +204,7 @@ impl Handled {
             None => {}
         }
         if !w.journaled {
-            if w.finished {
-                self.batch.ended.push(w.pending.tracked);
-            } else {
-                self.batch.sessions.push(w.pending.tracked);
-            }
+            self.batch.save(w.pending.tracked, w.finished);
         }
     }
 }
@@ -235,11 +229,7 @@ impl Work {
             events: vec![self.pending.clone()],
             ..Batch::default()
         };
-        if self.finished {
-            b.ended.push(self.pending.tracked.clone());
-        } else {
-            b.sessions.push(self.pending.tracked.clone());
-        }
+        b.save(self.pending.tracked.clone(), self.finished);
         b
     }
 }

@@ -42,7 +42,6 @@ impl MemoryStore {
     }
 }
 
-/// Takes handled events off the journal and saves rule memory.
 /// Applies a batch to the held state.
 fn write(inner: &mut Inner, batch: &Batch) {
     inner.loaded.baselined |= batch.baselined;
@@ -70,6 +69,7 @@ fn write(inner: &mut Inner, batch: &Batch) {
     }
 }
 
+/// Takes handled events off the journal and saves rule memory.
 fn finish(inner: &mut Inner, session_id: &str, keys: &[String], memory: &[(String, Memory)]) {
     for (rule, m) in memory {
         inner

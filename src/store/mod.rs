@@ -203,9 +203,27 @@ impl Batch {
             && self.done.is_empty()
     }
 
+    /// Adds a session's state: as ended, or as still tracked.
+    pub fn save(&mut self, tracked: Tracked, ended: bool) {
+        if ended {
+            self.ended.push(tracked);
+        } else {
+            self.sessions.push(tracked);
+        }
+    }
+
     /// Adds a later batch after this one: written together, the later
     /// states and memory win, as if the two had been written in turn.
     pub fn append(&mut self, later: Batch) {
+        // The usual cases (nothing left from a failed commit, or nothing
+        // new): no copying.
+        if later.is_empty() {
+            return;
+        }
+        if self.is_empty() {
+            *self = later;
+            return;
+        }
         self.at = later.at;
         self.baselined |= later.baselined;
         self.sessions.extend(later.sessions);
