@@ -126,6 +126,26 @@ fn write_rule(dir: &Path, name: &str, source: &str) {
     std::fs::rename(&tmp, dir.join(name)).expect("rename rule");
 }
 
+/// The texts of a chat's messages from `who`, oldest first.
+fn texts(sim: &SimHandle, id: &str, who: SenderType) -> Vec<String> {
+    sim.session(id)
+        .expect("session exists")
+        .messages
+        .into_iter()
+        .filter(|m| m.sender_type == who)
+        .map(|m| m.text().to_string())
+        .collect()
+}
+
+/// An engine on `sim` and `store` with the rules in `rules`, polled by
+/// hand (tests that restart it call this again on the same store).
+async fn engine_on(sim: &SimHandle, store: Arc<dyn Store>, rules: &Path) -> Engine {
+    Engine::new(client(sim), store, util::engine_options(rules, POLL, 50))
+        .await
+        .expect("engine")
+        .0
+}
+
 /// One running engine.
 struct Running {
     stop: CancellationToken,
@@ -360,14 +380,7 @@ impl Harness {
 
     /// Texts of the session's messages from `who`, oldest first.
     fn texts(&self, id: &str, who: SenderType) -> Vec<String> {
-        self.sim
-            .session(id)
-            .expect("session exists")
-            .messages
-            .into_iter()
-            .filter(|m| m.sender_type == who)
-            .map(|m| m.text().to_string())
-            .collect()
+        texts(&self.sim, id, who)
     }
 
     fn agent_texts(&self, id: &str) -> Vec<String> {
@@ -1436,17 +1449,11 @@ async fn a_first_start_cut_short_takes_the_baseline_again() {
         "greet.rhai",
         r#"on("session_started", |ev| ev.reply("welcome"));"#,
     );
-    let start = || {
-        Engine::new(
-            client(&sim),
-            store.clone(),
-            util::engine_options(rules.path(), POLL, 50),
-        )
-    };
+    let start = || engine_on(&sim, store.clone(), rules.path());
     let never = CancellationToken::new();
 
     sim.add_fault(page_three_fails()).expect("fault");
-    let (first, _) = start().await.expect("engine");
+    let first = start().await;
     let mut watcher = first.resume().await.expect("resume");
     assert!(
         first.cycle(&mut watcher, &never).await.is_err(),
@@ -1455,7 +1462,7 @@ async fn a_first_start_cut_short_takes_the_baseline_again() {
     drop(first);
 
     sim.clear_faults();
-    let (second, _) = start().await.expect("engine");
+    let second = start().await;
     assert_eq!(
         resume_and_poll(&second).await,
         Some((true, 0)),
@@ -1470,19 +1477,33 @@ async fn a_first_start_cut_short_takes_the_baseline_again() {
 /// Resumes `engine` and runs one whole poll; returns the cycle's note as
 /// (baseline, events), if it sent one.
 async fn resume_and_poll(engine: &Engine) -> Option<(bool, usize)> {
-    let mut notes = engine.subscribe();
     let mut watcher = engine.resume().await.expect("resume");
+    poll_once(engine, &mut watcher)
+        .await
+        .map(|(baseline, events, _)| (baseline, events))
+}
+
+/// Runs one whole poll; returns the cycle's note as (baseline, events,
+/// commits), if it sent one.
+async fn poll_once(
+    engine: &Engine,
+    watcher: &mut skyrules::watcher::Watcher,
+) -> Option<(bool, usize, usize)> {
+    let mut notes = engine.subscribe();
     engine
-        .cycle(&mut watcher, &CancellationToken::new())
+        .cycle(watcher, &CancellationToken::new())
         .await
         .expect("a whole poll");
     let mut cycle = None;
     while let Ok(n) = notes.try_recv() {
         if let Note::Cycle {
-            baseline, events, ..
+            baseline,
+            events,
+            commits,
+            ..
         } = n
         {
-            cycle = Some((baseline, events));
+            cycle = Some((baseline, events, commits));
         }
     }
     cycle
@@ -1524,15 +1545,9 @@ async fn journaled_events_of_a_cut_short_first_start_leave_the_baseline_open() {
         "greet.rhai",
         r#"on("session_started", |ev| ev.reply("welcome"));"#,
     );
-    let start = || {
-        Engine::new(
-            client(&sim),
-            store.clone(),
-            util::engine_options(rules.path(), POLL, 50),
-        )
-    };
+    let start = || engine_on(&sim, store.clone(), rules.path());
     // The second start handles the journal, then dies before its poll.
-    let (second, _) = start().await.expect("engine");
+    let second = start().await;
     second.resume().await.expect("resume");
     assert!(
         store.pending_events().expect("journal").is_empty(),
@@ -1540,7 +1555,7 @@ async fn journaled_events_of_a_cut_short_first_start_leave_the_baseline_open() {
     );
     drop(second);
 
-    let (third, _) = start().await.expect("engine");
+    let third = start().await;
     assert_eq!(
         resume_and_poll(&third).await,
         Some((true, 0)),
@@ -1647,18 +1662,10 @@ impl Store for Watched {
 /// Runs one whole poll on a resumed engine; returns the cycle's note as
 /// (events, commits).
 async fn one_cycle(engine: &Engine, watcher: &mut skyrules::watcher::Watcher) -> (usize, usize) {
-    let mut notes = engine.subscribe();
-    let never = CancellationToken::new();
-    engine.cycle(watcher, &never).await.expect("cycle");
-    while let Ok(n) = notes.try_recv() {
-        if let Note::Cycle {
-            events, commits, ..
-        } = n
-        {
-            return (events, commits);
-        }
-    }
-    panic!("the cycle sent no note");
+    let (_, events, commits) = poll_once(engine, watcher)
+        .await
+        .expect("the cycle sent no note");
+    (events, commits)
 }
 
 /// A cycle over three list pages in which thirty chats changed writes
@@ -1685,13 +1692,7 @@ async fn a_cycle_writes_its_state_in_one_transaction() {
         r#"on("human_requested", |ev| ev.take_over());"#,
     );
     let store = Arc::new(Watched::default());
-    let (engine, _) = Engine::new(
-        client(&sim),
-        store.clone(),
-        util::engine_options(rules.path(), POLL, 50),
-    )
-    .await
-    .expect("engine");
+    let engine = engine_on(&sim, store.clone(), rules.path()).await;
     let mut watcher = engine.resume().await.expect("resume");
     assert_eq!(
         one_cycle(&engine, &mut watcher).await,
@@ -1771,14 +1772,8 @@ async fn a_cycle_that_dies_before_its_commit_loses_no_event_and_repeats_no_reply
         });"#,
     );
     let store = Arc::new(Watched::default());
-    let start = || {
-        Engine::new(
-            client(&sim),
-            store.clone(),
-            util::engine_options(rules.path(), POLL, 50),
-        )
-    };
-    let (first, _) = start().await.expect("engine");
+    let start = || engine_on(&sim, store.clone(), rules.path());
+    let first = start().await;
     let mut watcher = first.resume().await.expect("resume");
     one_cycle(&first, &mut watcher).await;
     for id in ["asks", "chats"] {
@@ -1792,15 +1787,7 @@ async fn a_cycle_that_dies_before_its_commit_loses_no_event_and_repeats_no_reply
     assert_eq!(events, 4, "two chats started, two messages");
     drop(first);
     store.lose_commits.store(false, SeqCst);
-    let replies = |id: &str| -> Vec<String> {
-        sim.session(id)
-            .expect("session")
-            .messages
-            .iter()
-            .filter(|m| m.sender_type == SenderType::Agent)
-            .map(|m| m.text().to_string())
-            .collect()
-    };
+    let replies = |id: &str| texts(&sim, id, SenderType::Agent);
     assert_eq!(replies("asks"), ["on it", "still here"]);
     // What the dead process left: the chat that acted, journaled with its
     // first reply's intent; the other chat, nowhere.
@@ -1811,7 +1798,7 @@ async fn a_cycle_that_dies_before_its_commit_loses_no_event_and_repeats_no_reply
     let known = store.load().expect("load").sessions;
     assert!(known.contains_key("asks") && !known.contains_key("chats"));
 
-    let (second, _) = start().await.expect("engine");
+    let second = start().await;
     let mut notes = second.subscribe();
     let mut watcher = second.resume().await.expect("resume");
     one_cycle(&second, &mut watcher).await;
@@ -1872,22 +1859,9 @@ async fn a_failed_commit_is_kept_and_written_with_the_next() {
         r#"on("visitor_message", |ev| if ev.once("greeted") { ev.reply("welcome"); });"#,
     );
     let store = Arc::new(Watched::default());
-    let start = || {
-        Engine::new(
-            client(&sim),
-            store.clone(),
-            util::engine_options(rules.path(), POLL, 50),
-        )
-    };
-    let welcomes = || {
-        sim.session("a")
-            .expect("session")
-            .messages
-            .iter()
-            .filter(|m| m.sender_type == SenderType::Agent)
-            .count()
-    };
-    let (engine, _) = start().await.expect("engine");
+    let start = || engine_on(&sim, store.clone(), rules.path());
+    let welcomes = || texts(&sim, "a", SenderType::Agent).len();
+    let engine = start().await;
     let mut watcher = engine.resume().await.expect("resume");
     one_cycle(&engine, &mut watcher).await;
     sim.create_session(json!({"session_id": "a"}))
@@ -1924,7 +1898,7 @@ async fn a_failed_commit_is_kept_and_written_with_the_next() {
     assert!(store.pending_events().expect("journal").is_empty());
     drop(engine);
 
-    let (second, _) = start().await.expect("engine");
+    let second = start().await;
     let mut watcher = second.resume().await.expect("resume");
     assert_eq!(
         one_cycle(&second, &mut watcher).await.0,
