@@ -262,6 +262,7 @@ fn shipped_world() -> World {
         calendars: config.calendars().expect("calendars"),
         channels: config.notify.keys().cloned().collect(),
         notifier: None,
+        max_rule_memory: config.engine.max_rule_memory as usize,
     }
 }
 

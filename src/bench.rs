@@ -10,7 +10,6 @@
 //! engine alone (the simulator's are reported beside it). The engine runs
 //! its real service loop, [`Engine::run`], as `skyrules run` does.
 
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -458,7 +457,8 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
         r.context("cannot create the benchmark's sessions in the simulator")?;
     }
     drop(created);
-    let dir = tempdir()?;
+    let scratch = tempdir()?;
+    let dir = scratch.path();
     let rules = dir.join("rules");
     crate::demo::write_embedded_rules(&rules)?;
 
@@ -641,7 +641,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
         }
     }
     let _ = sim.child.kill().await;
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(scratch);
     // Cycles during the drain count too: the request log covers them.
     let cycles = cycle_ms.len().max(1) as f64;
     let all_cycles = match log_span {
@@ -680,10 +680,10 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
     })
 }
 
-fn tempdir() -> std::io::Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("skyrules-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
+/// A private (0700), unguessable directory for the run's rules and state;
+/// deleted when dropped.
+fn tempdir() -> std::io::Result<tempfile::TempDir> {
+    crate::scratch::private_dir("skyrules-bench-")
 }
 
 /// `m:ss rss` pairs, resident memory at even steps over the run.

@@ -71,6 +71,10 @@ pub struct ApiConfig {
     /// unlimited.
     #[serde(deserialize_with = "rate")]
     pub max_requests_per_second: Option<f64>,
+    /// Largest response body read from SkyLight, in bytes (`"16MiB"` or a
+    /// number of bytes in the file).
+    #[serde(deserialize_with = "size")]
+    pub max_body: u64,
 }
 
 impl Default for ApiConfig {
@@ -81,6 +85,7 @@ impl Default for ApiConfig {
             timeout: Duration::from_secs(10),
             max_attempts: 5,
             max_requests_per_second: None,
+            max_body: crate::api::client::DEFAULT_MAX_BODY as u64,
         }
     }
 }
@@ -104,6 +109,10 @@ pub struct EngineConfig {
     /// kept in the state file (the audit log keeps its ids).
     #[serde(deserialize_with = "duration")]
     pub retention: Duration,
+    /// Largest rule memory (`ev.set`, `ev.once`) one rule may keep for one
+    /// session, serialized, in bytes.
+    #[serde(deserialize_with = "size")]
+    pub max_rule_memory: u64,
 }
 
 impl Default for EngineConfig {
@@ -115,6 +124,7 @@ impl Default for EngineConfig {
             dry_run: false,
             max_concurrency: 8,
             retention: Duration::from_secs(30 * 24 * 3600),
+            max_rule_memory: crate::rules::DEFAULT_MAX_RULE_MEMORY as u64,
         }
     }
 }
@@ -211,13 +221,19 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        let mut config = Config::from_toml(&text).map_err(|e| {
-            let (line, column) = e.span().map(|s| line_col(&text, s.start)).unwrap_or((1, 1));
+        Config::from_text(&text, path)
+    }
+
+    /// Parses TOML text read from `path` (named in errors; no overrides, no
+    /// validation). The config loader's whole parsing step, reading no file.
+    pub fn from_text(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let mut config = Config::from_toml(text).map_err(|e| {
+            let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
             ConfigError::Parse {
                 path: path.to_path_buf(),
                 line,
                 column,
-                message: explain(&text, &e),
+                message: explain(text, &e),
             }
         })?;
         config.source = Some(path.to_path_buf());
@@ -255,7 +271,9 @@ impl Config {
         Ok(())
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
+    /// Checks every setting that can be checked without reading a secret:
+    /// what [`Config::load`] does after the overrides.
+    pub fn validate(&self) -> Result<(), ConfigError> {
         let file = self
             .source
             .as_ref()
@@ -285,6 +303,12 @@ impl Config {
                     &format!("must be a positive number, not {rate}"),
                 ));
             }
+        }
+        if self.api.max_body < 1024 {
+            return Err(bad("api.max_body", "must be at least 1KiB"));
+        }
+        if self.engine.max_rule_memory < 64 {
+            return Err(bad("engine.max_rule_memory", "must be at least 64B"));
         }
         if self.engine.max_concurrency == 0 {
             return Err(bad("engine.max_concurrency", "must be at least 1"));
@@ -371,6 +395,7 @@ impl Config {
         c.timeout = self.api.timeout;
         c.retry.max_attempts = self.api.max_attempts;
         c.max_requests_per_second = self.api.max_requests_per_second;
+        c.max_body = usize::try_from(self.api.max_body).unwrap_or(usize::MAX);
         Ok(c)
     }
 }
@@ -385,6 +410,35 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
     parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
+/// A byte size: a whole number of bytes, or a string such as `"16MiB"`,
+/// `"64 KiB"` or `"1MB"`.
+fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    struct Size;
+    impl serde::de::Visitor<'_> for Size {
+        type Value = u64;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a size such as \"16MiB\", \"64KiB\" or a number of bytes")
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<u64, E> {
+            u64::try_from(v).map_err(|_| E::custom(format!("a size cannot be negative ({v})")))
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<u64, E> {
+            Ok(v)
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<u64, E> {
+            v.trim()
+                .parse::<bytesize::ByteSize>()
+                .map(|b| b.as_u64())
+                .map_err(|_| {
+                    E::custom(format!(
+                        "invalid size {v:?}; expected e.g. \"16MiB\", \"64KiB\" or a number of bytes"
+                    ))
+                })
+        }
+    }
+    d.deserialize_any(Size)
 }
 
 /// A request rate: any TOML number (`20`, `2.5`); range-checked in

@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
+
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{ApiKey, Client, ClientConfig};
@@ -120,7 +122,9 @@ pub async fn run(
     shutdown: CancellationToken,
     out: &mut (dyn Write + Send),
 ) -> anyhow::Result<DemoSummary> {
-    let (rules_dir, embedded) = rules_dir(&opts.rules_dir)?;
+    // Held to the end: dropping it deletes the embedded rules' directory.
+    let rules = rules_dir(&opts.rules_dir)?;
+    let rules_dir = rules.path();
     let sim = crate::sim::start(
         SimConfig {
             api_key: "demo-key".into(),
@@ -136,7 +140,7 @@ pub async fn run(
     .await?;
     let api = Client::new(ClientConfig::new(sim.base_url(), ApiKey::new("demo-key")))?;
     let engine_opts = EngineOptions {
-        rules_dir: rules_dir.clone(),
+        rules_dir: rules_dir.to_path_buf(),
         poll_interval: opts.poll_interval,
         dry_run: opts.dry_run,
         max_concurrency: 8,
@@ -151,6 +155,7 @@ pub async fn run(
         calendars: opts.calendars.clone(),
         channels: opts.channels.clone(),
         notifier: None,
+        ..Default::default()
     };
     let (engine, report) =
         Engine::with_world(api, Arc::new(MemoryStore::new()), engine_opts, world).await?;
@@ -173,7 +178,11 @@ pub async fn run(
         "  rules      {} from {}{}",
         names.join(", "),
         rules_dir.display(),
-        if embedded { " (built-in copies)" } else { "" }
+        if matches!(rules, RulesDir::Embedded(_)) {
+            " (built-in copies)"
+        } else {
+            ""
+        }
     )?;
     for e in &report.errors {
         writeln!(out, "  rule error {e}")?;
@@ -241,9 +250,6 @@ pub async fn run(
         let _ = server.await;
     }
     sim.shutdown().await;
-    if embedded {
-        let _ = std::fs::remove_dir_all(&rules_dir);
-    }
     writeln!(
         out,
         "\ndemo stopped: {} sessions, {} events, {} actions ({} escalations, {} chats closed), {} rule errors",
@@ -253,13 +259,32 @@ pub async fn run(
     Ok(summary)
 }
 
-fn rules_dir(wanted: &Path) -> anyhow::Result<(PathBuf, bool)> {
+/// Where the demo's rules live: `wanted` if it is a directory, else the
+/// embedded rules written to a fresh private directory (mode 0700, a name
+/// nobody can guess and create first: the demo hot-reloads what is there).
+fn rules_dir(wanted: &Path) -> anyhow::Result<RulesDir> {
     if wanted.is_dir() {
-        return Ok((wanted.to_path_buf(), false));
+        return Ok(RulesDir::Given(wanted.to_path_buf()));
     }
-    let dir = std::env::temp_dir().join(format!("skyrules-demo-rules-{}", std::process::id()));
-    write_embedded_rules(&dir)?;
-    Ok((dir, true))
+    let dir = crate::scratch::private_dir("skyrules-demo-rules-")
+        .context("cannot create a private directory for the demo's rules")?;
+    write_embedded_rules(dir.path())?;
+    Ok(RulesDir::Embedded(dir))
+}
+
+/// The demo's rules directory; the embedded one is deleted when dropped.
+enum RulesDir {
+    Given(PathBuf),
+    Embedded(tempfile::TempDir),
+}
+
+impl RulesDir {
+    fn path(&self) -> &Path {
+        match self {
+            RulesDir::Given(p) => p,
+            RulesDir::Embedded(t) => t.path(),
+        }
+    }
 }
 
 /// Writes [`EMBEDDED_RULES`] into `dir`, creating it.

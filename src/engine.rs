@@ -388,7 +388,11 @@ impl Engine {
             match self.cycle(&mut watcher, &shutdown).await {
                 Ok(CycleEnd::Done) => polled_once = true,
                 Ok(CycleEnd::Interrupted) => break,
-                Err(e @ ApiError::Unauthorized { .. }) if !polled_once => {
+                // A wrong key or address at start is a config error to fix,
+                // not an outage to wait out.
+                Err(e @ (ApiError::Unauthorized { .. } | ApiError::Redirected { .. }))
+                    if !polled_once =>
+                {
                     reload_stop.cancel();
                     let _ = reload_task.await;
                     return Err(e.into());

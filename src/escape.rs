@@ -1,5 +1,6 @@
 //! Escaping text for HTML and XML output (the status page, the SLA report,
-//! JUnit files): the one place that decides which characters are special.
+//! JUnit files): the one place that decides which characters are special
+//! and which cannot appear at all.
 
 /// Escapes text for element content and quoted attribute values.
 pub fn html(s: &str) -> String {
@@ -17,6 +18,19 @@ pub fn html(s: &str) -> String {
     out
 }
 
+/// Escapes text for XML 1.0 content and quoted attributes, and drops the
+/// characters XML 1.0 forbids even as references (control characters other
+/// than tab, newline and carriage return; U+FFFE and U+FFFF), which a rule
+/// name or a reply can carry and which make a strict parser reject the
+/// whole document.
+pub fn xml(s: &str) -> String {
+    html(&s.replace(|c: char| !allowed_in_xml(c), ""))
+}
+
+fn allowed_in_xml(c: char) -> bool {
+    matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -25,5 +39,14 @@ mod tests {
             super::html(r#"<a href="x">Tom & Jerry's</a>"#),
             "&lt;a href=&quot;x&quot;&gt;Tom &amp; Jerry&#39;s&lt;/a&gt;"
         );
+    }
+
+    #[test]
+    fn xml_drops_what_xml_forbids_and_keeps_the_rest() {
+        assert_eq!(
+            super::xml("a\u{0}b\u{1b}[31mc\u{b}\u{c}\u{fffe}\u{ffff}d\te\nf\r<&>"),
+            "ab[31mcd\te\nf\r&lt;&amp;&gt;"
+        );
+        assert_eq!(super::xml("Grüße 👋 \u{fffd}"), "Grüße 👋 \u{fffd}");
     }
 }

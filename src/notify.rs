@@ -933,20 +933,17 @@ async fn attempt(
     if let Some(token) = &ch.token {
         req = req.header(reqwest::header::AUTHORIZATION, token.clone());
     }
-    let mut resp = req.send().await.map_err(|e| transport(e, policy))?;
+    let resp = req.send().await.map_err(|e| transport(e, policy))?;
     let status = resp.status();
     if status.is_success() {
         return Ok(status.as_u16());
     }
     let retry_after = retry_after(resp.headers());
-    let mut bytes = Vec::new();
     // The status is what matters; a body cut short or unreadable just says less.
-    while let Ok(Some(c)) = resp.chunk().await {
-        bytes.extend_from_slice(&c);
-        if bytes.len() >= BODY_LIMIT {
-            break;
-        }
-    }
+    let bytes = crate::net::read_body(resp, BODY_LIMIT)
+        .await
+        .map(|b| b.bytes)
+        .unwrap_or_default();
     let message = format!("HTTP {}{}", status.as_u16(), excerpt(&bytes));
     if status == StatusCode::TOO_MANY_REQUESTS
         || status == StatusCode::REQUEST_TIMEOUT

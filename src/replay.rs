@@ -191,6 +191,7 @@ pub async fn run_history(
         calendars: opts.calendars.clone(),
         channels: opts.channels.clone(),
         notifier: None,
+        ..Default::default()
     };
     let (engine, load) = Engine::with_world(
         local.clone(),

@@ -200,7 +200,12 @@ pub fn scenario_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 /// Parses a scenario file; the error names the file and line.
 pub fn load_file(path: &Path) -> Result<ScenarioFile, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    toml::from_str::<ScenarioFile>(&text).map_err(|e| {
+    parse_scenarios(&text, path)
+}
+
+/// Parses scenario text read from `path` (named in errors).
+pub fn parse_scenarios(text: &str, path: &Path) -> Result<ScenarioFile, String> {
+    toml::from_str::<ScenarioFile>(text).map_err(|e| {
         let line = e
             .span()
             .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
@@ -493,7 +498,7 @@ fn diff_text(n: usize, step: &Step, expected: &[String], actual: &[(String, Stri
 /// The rules a scenario runs: the whole directory, or a copy of a subset.
 enum RuleDir {
     Whole(PathBuf),
-    Subset(tempfile_dir::TempDir),
+    Subset(tempfile::TempDir),
 }
 
 impl RuleDir {
@@ -501,7 +506,10 @@ impl RuleDir {
         let Some(only) = only else {
             return Ok(RuleDir::Whole(dir.to_path_buf()));
         };
-        let tmp = tempfile_dir::TempDir::new().map_err(|e| e.to_string())?;
+        // Private (0700) and unguessable: the engine loads whatever is there.
+        let tmp = crate::scratch::private_dir("skyrules-test-rules-").map_err(|e| {
+            format!("cannot create a private directory for the scenario's rules: {e}")
+        })?;
         for id in only {
             let src = dir.join(format!("{id}.rhai"));
             std::fs::copy(&src, tmp.path().join(format!("{id}.rhai")))
@@ -518,46 +526,13 @@ impl RuleDir {
     }
 }
 
-/// A self-deleting temporary directory (the one place we need one outside
-/// tests, so no extra dependency).
-mod tempfile_dir {
-    use std::path::{Path, PathBuf};
-    use std::sync::atomic::{AtomicU64, Ordering};
-
-    static N: AtomicU64 = AtomicU64::new(0);
-
-    pub struct TempDir(PathBuf);
-
-    impl TempDir {
-        pub fn new() -> std::io::Result<TempDir> {
-            let p = std::env::temp_dir().join(format!(
-                "skyrules-test-{}-{}",
-                std::process::id(),
-                N.fetch_add(1, Ordering::Relaxed)
-            ));
-            std::fs::create_dir_all(&p)?;
-            Ok(TempDir(p))
-        }
-
-        pub fn path(&self) -> &Path {
-            &self.0
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
 /// JUnit XML for CI systems: one suite per file, one case per scenario.
 pub fn junit(results: &[ScenarioResult]) -> String {
     let mut by_file: BTreeMap<&Path, Vec<&ScenarioResult>> = BTreeMap::new();
     for r in results {
         by_file.entry(&r.file).or_default().push(r);
     }
-    let esc = crate::escape::html;
+    let esc = crate::escape::xml;
     let failures = results.iter().filter(|r| r.failure.is_some()).count();
     let mut out = format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"skyrules\" tests=\"{}\" failures=\"{failures}\">\n",

@@ -63,6 +63,7 @@ async fn a_rule_notifies_a_webhook_once_per_session_within_the_window() {
         calendars: Default::default(),
         channels: channels.names(),
         notifier: Some(notifier),
+        ..Default::default()
     };
     let opts = EngineOptions {
         rules_dir: rules.clone(),

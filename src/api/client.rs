@@ -35,6 +35,9 @@ pub const DEFAULT_BASE_URL: &str = "https://dashboard.skylightchat.com/api/v1";
 pub const MAX_MESSAGE_CHARS: usize = 4096;
 /// The API's page-size limit.
 pub const MAX_PER_PAGE: u32 = 100;
+/// The largest response body read by default (`api.max_body`): a list page
+/// of 100 sessions is about 100 KiB, a session with a long history a few MiB.
+pub const DEFAULT_MAX_BODY: usize = 16 * 1024 * 1024;
 /// Walking pages stops here whatever the server says, so a broken paginator
 /// can never keep the watcher busy forever.
 const MAX_PAGES: u32 = 10_000;
@@ -129,6 +132,9 @@ pub struct ClientConfig {
     /// client; up to `max(1, rate)` may go out back to back. `None`:
     /// unlimited (SkyLight documents no limit).
     pub max_requests_per_second: Option<f64>,
+    /// Largest response body read, in bytes; a larger one is an error like
+    /// a malformed body, and no more of it is held in memory.
+    pub max_body: usize,
 }
 
 impl ClientConfig {
@@ -140,6 +146,7 @@ impl ClientConfig {
             timeout: Duration::from_secs(10),
             retry: RetryPolicy::default(),
             max_requests_per_second: None,
+            max_body: DEFAULT_MAX_BODY,
         }
     }
 }
@@ -257,6 +264,7 @@ pub struct Client {
     retry: RetryPolicy,
     clock: Arc<ServerClock>,
     limiter: Option<Arc<DefaultDirectRateLimiter>>,
+    max_body: usize,
 }
 
 impl std::fmt::Debug for Client {
@@ -304,6 +312,9 @@ impl Client {
             .timeout(config.timeout)
             .connect_timeout(config.timeout.min(Duration::from_secs(5)))
             .user_agent(concat!("skyrules/", env!("CARGO_PKG_VERSION")))
+            // The key is a custom header, which reqwest keeps on a redirect
+            // to another host: a redirect is an error, never followed.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| ApiError::Invalid(format!("cannot build the HTTP client: {e}")))?;
         let limiter = match config.max_requests_per_second {
@@ -316,6 +327,7 @@ impl Client {
             retry: config.retry,
             clock: Arc::new(ServerClock::default()),
             limiter,
+            max_body: config.max_body,
         })
     }
 
@@ -447,7 +459,11 @@ impl Client {
         let url = self.url(&["web-chat", "sessions", id]);
         let what = format!("session {id}");
         let v = self.call(Method::GET, url, &[], None, &what).await?;
-        decode(unwrap_envelope(v), &what)
+        decode_session(v).map_err(|e| ApiError::Unavailable {
+            what,
+            attempts: 1,
+            last: Transient::Malformed(e.to_string()),
+        })
     }
 
     /// `POST …/{id}/take-over`: a human takes the chat; the AI stops.
@@ -619,11 +635,8 @@ impl Client {
         what: &str,
     ) -> Result<Value, Fail> {
         self.exchange(method, url, query, body, what, |status, bytes| {
-            if bytes.iter().all(u8::is_ascii_whitespace) {
-                return Ok(Value::Null);
-            }
-            let v: Value = serde_json::from_slice(bytes)
-                .map_err(|e| Fail::Retry(Transient::Malformed(format!("{e}"))))?;
+            let v =
+                json_body(bytes).map_err(|e| Fail::Retry(Transient::Malformed(format!("{e}"))))?;
             if v.get("success") == Some(&Value::Bool(false)) {
                 return Err(refused(what, status, bytes));
             }
@@ -691,11 +704,19 @@ impl Client {
         let status = resp.status();
         let headers = resp.headers().clone();
         self.clock.observe(&headers);
-        let bytes = resp.bytes().await.map_err(|e| {
-            crate::metrics::api_request(endpoint, None, started.elapsed());
-            Fail::Retry(transport(&e))
-        })?;
+        let body = crate::net::read_body(resp, self.max_body)
+            .await
+            .map_err(|e| {
+                crate::metrics::api_request(endpoint, None, started.elapsed());
+                Fail::Retry(transport(&e))
+            })?;
         crate::metrics::api_request(endpoint, Some(status.as_u16()), started.elapsed());
+        if !body.complete {
+            return Err(Fail::Retry(Transient::TooLarge {
+                limit: self.max_body,
+            }));
+        }
+        let bytes = body.bytes;
         tracing::debug!(
             method = %method,
             path = url.path(),
@@ -705,6 +726,13 @@ impl Client {
         );
         if status.is_success() {
             return read(status, &bytes);
+        }
+        if status.is_redirection() {
+            return Err(Fail::Final(ApiError::Redirected {
+                what: what.to_string(),
+                status: status.as_u16(),
+                location: location_host(&url, &headers),
+            }));
         }
         let message = error_message(&bytes);
         Err(match status {
@@ -731,6 +759,25 @@ impl Client {
                 message,
             }),
         })
+    }
+}
+
+/// Where a redirect pointed, as `host[:port]` only (a full URL could carry
+/// a token of the other side's).
+fn location_host(base: &Url, headers: &HeaderMap) -> String {
+    let Some(raw) = headers
+        .get(reqwest::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return "nowhere (no Location header)".into();
+    };
+    match base.join(raw.trim()) {
+        Ok(u) => match (u.host_str(), u.port()) {
+            (Some(h), Some(p)) => format!("{h}:{p}"),
+            (Some(h), None) => h.to_string(),
+            (None, _) => format!("a URL with no host ({})", u.scheme()),
+        },
+        Err(_) => "an unreadable Location".into(),
     }
 }
 
@@ -902,6 +949,29 @@ fn decode<T: DeserializeOwned>(v: Value, what: &str) -> Result<T, ApiError> {
         attempts: 1,
         last: Transient::Malformed(e.to_string()),
     })
+}
+
+/// A body read as JSON; whitespace alone is `null` (some servers answer an
+/// action with an empty 200).
+fn json_body(bytes: &[u8]) -> Result<Value, serde_json::Error> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Value::Null);
+    }
+    serde_json::from_slice(bytes)
+}
+
+/// A session's detail from its enveloped or bare JSON value.
+fn decode_session(v: Value) -> Result<SessionDetail, serde_json::Error> {
+    serde_json::from_value(unwrap_envelope(v))
+}
+
+/// Decodes a session-detail body (`GET /web-chat/sessions/{id}`), as
+/// received: what the client does minus the envelope check
+/// (`"success": false`).
+pub fn parse_session(body: &[u8]) -> Result<SessionDetail, String> {
+    json_body(body)
+        .and_then(decode_session)
+        .map_err(|e| e.to_string())
 }
 
 /// Decodes a session-list body, as received, in any of the three shapes

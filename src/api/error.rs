@@ -37,6 +37,17 @@ pub enum ApiError {
         /// The server's explanation, with field errors folded in.
         message: String,
     },
+    /// A 3xx: the API key is sent only to `api.base_url`'s host, so a
+    /// redirect is never followed.
+    #[error("SkyLight answered {what} with HTTP {status}, a redirect to {location}; redirects are not followed, so that the API key goes only to the host of `api.base_url`: set `api.base_url` to the API's real address")]
+    Redirected {
+        /// What was attempted.
+        what: String,
+        /// The 3xx status.
+        status: u16,
+        /// The host (and port) the redirect pointed to.
+        location: String,
+    },
     /// Refused locally, before any request was sent.
     #[error("{0}")]
     Invalid(String),
@@ -60,6 +71,7 @@ impl ApiError {
         matches!(
             self,
             ApiError::Unauthorized { .. }
+                | ApiError::Redirected { .. }
                 | ApiError::NotFound { .. }
                 | ApiError::Rejected { .. }
                 | ApiError::Invalid(_)
@@ -101,6 +113,19 @@ pub enum Transient {
     /// A 2xx whose body was not the JSON we expect.
     #[error("malformed response: {0}")]
     Malformed(String),
+    /// A body larger than `api.max_body`; the rest was not read.
+    #[error("response body larger than {} (`api.max_body`); not read further", size_text(*.limit))]
+    TooLarge {
+        /// The cap, in bytes.
+        limit: usize,
+    },
+}
+
+fn size_text(bytes: usize) -> String {
+    bytesize::ByteSize::b(bytes as u64)
+        .display()
+        .iec()
+        .to_string()
 }
 
 impl Transient {
@@ -113,6 +138,7 @@ impl Transient {
             Transient::Connect(_) => "connect",
             Transient::Connection(_) => "connection",
             Transient::Malformed(_) => "malformed",
+            Transient::TooLarge { .. } => "too_large",
         }
     }
 
@@ -125,7 +151,10 @@ impl Transient {
             // after the write. Treat every 5xx as unknown: re-reading is cheap,
             // a duplicate customer message is not.
             Transient::Server { .. } => true,
-            Transient::Timeout | Transient::Connection(_) | Transient::Malformed(_) => true,
+            Transient::Timeout
+            | Transient::Connection(_)
+            | Transient::Malformed(_)
+            | Transient::TooLarge { .. } => true,
         }
     }
 }

@@ -121,6 +121,7 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
         calendars,
         channels: names,
         notifier,
+        max_rule_memory: config.engine.max_rule_memory as usize,
     };
     let (mut engine, report) =
         Engine::with_world(api.clone(), Arc::new(store), opts.clone(), world).await?;
@@ -190,6 +191,7 @@ pub async fn check(config: Config, a: CheckArgs) -> anyhow::Result<ExitCode> {
         calendars: config.calendars()?,
         channels: config.notify.keys().cloned().collect(),
         notifier: None,
+        max_rule_memory: config.engine.max_rule_memory as usize,
     };
     let result = tokio::task::spawn_blocking(move || {
         let runtime = Runtime::with_world(world);

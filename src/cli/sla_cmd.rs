@@ -8,7 +8,9 @@ use anyhow::Context;
 use clap::Args;
 
 use super::UserError;
+use crate::api::Timestamp;
 use crate::config::{parse_duration, Config};
+use crate::events::Tracked;
 use crate::sla::{build_report, render_html, render_text, BreachCount, SlaRecord};
 use crate::store::{SqliteStore, Store};
 
@@ -32,22 +34,38 @@ pub struct SlaArgs {
     json: bool,
 }
 
+/// "Now" on the clock the state was written with: the server's, as its
+/// newest timestamp shows, or this machine's when that is later (a state
+/// no engine has written to for a while). Sessions and breaches are both
+/// stamped by the server, so a window taken on this machine's clock would
+/// count them over different spans when the two clocks disagree.
+fn state_now(sessions: &[Tracked], latest_action: Option<Timestamp>) -> Timestamp {
+    sessions
+        .iter()
+        .flat_map(|t| [t.session.last_activity_at, t.session.created_at])
+        .chain([latest_action])
+        .flatten()
+        .fold(chrono::Utc::now(), std::cmp::max)
+}
+
 /// Reads the state file (without locking it) and reports.
 pub async fn run(config: Config, a: SlaArgs) -> anyhow::Result<ExitCode> {
     let since = parse_duration(&a.since).map_err(|e| UserError(format!("--since: {e}")))?;
     let silence =
         parse_duration(&a.agent_silence).map_err(|e| UserError(format!("--agent-silence: {e}")))?;
-    let until = chrono::Utc::now();
-    let from = until
-        - chrono::Duration::from_std(since)
-            .map_err(|_| UserError(format!("--since {:?} is too long", a.since)))?;
+    let span = chrono::Duration::from_std(since)
+        .map_err(|_| UserError(format!("--since {:?} is too long", a.since)))?;
     let path = a.state_path.unwrap_or(config.engine.state_path);
-    let (sessions, breaches) = tokio::task::spawn_blocking(move || {
+    let (from, until, sessions, breaches) = tokio::task::spawn_blocking(move || {
         let store = SqliteStore::open_read_only(&path)?;
-        Ok::<_, crate::store::StoreError>((
-            store.sessions_since(from)?,
-            store.timer_breaches(from)?,
-        ))
+        let sessions = store.sessions_since(chrono::DateTime::<chrono::Utc>::MIN_UTC)?;
+        let until = state_now(&sessions, store.latest_action_at()?);
+        let from = until - span;
+        let sessions: Vec<Tracked> = sessions
+            .into_iter()
+            .filter(|t| t.session.created_at.is_some_and(|c| c >= from))
+            .collect();
+        Ok::<_, crate::store::StoreError>((from, until, sessions, store.timer_breaches(from)?))
     })
     .await
     .context("reading the state file crashed")??;

@@ -71,6 +71,7 @@ pub async fn run(config: Config, a: TestArgs) -> anyhow::Result<ExitCode> {
                 calendars: config.calendars()?,
                 channels: config.notify.keys().cloned().collect(),
                 notifier: None,
+                max_rule_memory: config.engine.max_rule_memory as usize,
             };
             let r = run_scenario(&dir, file, s, world).await;
             match &r.failure {

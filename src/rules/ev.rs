@@ -212,17 +212,12 @@ impl Ev {
         })
     }
 
-    fn once(&mut self, key: &str) -> bool {
-        self.with(|r| {
-            if r.memory.contains_key(key) {
-                false
-            } else {
-                r.memory
-                    .insert(key.to_string(), serde_json::Value::Bool(true));
-                r.memory_changed = true;
-                true
-            }
-        })
+    fn once(&mut self, limit: usize, key: &str) -> Result<bool, Box<EvalAltResult>> {
+        if self.with(|r| r.memory.contains_key(key)) {
+            return Ok(false);
+        }
+        self.remember(limit, "once", key, serde_json::Value::Bool(true))?;
+        Ok(true)
     }
 
     fn get(&mut self, key: &str) -> Dynamic {
@@ -234,19 +229,65 @@ impl Ev {
         })
     }
 
-    fn set(&mut self, key: &str, value: Dynamic) -> Result<(), Box<EvalAltResult>> {
+    fn set(&mut self, limit: usize, key: &str, value: Dynamic) -> Result<(), Box<EvalAltResult>> {
         let v: serde_json::Value = rhai::serde::from_dynamic(&value).map_err(|_| {
             runtime_error(format!(
                 "ev.set({key:?}, …): a {} cannot be remembered; use strings, numbers, booleans, arrays or maps",
                 value.type_name()
             ))
         })?;
-        self.with(|r| {
-            r.memory.insert(key.to_string(), v);
-            r.memory_changed = true;
-        });
-        Ok(())
+        self.remember(limit, "set", key, v)
     }
+
+    /// Stores `key = v` in this rule's memory for the session unless the
+    /// memory would then serialize to more than `limit` bytes: one rule
+    /// must not grow the state without end (64 KiB by default).
+    fn remember(
+        &mut self,
+        limit: usize,
+        call: &str,
+        key: &str,
+        v: serde_json::Value,
+    ) -> Result<(), Box<EvalAltResult>> {
+        self.with(|r| {
+            let old = r.memory.insert(key.to_string(), v);
+            let size = serialized_len(&r.memory);
+            if size <= limit {
+                r.memory_changed = true;
+                return Ok(());
+            }
+            // Left as it was: the handler fails, and its writes are dropped.
+            match old {
+                Some(o) => r.memory.insert(key.to_string(), o),
+                None => r.memory.remove(key),
+            };
+            let shown: String = key.chars().take(40).collect();
+            let more = if shown.len() < key.len() { "…" } else { "" };
+            Err(runtime_error(format!(
+                "ev.{call}({shown:?}{more}) would make rule {:?}'s memory for session {} {size} bytes, over the limit of {limit} bytes (`engine.max_rule_memory`); remember less, or raise the limit",
+                self.rule.as_str(),
+                self.data.event.session_id
+            )))
+        })
+    }
+}
+
+/// The length of `memory` as JSON, counted without building the text.
+fn serialized_len(memory: &Memory) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    // Writing JSON values to a counter cannot fail.
+    let _ = serde_json::to_writer(&mut c, memory);
+    c.0
 }
 
 fn runtime_error(msg: impl Into<String>) -> Box<EvalAltResult> {
@@ -269,6 +310,7 @@ macro_rules! reg {
 /// Registers the `Ev` type, its fields and its methods.
 pub fn register(engine: &mut rhai::Engine, world: std::sync::Arc<World>) {
     use rhai::FuncRegistration as F;
+    let limit = world.max_rule_memory;
     engine.register_type_with_name::<Ev>("Event");
     let w = world.clone();
     reg!(engine, F::new("notify"), ["ev: Event", "channel: string", "text: string", "()"],
@@ -382,7 +424,7 @@ pub fn register(engine: &mut rhai::Engine, world: std::sync::Arc<World>) {
         F::new("once"),
         ["ev: Event", "key: string", "bool"],
         "/// True the first time it is called with `key` for this session and rule, false after.",
-        |ev: &mut Ev, key: ImmutableString| ev.once(&key)
+        move |ev: &mut Ev, key: ImmutableString| ev.once(limit, &key)
     );
     reg!(
         engine,
@@ -396,7 +438,7 @@ pub fn register(engine: &mut rhai::Engine, world: std::sync::Arc<World>) {
         F::new("set"),
         ["ev: Event", "key: string", "value: ?", "()"],
         "/// Remembers `value` under `key` for this session and rule, across restarts.",
-        |ev: &mut Ev, key: ImmutableString, v: Dynamic| ev.set(&key, v)
+        move |ev: &mut Ev, key: ImmutableString, v: Dynamic| ev.set(limit, &key, v)
     );
     reg!(
         engine,

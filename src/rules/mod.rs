@@ -246,7 +246,6 @@ pub struct Runtime {
 /// What the configuration gives rules beyond the event: business-hours
 /// calendars (`[hours.NAME]`) and notification channels (`[notify.NAME]`).
 /// Rules name them; they cannot reach anything else.
-#[derive(Default)]
 pub struct World {
     /// Calendars by name.
     pub calendars: Calendars,
@@ -255,6 +254,23 @@ pub struct World {
     /// The sender behind them; `None` where nothing is delivered (checks,
     /// scenarios, the demo): notify actions then end as `skipped`.
     pub notifier: Option<Arc<crate::notify::Notifier>>,
+    /// Bytes of memory one rule may keep per session (`engine.max_rule_memory`).
+    pub max_rule_memory: usize,
+}
+
+/// The default of `engine.max_rule_memory`: far above what `once` flags and
+/// counters need, far below what would bloat the state.
+pub const DEFAULT_MAX_RULE_MEMORY: usize = 64 * 1024;
+
+impl Default for World {
+    fn default() -> Self {
+        World {
+            calendars: Calendars::default(),
+            channels: Vec::new(),
+            notifier: None,
+            max_rule_memory: DEFAULT_MAX_RULE_MEMORY,
+        }
+    }
 }
 
 impl Default for Runtime {

@@ -51,6 +51,10 @@ pub struct Fault {
     /// Run the operation, then break the connection instead of responding.
     #[serde(default, deserialize_with = "null_default")]
     pub drop_connection: bool,
+    /// Run the operation, then answer with a JSON body of this many MiB,
+    /// streamed with no `Content-Length` (a client must cap what it reads).
+    #[serde(default, deserialize_with = "null_default")]
+    pub oversized_mib: u64,
     /// With `status`: run the operation first, then answer with the fault status.
     #[serde(default, deserialize_with = "null_default")]
     pub after_store: bool,
@@ -70,6 +74,7 @@ impl Default for Fault {
             latency_ms: 0,
             malformed: false,
             drop_connection: false,
+            oversized_mib: 0,
             after_store: false,
             times: Some(1),
         }
@@ -107,6 +112,9 @@ impl Fault {
         }
         if self.latency_ms > 600_000 {
             return Err("latency_ms must be at most 600000".into());
+        }
+        if self.oversized_mib > 1 << 20 {
+            return Err("oversized_mib must be at most 1048576 (1 TiB)".into());
         }
         Ok(())
     }
@@ -183,7 +191,8 @@ pub struct RequestRecord {
     pub query: Option<String>,
     /// Status sent (for a dropped connection: the status that was not sent).
     pub status: u16,
-    /// Which fault applied: `status`, `malformed`, `drop_connection`, `latency`.
+    /// Which fault applied: `status`, `malformed`, `drop_connection`,
+    /// `oversized`, `latency`.
     pub fault: Option<String>,
     /// Simulated time the request was served.
     #[serde(with = "crate::api::types::ts")]
@@ -284,6 +293,25 @@ fn shape(f: &Fault, inner: Option<Response>) -> (Response, Option<&'static str>)
         .status
         .and_then(|s| StatusCode::from_u16(s).ok())
         .unwrap_or(StatusCode::OK);
+    if f.oversized_mib > 0 {
+        // Valid JSON that never ends within any sane cap: a list of
+        // padding, produced lazily so the simulator itself stays small.
+        const CHUNK: usize = 64 * 1024;
+        let chunks = f.oversized_mib * (1024 * 1024 / CHUNK as u64);
+        let pad = Bytes::from(vec![b' '; CHUNK]);
+        let body = futures::stream::iter(
+            std::iter::once(Bytes::from_static(b"{\"success\":true,\"data\":["))
+                .chain(std::iter::repeat_n(pad, chunks as usize))
+                .chain(std::iter::once(Bytes::from_static(b"]}")))
+                .map(Ok::<Bytes, std::io::Error>),
+        );
+        let mut resp = Response::new(Body::from_stream(body));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        return (resp, Some("oversized"));
+    }
     if f.malformed {
         let mut resp = Response::new(Body::from(r#"{"success": tru"#));
         *resp.status_mut() = status;

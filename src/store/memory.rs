@@ -226,6 +226,10 @@ impl Store for MemoryStore {
             .collect())
     }
 
+    fn latest_action_at(&self) -> Result<Option<Timestamp>, StoreError> {
+        Ok(self.lock().actions.iter().map(|(i, _)| i.at).max())
+    }
+
     fn purge(&self, before: Timestamp) -> Result<usize, StoreError> {
         let mut inner = self.lock();
         let old: Vec<String> = inner

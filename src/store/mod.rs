@@ -279,6 +279,10 @@ pub trait Store: Send + Sync + 'static {
         &self,
         since: Timestamp,
     ) -> Result<Vec<(String, chrono::NaiveDate, u64)>, StoreError>;
+    /// When the newest action in the audit log was decided, on the clock
+    /// the engine wrote the state with (the server's, which a simulator or
+    /// a skewed server can run far from this machine's).
+    fn latest_action_at(&self) -> Result<Option<Timestamp>, StoreError>;
     /// Forgets ended sessions (snapshots, messages, memory) that ended
     /// before `before`; returns how many. The audit log keeps its ids.
     fn purge(&self, before: Timestamp) -> Result<usize, StoreError>;

@@ -597,6 +597,16 @@ impl Store for SqliteStore {
         Ok(out)
     }
 
+    fn latest_action_at(&self) -> Result<Option<Timestamp>, StoreError> {
+        // Timestamps are stored in one fixed-width UTC form, so the text's
+        // maximum is the latest time.
+        let newest: Option<String> = self
+            .conn()
+            .query_row("SELECT max(at) FROM actions", [], |r| r.get(0))
+            .map_err(|e| self.io(e))?;
+        Ok(newest.as_deref().and_then(crate::api::parse_ts))
+    }
+
     fn purge(&self, before: Timestamp) -> Result<usize, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(|e| self.io(e))?;
