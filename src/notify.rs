@@ -28,13 +28,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use rand::Rng;
 use reqwest::header::{HeaderMap, HeaderValue};
 use reqwest::{StatusCode, Url};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::api::client::retry_after;
+use crate::net::retry_after;
 use tokio::sync::{broadcast, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -527,11 +526,7 @@ impl DeliveryPolicy {
     /// Capped exponential backoff before retry number `attempt` (1-based),
     /// with jitter in [50%, 100%] of the step.
     pub fn backoff(&self, attempt: u32) -> Duration {
-        let exp = self
-            .base_delay
-            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
-        exp.min(self.max_delay)
-            .mul_f64(rand::rng().random_range(0.5..=1.0))
+        crate::net::backoff(self.base_delay, self.max_delay, attempt)
     }
 }
 
@@ -977,32 +972,15 @@ fn transport(e: reqwest::Error, policy: &DeliveryPolicy) -> Fail {
 
 /// The causes under a reqwest error (its own text is generic once the URL is stripped).
 fn source_chain(e: &reqwest::Error) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut cur = std::error::Error::source(e);
-    while let Some(c) = cur {
-        let t = c.to_string();
-        if !parts.iter().any(|p| p.contains(&t)) {
-            parts.push(t);
-        }
-        cur = c.source();
-    }
-    if parts.is_empty() {
-        e.to_string()
-    } else {
-        parts.join(": ")
+    match std::error::Error::source(e) {
+        Some(cause) => crate::net::error_chain(cause),
+        None => e.to_string(),
     }
 }
 
 /// `: <first line of the body>` for an error message, or nothing.
 fn excerpt(bytes: &[u8]) -> String {
-    let text = String::from_utf8_lossy(bytes);
-    let text: String = text
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
-        .chars()
-        .take(EXCERPT)
-        .collect();
+    let text = crate::net::excerpt(bytes, EXCERPT);
     if text.is_empty() {
         String::new()
     } else {
@@ -1275,39 +1253,6 @@ severity = "critical""#,
             .as_str()
             .unwrap()
             .contains("sess_1"));
-    }
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        let p = DeliveryPolicy {
-            base_delay: Duration::from_millis(100),
-            max_delay: Duration::from_secs(1),
-            ..DeliveryPolicy::default()
-        };
-        assert!(p.backoff(1) <= Duration::from_millis(100));
-        assert!(p.backoff(1) >= Duration::from_millis(50));
-        assert!(p.backoff(3) >= Duration::from_millis(200));
-        assert!(p.backoff(40) <= Duration::from_secs(1));
-        assert!(p.backoff(40) >= Duration::from_millis(500));
-    }
-
-    #[test]
-    fn retry_after_seconds_and_dates() {
-        let mut h = HeaderMap::new();
-        assert_eq!(retry_after(&h), None);
-        h.insert("retry-after", HeaderValue::from_static(" 7 "));
-        assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
-        h.insert(
-            "retry-after",
-            HeaderValue::from_static("Sun, 08 Mar 2026 14:22:30 GMT"),
-        );
-        h.insert(
-            "date",
-            HeaderValue::from_static("Sun, 08 Mar 2026 14:22:00 GMT"),
-        );
-        assert_eq!(retry_after(&h), Some(Duration::from_secs(30)));
-        h.insert("retry-after", HeaderValue::from_static("later"));
-        assert_eq!(retry_after(&h), None);
     }
 
     #[test]

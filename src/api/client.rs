@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use futures::stream::{self, StreamExt};
 use governor::{DefaultDirectRateLimiter, Quota};
-use rand::Rng;
 use reqwest::header::{HeaderMap, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
 use serde::de::{DeserializeOwned, DeserializeSeed, MapAccess, SeqAccess, Visitor};
@@ -108,11 +107,7 @@ impl RetryPolicy {
     /// Capped exponential backoff with jitter in [50%, 100%] of the step, so
     /// many engines restarting together do not retry in lock step.
     pub fn backoff(&self, attempt: u32) -> Duration {
-        let exp = self
-            .base_delay
-            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
-        let step = exp.min(self.max_delay);
-        step.mul_f64(rand::rng().random_range(0.5..=1.0))
+        crate::net::backoff(self.base_delay, self.max_delay, attempt)
     }
 }
 
@@ -747,7 +742,7 @@ impl Client {
                 message,
             }),
             StatusCode::TOO_MANY_REQUESTS => Fail::Retry(Transient::RateLimited {
-                retry_after: retry_after(&headers),
+                retry_after: crate::net::retry_after(&headers),
             }),
             s if s.is_server_error() => Fail::Retry(Transient::Server {
                 status: s.as_u16(),
@@ -843,60 +838,21 @@ fn transport(e: &reqwest::Error) -> Transient {
     if e.is_timeout() {
         Transient::Timeout
     } else if e.is_connect() {
-        Transient::Connect(error_chain(e))
+        Transient::Connect(crate::net::error_chain(e))
     } else {
-        Transient::Connection(error_chain(e))
+        Transient::Connection(crate::net::error_chain(e))
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let next = c.to_string();
-        if !s.contains(&next) {
-            s.push_str(": ");
-            s.push_str(&next);
-        }
-        cur = c.source();
-    }
-    s
-}
-
-/// The `Retry-After` of a response, in seconds or as an HTTP date (read
-/// against the response's own `Date`, so clock skew does not matter).
-pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let v = headers
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim();
-    if let Ok(secs) = v.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let at = httpdate::parse_http_date(v).ok()?;
-    // Relative to the server's own Date, so clock skew does not matter.
-    let now = headers
-        .get(reqwest::header::DATE)
-        .and_then(|d| d.to_str().ok())
-        .and_then(|d| httpdate::parse_http_date(d).ok())
-        .unwrap_or_else(std::time::SystemTime::now);
-    Some(at.duration_since(now).unwrap_or_default())
 }
 
 /// Pulls a one-line explanation out of an error body of either documented
 /// shape; falls back to a short excerpt of whatever came back.
 fn error_message(bytes: &[u8]) -> String {
     let Ok(v) = serde_json::from_slice::<Value>(bytes) else {
-        let text = String::from_utf8_lossy(bytes);
-        let text = text.trim();
+        let text = crate::net::excerpt(bytes, 200);
         return if text.is_empty() {
             "no details".into()
         } else {
-            text.chars()
-                .take(200)
-                .collect::<String>()
-                .replace('\n', " ")
+            text
         };
     };
     let mut msg = v
@@ -1371,20 +1327,6 @@ mod tests {
             error_message(b"<html>\nBad Gateway</html>"),
             "<html> Bad Gateway</html>"
         );
-    }
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        let p = RetryPolicy {
-            max_attempts: 10,
-            base_delay: Duration::from_millis(100),
-            max_delay: Duration::from_secs(1),
-            max_retry_after: Duration::from_secs(5),
-        };
-        assert!(p.backoff(1) <= Duration::from_millis(100));
-        assert!(p.backoff(1) >= Duration::from_millis(50));
-        assert!(p.backoff(30) <= Duration::from_secs(1));
-        assert!(p.backoff(30) >= Duration::from_millis(500));
     }
 
     #[test]
