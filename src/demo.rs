@@ -20,7 +20,8 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{ApiKey, Client, ClientConfig};
 use crate::engine::{Engine, EngineOptions, Note};
 use crate::events::EventKind;
-use crate::executor::Guard;
+use crate::executor::{Guard, Outcome};
+use crate::rules::Action;
 use crate::sim::{SimConfig, TrafficConfig};
 use crate::store::MemoryStore;
 
@@ -348,32 +349,31 @@ fn narrate(n: &Note, s: &mut DemoSummary) -> Option<String> {
             rule,
             session_id,
             action,
-            text,
             outcome,
-            detail,
             ..
         } => {
-            if outcome == "taken" {
+            if *outcome == Outcome::Taken {
                 s.actions += 1;
-                match action.as_str() {
-                    "take_over" => s.escalations += 1,
-                    "end" => s.closes += 1,
+                match action {
+                    Action::TakeOver => s.escalations += 1,
+                    Action::End => s.closes += 1,
                     _ => {}
                 }
             }
-            let what = match (action.as_str(), text) {
-                ("reply", Some(t)) => format!("reply {}", quote(t)),
-                ("take_over", _) => "TAKE OVER (escalate to a human)".into(),
-                ("end", _) => "END the chat".into(),
-                ("release", _) => "RELEASE to the AI".into(),
-                ("notify", Some(t)) => format!("NOTIFY {}", quote(t)),
-                (a, _) => a.to_string(),
+            let what = match action {
+                Action::Reply(t) => format!("reply {}", quote(t)),
+                Action::TakeOver => "TAKE OVER (escalate to a human)".into(),
+                Action::End => "END the chat".into(),
+                Action::Release => "RELEASE to the AI".into(),
+                Action::Notify { .. } => {
+                    format!("NOTIFY {}", quote(&action.text().unwrap_or_default()))
+                }
             };
-            let status = match outcome.as_str() {
-                "taken" => "✓".to_string(),
-                "dry_run" => "(dry run)".to_string(),
-                "skipped" => format!("– skipped: {}", detail.clone().unwrap_or_default()),
-                other => format!("✗ {other}: {}", detail.clone().unwrap_or_default()),
+            let status = match outcome {
+                Outcome::Taken => "✓".to_string(),
+                Outcome::DryRun => "(dry run)".to_string(),
+                Outcome::Skipped(why) => format!("– skipped: {why}"),
+                other => format!("✗ {other}: {}", other.detail().unwrap_or_default()),
             };
             format!(
                 "chat …{:<6}   ↳ rule {rule}: {what} {status}",

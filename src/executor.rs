@@ -52,6 +52,26 @@ impl Outcome {
     }
 }
 
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// An outcome equals its name (`outcome == "taken"`), as the audit log
+/// spells it.
+impl PartialEq<str> for Outcome {
+    fn eq(&self, name: &str) -> bool {
+        self.name() == name
+    }
+}
+
+impl PartialEq<&str> for Outcome {
+    fn eq(&self, name: &&str) -> bool {
+        self.name() == *name
+    }
+}
+
 /// Reply-loop guard settings.
 #[derive(Debug, Clone, Copy)]
 pub struct Guard {

@@ -386,7 +386,6 @@ impl Tally {
                     session_id,
                     event,
                     action,
-                    text,
                     outcome,
                     ..
                 }) if outcome == "dry_run" => {
@@ -394,16 +393,16 @@ impl Tally {
                         .counts
                         .entry(rule.clone())
                         .or_default()
-                        .entry(action.clone())
+                        .entry(action.to_string())
                         .or_default() += 1;
                     let trigger = self.last_visitor_text.get(&session_id).cloned();
                     let entry = self
                         .acted
                         .entry((rule, session_id))
                         .or_insert_with(|| (event.name().to_string(), trigger, Vec::new()));
-                    entry.2.push(match text {
+                    entry.2.push(match action.text() {
                         Some(t) => format!("{action}: {t}"),
-                        None => action,
+                        None => action.to_string(),
                     });
                 }
                 Ok(_) => {}

@@ -425,7 +425,6 @@ async fn settle(
                     rule,
                     session_id,
                     action,
-                    text,
                     outcome,
                     origin,
                     ..
@@ -434,9 +433,9 @@ async fn settle(
                     let mut s = if multi {
                         format!("{session_id} {action}")
                     } else {
-                        action
+                        action.to_string()
                     };
-                    if let Some(t) = text {
+                    if let Some(t) = action.text() {
                         s = format!("{s}: {t}");
                     }
                     // Scenarios have no notification sender: a notification

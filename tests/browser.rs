@@ -8,7 +8,7 @@
 //! installs Debian's `chromium` package. Without it the test says so and
 //! passes, so a local `cargo test` works anywhere.
 
-mod util;
+use crate::util;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;

@@ -2,7 +2,7 @@
 //! (Friday 17:58 → Monday 09:03), `ev.in_hours` and `ev.next_open`, and a
 //! calendar a rule names but the config lacks.
 
-mod util;
+use crate::util;
 
 use std::path::Path;
 use std::process::Command;

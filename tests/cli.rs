@@ -2,7 +2,7 @@
 //! `analytics` do what they say, and bad input ends in one `error:` line and
 //! the right exit code, never a panic.
 
-mod util;
+use crate::util;
 
 use std::io::Write;
 use std::path::Path;

@@ -3,7 +3,7 @@
 //! mock server produces, error classes and retries, the no-blind-resend rule
 //! for messages, local validation, and key redaction.
 
-mod util;
+use crate::util;
 
 use std::collections::HashSet;
 use std::io::Write;

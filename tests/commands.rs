@@ -1,6 +1,6 @@
 //! `skyrules check` and `skyrules demo`, as a user runs them.
 
-mod util;
+use crate::util;
 
 use std::io::Read;
 use std::path::Path;

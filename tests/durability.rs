@@ -15,7 +15,7 @@
 //! Tests run one at a time (see [`serial`]): they time real processes and
 //! the machine they run on may be small and busy.
 
-mod util;
+use crate::util;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File};

@@ -30,7 +30,7 @@ use skyrules::store::{self, MemoryStore, Store, StoreError};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-mod util;
+use crate::util;
 
 const KEY: &str = "engine-test-key";
 /// Time between polls.
@@ -361,17 +361,15 @@ impl Harness {
                     session_id,
                     event,
                     action,
-                    text,
                     outcome,
-                    detail,
                     ..
                 } if session_id == id => Some(Act {
                     rule,
                     event,
-                    action,
-                    text,
-                    outcome,
-                    detail,
+                    action: action.to_string(),
+                    text: action.text(),
+                    outcome: outcome.to_string(),
+                    detail: outcome.detail().map(str::to_string),
                 }),
                 _ => None,
             })
@@ -1653,6 +1651,9 @@ impl Store for Watched {
         since: Timestamp,
     ) -> Result<Vec<(String, chrono::NaiveDate, u64)>, StoreError> {
         self.inner.timer_breaches(since)
+    }
+    fn latest_action_at(&self) -> Result<Option<Timestamp>, StoreError> {
+        self.inner.latest_action_at()
     }
     fn purge(&self, before: Timestamp) -> Result<usize, StoreError> {
         self.inner.purge(before)

@@ -12,7 +12,7 @@
 //! - `skyrules sla` takes its window on the clock the state was written
 //!   with, so its session and breach counts agree.
 
-mod util;
+use crate::util;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;

@@ -104,14 +104,14 @@ async fn a_rule_notifies_a_webhook_once_per_session_within_the_window() {
     sim.visitor_message("s1", "hello??").unwrap();
     while outcomes.len() < 2 {
         if let Note::Action {
-            action,
-            outcome,
-            detail,
-            ..
+            action, outcome, ..
         } = notes.recv().await.unwrap()
         {
             assert_eq!(action, "notify");
-            assert!(detail.unwrap_or_default().contains("already notified"));
+            assert!(outcome
+                .detail()
+                .unwrap_or_default()
+                .contains("already notified"));
             outcomes.push(outcome);
         }
     }

@@ -12,7 +12,7 @@
 //! nothing else in the process moves the counters in question. Waits are on
 //! conditions with a generous deadline, never on a fixed sleep.
 
-mod util;
+use crate::util;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -313,7 +313,7 @@ impl Ops {
                     action,
                     outcome,
                     ..
-                } if session_id == id => Some((rule, action, outcome)),
+                } if session_id == id => Some((rule, action.to_string(), outcome.to_string())),
                 _ => None,
             })
             .collect()
@@ -519,6 +519,12 @@ fn declared_labels() -> BTreeSet<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_events_actions_and_errors_exactly() {
+    if !util::in_own_process(
+        module_path!(),
+        "metrics_count_events_actions_and_errors_exactly",
+    ) {
+        return;
+    }
     let _serial = SERIAL.lock().await;
     let started_unix = unix_now();
     let mut ops = Ops::start(&[("replier.rhai", REPLIER), ("thrower.rhai", THROWER)]).await;
@@ -811,6 +817,12 @@ fn unix_now() -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_flips_when_the_api_fails_or_disappears_and_back() {
+    if !util::in_own_process(
+        module_path!(),
+        "readyz_flips_when_the_api_fails_or_disappears_and_back",
+    ) {
+        return;
+    }
     let _serial = SERIAL.lock().await;
     let mut ops = Ops::start(&[("replier.rhai", REPLIER)]).await;
     assert_eq!(ops.get("/healthz").await, (200, "ok\n".to_string()));
@@ -886,6 +898,12 @@ async fn readyz_flips_when_the_api_fails_or_disappears_and_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_needs_a_rule_and_reloads_are_counted() {
+    if !util::in_own_process(
+        module_path!(),
+        "readyz_needs_a_rule_and_reloads_are_counted",
+    ) {
+        return;
+    }
     let _serial = SERIAL.lock().await;
     let mut ops = Ops::start(&[]).await;
     // Polling works, but nothing would act on what it sees.
@@ -940,6 +958,9 @@ async fn readyz_needs_a_rule_and_reloads_are_counted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_token_guards_everything_but_healthz() {
+    if !util::in_own_process(module_path!(), "the_token_guards_everything_but_healthz") {
+        return;
+    }
     const TOKEN: &str = "s3cret-ops-token";
     let metrics = skyrules::metrics::install().expect("recorder");
     let listener = skyrules::http::bind(loopback(), Some(TOKEN))

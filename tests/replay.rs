@@ -149,7 +149,11 @@ async fn replay_counts_match_a_dry_run_over_the_same_history() {
             } = n
             {
                 assert_eq!(outcome, "dry_run");
-                *dry_run.entry(rule).or_default().entry(action).or_default() += 1;
+                *dry_run
+                    .entry(rule)
+                    .or_default()
+                    .entry(action.to_string())
+                    .or_default() += 1;
             }
         }
         sim.advance(Duration::from_secs(5));

@@ -5,7 +5,7 @@
 //! `--filter` and `--junit` do what they say, long timers take no real time,
 //! and the scenarios shipped next to the rules pass.
 
-mod util;
+use crate::util;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

@@ -43,6 +43,35 @@ impl Action {
             Action::Notify { .. } => "notify",
         }
     }
+
+    /// What a person reads of it: a reply's text, or `channel: text` for a
+    /// notification; `None` for the others.
+    pub fn text(&self) -> Option<String> {
+        match self {
+            Action::Reply(t) => Some(t.clone()),
+            Action::Notify { channel, text } => Some(format!("{channel}: {text}")),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// An action equals its name (`action == "reply"`), as logs spell it.
+impl PartialEq<str> for Action {
+    fn eq(&self, name: &str) -> bool {
+        self.name() == name
+    }
+}
+
+impl PartialEq<&str> for Action {
+    fn eq(&self, name: &&str) -> bool {
+        self.name() == *name
+    }
 }
 
 /// Per-session, per-rule memory (`once`, `get`, `set`), as JSON values so

@@ -1,6 +1,5 @@
 //! Helpers shared by the integration tests: a quiet simulator, seeding,
 //! request-log counting and an address nobody listens on.
-#![allow(dead_code)]
 
 use std::net::{SocketAddr, TcpListener};
 
@@ -120,4 +119,35 @@ pub fn engine_options(
             window: std::time::Duration::from_secs(600),
         },
     }
+}
+
+/// Runs a test alone in a child process of this test binary, for tests that
+/// read process-wide state other tests change while they run (the metrics
+/// recorder: every engine in the process counts into it). Call it first
+/// with `module_path!()` and the test's name: it returns true in the child,
+/// which goes on with the test's body, and in the parent waits for the
+/// child, fails the test if the child failed, and returns false.
+pub fn in_own_process(module: &str, test: &str) -> bool {
+    const VAR: &str = "SKYRULES_TEST_IN_OWN_PROCESS";
+    // libtest names tests by their path below the crate.
+    let name = match module.split_once("::") {
+        Some((_, below)) => format!("{below}::{test}"),
+        None => test.to_string(),
+    };
+    if std::env::var(VAR).as_deref() == Ok(name.as_str()) {
+        return true;
+    }
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let out = std::process::Command::new(exe)
+        .args([name.as_str(), "--exact", "--test-threads=1", "--nocapture"])
+        .env(VAR, &name)
+        .output()
+        .expect("run the test in its own process");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "{name}, run in its own process, failed:\n{stdout}\n{stderr}"
+    );
+    false
 }

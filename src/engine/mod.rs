@@ -1,0 +1,556 @@
+//! The engine: the poll loop that wires the parts together.
+//!
+//! poll (watcher) → events → rules (runtime) → actions (executor) → API and
+//! state (store). This file owns the loop's timing, a cycle and its one
+//! commit, and [`Note`]s that tell observers (the demo's narrator, tests,
+//! the status page) what happened. One chat's events and actions are in
+//! [`session`], bounded concurrency in [`runner`], what happens before the
+//! first poll in [`recovery`], the store calls in [`store_io`], reporting in
+//! [`emit`]. Owns no policy of its own: that is the rules'.
+
+mod emit;
+mod recovery;
+mod reloads;
+mod runner;
+mod session;
+mod store_io;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{ApiError, Client, Timestamp};
+use crate::events::EventKind;
+use crate::executor::{Executor, Guard, Outcome};
+use crate::rules::reload::{ReloadReport, Reloader};
+use crate::rules::{Action, RuleError, Runtime, World};
+use crate::status::{Board, SessionView, SharedBoard, TimerView};
+use crate::store::{Batch, Store, StoreError};
+use crate::watcher::{SessionCycle, Watcher};
+use runner::Runner;
+use session::Handled;
+
+/// How long a shutdown waits for in-flight actions.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Sessions a cycle holds for its commit before it writes them early: a
+/// cycle in which this many changed (the first start's baseline, a mass
+/// change) is written in transactions of this size, so that it never holds
+/// 10,000 sessions' histories at once. Only handled work is held, so
+/// writing it early is always safe.
+const COMMIT_AT: usize = 1_000;
+
+/// How often ended sessions past their retention are purged.
+const PURGE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Engine settings (from `[engine]` and `[guard]`).
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// The rules directory.
+    pub rules_dir: PathBuf,
+    /// Time between polls.
+    pub poll_interval: Duration,
+    /// Log actions instead of taking them.
+    pub dry_run: bool,
+    /// Sessions processed at once.
+    pub max_concurrency: usize,
+    /// The reply-loop guard.
+    pub guard: Guard,
+}
+
+/// Default retention of ended sessions' state (SPEC §6).
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// Something that happened inside the engine, for observers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Note {
+    /// A poll finished.
+    Cycle {
+        /// Active sessions listed.
+        listed: usize,
+        /// Detail reads made.
+        details_read: usize,
+        /// Events produced.
+        events: usize,
+        /// Whether it was the first-start baseline.
+        baseline: bool,
+        /// Wall time of the whole cycle: poll, rules, actions, commits.
+        elapsed: Duration,
+        /// State-store transactions for the cycle's sessions, their events
+        /// and rule memory: one (one per 1,000 changed sessions), or none
+        /// when nothing changed. The actions' intents and outcomes are not
+        /// counted.
+        commits: usize,
+    },
+    /// A poll failed; the loop carries on.
+    PollFailed {
+        /// Why.
+        error: String,
+    },
+    /// An event was dispatched to the rules.
+    Event {
+        /// The session.
+        session_id: String,
+        /// The event.
+        kind: EventKind,
+        /// The message text, for message events (personal data: the run
+        /// command logs it at debug level only).
+        text: Option<String>,
+        /// The visitor's name, if known.
+        visitor: Option<String>,
+    },
+    /// A rule asked for an action and this is how it went.
+    Action {
+        /// The rule.
+        rule: String,
+        /// The session.
+        session_id: String,
+        /// The event that triggered it.
+        event: EventKind,
+        /// What was asked for (a reply with its text).
+        action: Action,
+        /// How it went (with the reason, when not taken).
+        outcome: Outcome,
+        /// The handler that asked for it, `file:line:column`.
+        origin: Option<String>,
+    },
+    /// A handler failed; other rules and sessions carried on.
+    RuleFailed {
+        /// The rule.
+        rule: String,
+        /// The session.
+        session_id: String,
+        /// The event.
+        event: EventKind,
+        /// The error with file:line:column.
+        error: String,
+    },
+    /// The rules directory was rescanned and something changed.
+    Reloaded {
+        /// Rules (re)loaded.
+        loaded: Vec<String>,
+        /// Rules removed.
+        removed: Vec<String>,
+        /// Load errors (previous versions kept).
+        errors: Vec<String>,
+    },
+}
+
+/// How a cycle ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CycleEnd {
+    /// Polled, processed and committed.
+    #[default]
+    Done,
+    /// Shutdown was requested before the cycle could finish.
+    Interrupted,
+}
+
+/// Why the engine could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The rules directory is unusable.
+    #[error("{0}")]
+    Rules(#[from] RuleError),
+    /// The state store failed.
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    /// The very first poll was refused: the key is wrong. Later refusals
+    /// (a key revoked while running) are logged and retried instead.
+    #[error("{0}")]
+    Api(#[from] ApiError),
+}
+
+/// A running engine's parts.
+pub struct Engine {
+    api: Client,
+    runtime: Arc<Runtime>,
+    reloader: Arc<Reloader>,
+    store: Arc<dyn Store>,
+    executor: Arc<Executor>,
+    opts: EngineOptions,
+    retention: Duration,
+    notes: broadcast::Sender<Note>,
+    board: SharedBoard,
+    // Whether anyone was handed the board: the per-session views (timers
+    // of every tracked chat, sorted) cost real time at 10,000 chats and
+    // only a status page reads them.
+    board_watched: std::sync::atomic::AtomicBool,
+    // A commit that failed (a full disk, say), kept to be written with the
+    // next one: its sessions, memory and handled events are not dropped,
+    // and the rules read its memory meanwhile.
+    unsaved: std::sync::Mutex<Batch>,
+}
+
+impl Engine {
+    /// Loads the rules and the state; reports rule errors (the rules that
+    /// load run, the broken ones are logged) and fails only when the rules
+    /// directory or the store cannot be read at all.
+    pub async fn new(
+        api: Client,
+        store: Arc<dyn Store>,
+        opts: EngineOptions,
+    ) -> Result<(Engine, ReloadReport), EngineError> {
+        Engine::with_world(api, store, opts, World::default()).await
+    }
+
+    /// Like [`Engine::new`], with the calendars and notification channels
+    /// rules may use.
+    pub async fn with_world(
+        api: Client,
+        store: Arc<dyn Store>,
+        opts: EngineOptions,
+        world: World,
+    ) -> Result<(Engine, ReloadReport), EngineError> {
+        let notifier = world.notifier.clone();
+        let runtime = Arc::new(Runtime::with_world(world));
+        let reloader = Arc::new(Reloader::new(runtime.clone(), opts.rules_dir.clone()));
+        let r = reloader.clone();
+        let report = tokio::task::spawn_blocking(move || r.rescan())
+            .await
+            .unwrap_or_else(|e| {
+                Err(RuleError {
+                    path: opts.rules_dir.clone(),
+                    line: None,
+                    column: None,
+                    message: format!("rule loading crashed: {e}"),
+                })
+            })?;
+        let executor =
+            Arc::new(Executor::new(api.clone(), opts.dry_run, opts.guard).with_notifier(notifier));
+        let (notes, _) = broadcast::channel(4096);
+        let board: SharedBoard = Arc::new(std::sync::RwLock::new(Board {
+            poll_interval: opts.poll_interval,
+            dry_run: opts.dry_run,
+            ..Board::default()
+        }));
+        reloads::refresh_rules(&board, &reloader, &report);
+        Ok((
+            Engine {
+                api,
+                runtime,
+                reloader,
+                store,
+                executor,
+                opts,
+                retention: DEFAULT_RETENTION,
+                notes,
+                board,
+                board_watched: std::sync::atomic::AtomicBool::new(false),
+                unsaved: std::sync::Mutex::new(Batch::default()),
+            },
+            report,
+        ))
+    }
+
+    /// How long ended sessions' snapshots, messages and memory are kept.
+    pub fn set_retention(&mut self, retention: Duration) {
+        self.retention = retention;
+    }
+
+    /// The status board (readiness, sessions, timers, actions, rules).
+    pub fn board(&self) -> SharedBoard {
+        self.board_watched
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.board.clone()
+    }
+
+    /// Observes what the engine does from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Note> {
+        self.notes.subscribe()
+    }
+
+    /// The rules runtime (for status).
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
+    /// The reloader (for status).
+    pub fn reloader(&self) -> &Arc<Reloader> {
+        &self.reloader
+    }
+
+    /// Runs until `shutdown`: polls every interval, never stops on API
+    /// errors, and reloads rules as their files change.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), EngineError> {
+        let mut watcher = self.resume().await?;
+        let mut last_purge: Option<std::time::Instant> = None;
+        let reload_notes = self.notes.clone();
+        let reloader = self.reloader.clone();
+        let reload_stop = shutdown.child_token();
+        let reload_task = tokio::spawn(reloads::watch_rules(
+            reloader,
+            reload_stop.clone(),
+            reload_notes,
+            self.board.clone(),
+        ));
+
+        let mut polled_once = false;
+        let mut tick = tokio::time::interval(self.opts.poll_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            if last_purge.is_none_or(|t| t.elapsed() >= PURGE_EVERY) {
+                self.purge().await;
+                last_purge = Some(std::time::Instant::now());
+            }
+            match self.cycle(&mut watcher, &shutdown).await {
+                Ok(CycleEnd::Done) => polled_once = true,
+                Ok(CycleEnd::Interrupted) => break,
+                // A wrong key or address at start is a config error to fix,
+                // not an outage to wait out.
+                Err(e @ (ApiError::Unauthorized { .. } | ApiError::Redirected { .. }))
+                    if !polled_once =>
+                {
+                    reload_stop.cancel();
+                    let _ = reload_task.await;
+                    return Err(e.into());
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "poll failed; retrying next interval");
+                    let _ = self.notes.send(Note::PollFailed {
+                        error: e.to_string(),
+                    });
+                }
+            }
+        }
+        reload_stop.cancel();
+        let _ = reload_task.await;
+        Ok(())
+    }
+
+    /// After a successful poll: readiness, sessions and their timers.
+    fn update_board(&self, watcher: &Watcher, timers: &[crate::events::TimerSpec], now: Timestamp) {
+        let (mut ai, mut human, mut pending, mut other) = (0, 0, 0, 0);
+        for t in watcher.tracked().values() {
+            match t.session.handled_by {
+                crate::api::HandledBy::Ai => ai += 1,
+                crate::api::HandledBy::Human => human += 1,
+                crate::api::HandledBy::Pending => pending += 1,
+                crate::api::HandledBy::Other(_) => other += 1,
+            }
+        }
+        crate::metrics::sessions(ai, human, pending, other);
+        let watched = self
+            .board_watched
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let mut sessions: Vec<SessionView> = watcher
+            .tracked()
+            .values()
+            .filter(|_| watched)
+            .map(|t| SessionView {
+                session_id: t.session.session_id.clone(),
+                visitor: t.session.visitor_name.clone(),
+                handled_by: t.session.handled_by.to_string(),
+                last_activity_at: t.session.last_activity_at,
+                timers: crate::events::running_timers(t, timers, now, self.runtime.calendars())
+                    .into_iter()
+                    .map(|(spec, elapsed)| TimerView {
+                        kind: spec.kind.name().to_string(),
+                        after_secs: spec.after.as_secs(),
+                        elapsed_secs: elapsed.as_secs(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        sessions.sort_by_key(|s| std::cmp::Reverse(s.last_activity_at));
+        let mut board = self.board.write().unwrap_or_else(|p| p.into_inner());
+        board.last_poll_ok = Some(std::time::Instant::now());
+        board.last_poll_error = None;
+        board.sessions = sessions;
+    }
+
+    /// One cycle: poll, run the events through the rules and the actions
+    /// through the executor, commit. Tools that drive the engine step by
+    /// step (tests, scenario runs) call this instead of [`Engine::run`].
+    ///
+    /// Handling starts while the list is still being walked: a session that
+    /// changed is handed to the rules as soon as its page and its detail are
+    /// in, so a chat on page 1 of 100 is answered without waiting for page
+    /// 100 (reaction time does not grow with the number of chats). Sessions
+    /// that left the list and due timers follow the walk.
+    ///
+    /// The cycle's state is written in one transaction at its end (a cycle
+    /// with more than 1,000 changed sessions, such as the first start's
+    /// baseline, writes them 1,000 at a time as they are handled). The only
+    /// other writes are the actions' own records: a session's first action
+    /// also journals that session, so that a crash after it loses nothing
+    /// (see [`crate::store`]).
+    pub async fn cycle(
+        &self,
+        watcher: &mut Watcher,
+        shutdown: &CancellationToken,
+    ) -> Result<CycleEnd, ApiError> {
+        let started = std::time::Instant::now();
+        let timers = self.runtime.rules().timers();
+        let baseline = !watcher.baselined();
+        let (tx, rx) = mpsc::unbounded_channel::<SessionCycle>();
+        let produce = async {
+            let mut polled = tokio::select! {
+                _ = shutdown.cancelled() => None,
+                r = watcher.poll(&timers, self.runtime.calendars(), &tx) => Some(r),
+            };
+            if let Some(Ok(cycle)) = &mut polled {
+                for sc in cycle.sessions.drain(..) {
+                    let _ = tx.send(sc);
+                }
+            }
+            drop(tx);
+            polled
+        };
+        let (polled, mut handled) = tokio::join!(produce, self.consume(rx, shutdown));
+        for id in &handled.finished {
+            self.executor.forget(id);
+        }
+        // A first start's baseline is whole only once the list was read to
+        // the end and every session in it saved. One that is cut short
+        // saves what it read as the known state and takes the baseline
+        // again at the next start.
+        handled.batch.baselined =
+            baseline && matches!(polled, Some(Ok(_))) && handled.end == CycleEnd::Done;
+        let commits = handled.commits + self.commit(std::mem::take(&mut handled.batch)).await;
+        let cycle = match polled {
+            None => return Ok(CycleEnd::Interrupted),
+            Some(Ok(c)) => c,
+            Some(Err(e)) => {
+                crate::metrics::poll(false, started.elapsed());
+                self.board
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .last_poll_error = Some(e.to_string());
+                return Err(e);
+            }
+        };
+        if handled.end == CycleEnd::Interrupted {
+            return Ok(CycleEnd::Interrupted);
+        }
+        self.update_board(watcher, &timers, cycle.now);
+        tracing::debug!(
+            listed = cycle.listed,
+            details_read = cycle.details_read,
+            events = handled.events,
+            commits,
+            baseline = cycle.baseline,
+            "poll cycle"
+        );
+        if cycle.baseline {
+            tracing::info!(
+                sessions = cycle.listed,
+                "first start: open sessions taken as a baseline (no events for their history)"
+            );
+        }
+        crate::metrics::poll(true, started.elapsed());
+        let _ = self.notes.send(Note::Cycle {
+            listed: cycle.listed,
+            details_read: cycle.details_read,
+            events: handled.events,
+            baseline: cycle.baseline,
+            elapsed: started.elapsed(),
+            commits,
+        });
+        Ok(CycleEnd::Done)
+    }
+
+    /// Takes the poll's sessions as they come and runs their events,
+    /// sessions concurrently up to the bound, gathering what the cycle's
+    /// commit writes. Returns once the poll is over and every session it
+    /// sent has been handled. On shutdown, in-flight work gets a bounded
+    /// grace period; a session whose work does not finish is not saved, so
+    /// the next start finds its events again (or in the journal, if it had
+    /// begun to act).
+    async fn consume(
+        &self,
+        mut incoming: mpsc::UnboundedReceiver<SessionCycle>,
+        shutdown: &CancellationToken,
+    ) -> Handled {
+        let mut work = Runner::new(self.opts.max_concurrency);
+        let mut handled = Handled::default();
+        let mut open = true;
+        while open || !work.is_empty() {
+            tokio::select! {
+                next = incoming.recv(), if open => {
+                    let Some(sc) = next else {
+                        open = false;
+                        continue;
+                    };
+                    if let Some(w) = handled.admit(sc) {
+                        let now = self.api.clock().now();
+                        let key = w.pending.tracked.session.session_id.clone();
+                        work.push(&key, self.process_session(w, now));
+                    }
+                    if handled.full() {
+                        handled.commits += self.commit(std::mem::take(&mut handled.batch)).await;
+                    }
+                }
+                Some((w, d)) = work.next(), if !work.is_empty() => handled.settle(w, d),
+                _ = shutdown.cancelled() => {
+                    let all = async {
+                        while let Some((w, d)) = work.next().await {
+                            handled.settle(w, d);
+                        }
+                    };
+                    if tokio::time::timeout(SHUTDOWN_GRACE, all).await.is_err() {
+                        tracing::warn!("in-flight actions did not finish within {}s; they will be settled at the next start", SHUTDOWN_GRACE.as_secs());
+                        handled.end = CycleEnd::Interrupted;
+                    }
+                    break;
+                }
+            }
+        }
+        handled
+    }
+
+    /// Writes a batch in one transaction, if it holds anything, after what
+    /// an earlier failed commit left; returns how many transactions were
+    /// written (0 or 1). A batch that cannot be written is kept for the
+    /// next commit.
+    async fn commit(&self, batch: Batch) -> usize {
+        let mut batch = {
+            let mut unsaved = self.unsaved.lock().unwrap_or_else(|p| p.into_inner());
+            let mut all = std::mem::take(&mut *unsaved);
+            all.append(batch);
+            all
+        };
+        if batch.is_empty() {
+            return 0;
+        }
+        batch.at = self.api.clock().now();
+        let saved = store_io::write(&self.store, "commit", move |s| {
+            Ok((s.commit(&batch), batch))
+        })
+        .await;
+        let (error, batch) = match saved {
+            Ok((Ok(()), _)) => return 1,
+            Ok((Err(e), batch)) => (e.to_string(), batch),
+            Err(e) => {
+                // The batch went down with the task; its sessions are
+                // written again when they next change.
+                tracing::error!(error = %e, "this cycle's state was not saved");
+                return 0;
+            }
+        };
+        tracing::error!(error = %error, sessions = batch.sessions.len() + batch.ended.len(), "cannot save this cycle's state; kept in memory and written with the next commit");
+        let mut unsaved = self.unsaved.lock().unwrap_or_else(|p| p.into_inner());
+        let later = std::mem::take(&mut *unsaved);
+        *unsaved = batch;
+        unsaved.append(later);
+        0
+    }
+
+    async fn purge(&self) {
+        let before = self.api.clock().now()
+            - chrono::Duration::from_std(self.retention)
+                .unwrap_or_else(|_| chrono::Duration::days(30));
+        match store_io::read(&self.store, move |s| s.purge(before)).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(sessions = n, "purged ended sessions past their retention"),
+            Err(e) => tracing::warn!(error = %e, "cannot purge old sessions from the state store"),
+        }
+    }
+}

@@ -1,0 +1,60 @@
+//! Rule reloads as the engine reports them: the reloader watches the rules
+//! directory and logs; this relays each reload to the status board, the
+//! metrics and the engine's observers.
+
+use std::sync::Arc;
+
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use super::Note;
+use crate::rules::reload::{log_report, ReloadReport, Reloader};
+use crate::status::{RuleView, SharedBoard};
+
+/// Puts the rules' load status on the board and in the metrics.
+pub(super) fn refresh_rules(board: &SharedBoard, reloader: &Reloader, report: &ReloadReport) {
+    let status = reloader.status();
+    let running = status.iter().filter(|r| r.running).count();
+    crate::metrics::reload(report.errors.is_empty(), running);
+    let views = status
+        .into_iter()
+        .map(|r| RuleView {
+            id: r.id,
+            running: r.running,
+            error: r.error.map(|e| e.to_string()),
+        })
+        .collect();
+    board.write().unwrap_or_else(|p| p.into_inner()).rules = views;
+}
+
+pub(super) async fn watch_rules(
+    reloader: Arc<Reloader>,
+    shutdown: CancellationToken,
+    notes: broadcast::Sender<Note>,
+    board: SharedBoard,
+) {
+    // The reloader logs; this adapter also tells observers.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let observer = reloader.clone();
+    let stop = shutdown.clone();
+    let watch = tokio::spawn(async move { observer.watch_with(stop, Some(tx)).await });
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = rx.recv() => match r {
+                Some(report) => {
+                    let report: ReloadReport = report;
+                    log_report(&report);
+                    refresh_rules(&board, &reloader, &report);
+                    let _ = notes.send(Note::Reloaded {
+                        loaded: report.loaded,
+                        removed: report.removed,
+                        errors: report.errors.iter().map(|e| e.to_string()).collect(),
+                    });
+                }
+                None => break,
+            }
+        }
+    }
+    let _ = watch.await;
+}

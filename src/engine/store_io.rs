@@ -1,0 +1,52 @@
+//! The engine's one way into the state store: every call runs on tokio's
+//! blocking pool (SQLite reads files and waits for fsync), and a call whose
+//! task died comes back as a store error like any other, never a panic.
+//!
+//! Why the store stays a blocking trait behind this wrapper rather than
+//! becoming async: the SQLite and in-memory stores are synchronous, and the
+//! command line (`audit`, `sla`) and the tests use them synchronously. A
+//! networked store with an async driver (PostgreSQL through tokio-postgres)
+//! plugs in here: its calls are awaited directly instead of being sent to
+//! the blocking pool, and nothing else in the engine changes.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::store::{Store, StoreError};
+
+/// Runs `f` against the store off the async workers.
+pub(super) async fn read<T, F>(store: &Arc<dyn Store>, f: F) -> Result<T, StoreError>
+where
+    T: Send + 'static,
+    F: FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+{
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || f(store.as_ref()))
+        .await
+        .unwrap_or_else(|e| {
+            Err(StoreError::Io {
+                path: "state".into(),
+                message: format!("the state store task failed: {e}"),
+            })
+        })
+}
+
+/// Like [`read`], timing the call as the store write `what` (`commit`,
+/// `intent`, `outcome`) in the metrics.
+pub(super) async fn write<T, F>(
+    store: &Arc<dyn Store>,
+    what: &'static str,
+    f: F,
+) -> Result<T, StoreError>
+where
+    T: Send + 'static,
+    F: FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+{
+    read(store, move |s| {
+        let started = Instant::now();
+        let r = f(s);
+        crate::metrics::store_write(what, started.elapsed());
+        r
+    })
+    .await
+}

@@ -1,0 +1,22 @@
+//! The integration tests: one binary (one link of rhai, axum, reqwest and
+//! SQLite, not one per file), one module per area, and `util` shared by all.
+//!
+//! Run one area with `cargo test --test tests cli::` or one test by name.
+
+mod util;
+
+mod browser;
+mod business_hours;
+mod cli;
+mod client;
+mod commands;
+mod durability;
+mod engine;
+mod hardening;
+mod notify;
+mod notify_engine;
+mod operability;
+mod replay;
+mod scenarios;
+mod sim_http;
+mod sla_report;
