@@ -1654,6 +1654,9 @@ impl Store for Watched {
     ) -> Result<Vec<(String, chrono::NaiveDate, u64)>, StoreError> {
         self.inner.timer_breaches(since)
     }
+    fn latest_action_at(&self) -> Result<Option<Timestamp>, StoreError> {
+        self.inner.latest_action_at()
+    }
     fn purge(&self, before: Timestamp) -> Result<usize, StoreError> {
         self.inner.purge(before)
     }
