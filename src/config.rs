@@ -403,11 +403,66 @@ impl Config {
 /// Parses a humantime duration (`5s`, `1m 30s`) with an error that shows
 /// the expected form.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim())
-        .map_err(|e| format!("invalid duration {s:?} ({e}); expected e.g. \"5s\" or \"1m 30s\""))
+    let bad = |e: &dyn std::fmt::Display| {
+        format!("invalid duration {s:?} ({e}); expected e.g. \"5s\" or \"1m 30s\"")
+    };
+    if beyond_humantime(s.trim()) {
+        return Err(bad(&"number is too large"));
+    }
+    humantime::parse_duration(s.trim()).map_err(|e| bad(&e))
 }
 
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+/// Whether `s` may add up to `u64::MAX` seconds or more, where humantime
+/// panics (`Duration::new` overflows on `"18446744073709551615s 1000ms"`)
+/// instead of failing. An upper bound, read as humantime reads: each
+/// number (digits, spaces ignored, up to its unit) counts one more of its
+/// unit, and of a year when the unit is unknown.
+fn beyond_humantime(s: &str) -> bool {
+    const SEC: u128 = 1_000_000_000;
+    let unit_ns = |u: &str| -> u128 {
+        match u {
+            "nanos" | "nsec" | "ns" => 1,
+            "usec" | "us" | "µs" => 1_000,
+            "millis" | "msec" | "ms" => 1_000_000,
+            "seconds" | "second" | "secs" | "sec" | "s" => SEC,
+            "minutes" | "minute" | "min" | "mins" | "m" => 60 * SEC,
+            "hours" | "hour" | "hr" | "hrs" | "h" => 3_600 * SEC,
+            "days" | "day" | "d" => 86_400 * SEC,
+            "weeks" | "week" | "wk" | "wks" | "w" => 604_800 * SEC,
+            _ => 31_557_600 * SEC,
+        }
+    };
+    let (mut total, mut digits, mut unit, mut fraction) =
+        (0u128, String::new(), String::new(), false);
+    let mut add = |digits: &mut String, unit: &mut String| {
+        if !digits.is_empty() {
+            let n: u128 = digits.parse().unwrap_or(u128::MAX);
+            total = total.saturating_add(n.saturating_add(1).saturating_mul(unit_ns(unit)));
+        }
+        digits.clear();
+        unit.clear();
+    };
+    for c in s.chars() {
+        if c.is_alphabetic() {
+            unit.push(c);
+            continue;
+        }
+        if !unit.is_empty() {
+            add(&mut digits, &mut unit);
+            fraction = false;
+        }
+        if c == '.' {
+            fraction = true;
+        } else if c.is_ascii_digit() && !fraction {
+            digits.push(c);
+        }
+    }
+    add(&mut digits, &mut unit);
+    total >= u128::from(u64::MAX) * SEC
+}
+
+/// The serde form of [`parse_duration`], for config fields.
+pub(crate) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
     parse_duration(&s).map_err(serde::de::Error::custom)
 }
@@ -474,33 +529,43 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 /// user has to fix.
 fn explain(text: &str, e: &toml::de::Error) -> String {
     let msg = e.message().trim().replace('\n', " ");
-    let Some(span) = e.span() else { return msg };
-    let table = text[..span.start.min(text.len())]
-        .lines()
-        .rev()
-        .find_map(|l| {
-            let l = l.trim();
-            l.strip_prefix('[')
-                .and_then(|r| r.strip_suffix(']'))
-                .map(str::to_string)
-        });
-    // The span covers the key for unknown keys and the value for bad values;
-    // either way the key is what stands before `=` on that line.
-    let line_start = text[..span.start.min(text.len())]
-        .rfind('\n')
-        .map_or(0, |i| i + 1);
-    let line = text[line_start..].lines().next().unwrap_or("");
-    let key = match line.split_once('=') {
-        Some((k, _)) => k.trim().to_string(),
-        None => String::new(),
-    };
-    match table {
-        Some(t) if !key.is_empty() && !key.contains(['[', '\n', '"']) => {
-            format!("`{t}.{key}`: {msg}")
-        }
-        Some(t) => format!("in [{t}]: {msg}"),
+    match e.span().and_then(|span| key_at(text, span.start)) {
+        Some(key) => format!("`{key}`: {msg}"),
         None => msg,
     }
+}
+
+/// The dotted key of the deepest key or value of `text` that holds byte
+/// `at`: the key itself for an unknown key, the key of a bad value (also
+/// an element of a multi-line array or inline table), the table of a
+/// `[table]` header that lacks a field. `None` if `text` is not TOML.
+fn key_at(text: &str, at: usize) -> Option<String> {
+    use toml::de::{DeTable, DeValue};
+    fn walk(t: &DeTable<'_>, at: usize, path: &mut Vec<String>, best: &mut Vec<String>) {
+        for (k, v) in t.iter() {
+            let name = k.get_ref();
+            let plain = !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            path.push(if plain {
+                name.to_string()
+            } else {
+                format!("{name:?}")
+            });
+            if (k.span().contains(&at) || v.span().contains(&at)) && path.len() > best.len() {
+                best.clone_from(path);
+            }
+            if let DeValue::Table(inner) = v.get_ref() {
+                walk(inner, at, path, best);
+            }
+            path.pop();
+        }
+    }
+    let doc = DeTable::parse(text).ok()?;
+    let mut best = Vec::new();
+    walk(doc.get_ref(), at, &mut Vec::new(), &mut best);
+    (!best.is_empty()).then(|| best.join("."))
 }
 
 #[cfg(test)]

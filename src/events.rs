@@ -271,10 +271,9 @@ pub fn diff(
         .max()
         .unwrap_or(0)
         .max(cursor_before);
+    // Every new message is an event, however many arrived since the last
+    // poll; only the newest RECENT_MESSAGES are kept (below).
     let mut recent = messages;
-    if recent.len() > RECENT_MESSAGES {
-        recent.drain(..recent.len() - RECENT_MESSAGES);
-    }
     let mut events = Vec::new();
     if !baseline {
         // Events carry a rank so that, at equal timestamps, the order is
@@ -345,6 +344,9 @@ pub fn diff(
                 sla.human_wait_secs.push(secs(took - req));
             }
         }
+    }
+    if recent.len() > RECENT_MESSAGES {
+        recent.drain(..recent.len() - RECENT_MESSAGES);
     }
     let mut tracked = Tracked {
         session,

@@ -112,7 +112,10 @@ pub struct ChannelConfig {
     #[serde(default)]
     pub token_env: Option<String>,
     /// A second notification for the same session within this window is refused.
-    #[serde(default = "default_dedupe", with = "humantime_serde")]
+    #[serde(
+        default = "default_dedupe",
+        deserialize_with = "crate::config::duration"
+    )]
     pub dedupe: Duration,
     /// PagerDuty: `critical`, `error` (default), `warning` or `info`.
     #[serde(default)]
