@@ -16,6 +16,7 @@ mod hardening;
 mod notify;
 mod notify_engine;
 mod operability;
+mod properties;
 mod replay;
 mod scenarios;
 mod sim_http;
