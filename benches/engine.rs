@@ -272,7 +272,7 @@ fn no_config_runtime() -> (Runtime, RuleSet) {
     let mut set = RuleSet::default();
     // The shipped rules that need no configuration (no calendars, no
     // channels), exactly as the binary embeds them.
-    for (name, text) in skyrules::demo::EMBEDDED_RULES {
+    for (name, text) in skyrules::tools::embedded_rules::RULES {
         let path = manifest_dir().join("rules").join(name);
         set.upsert(rt.load_source(&path, text).expect("shipped rule loads"));
     }

@@ -6,10 +6,8 @@
 //! store. Each module owns one step of that flow.
 
 pub mod api;
-pub mod bench;
 pub mod cli;
 pub mod config;
-pub mod demo;
 pub mod engine;
 pub mod escape;
 pub mod events;
@@ -19,13 +17,11 @@ pub mod http;
 pub mod metrics;
 mod net;
 pub mod notify;
-pub mod replay;
 pub mod rules;
-pub mod scenario;
-mod scratch;
 pub mod shutdown;
 pub mod sim;
 pub mod sla;
 pub mod status;
 pub mod store;
+pub mod tools;
 pub mod watcher;

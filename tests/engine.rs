@@ -1313,7 +1313,7 @@ async fn shipped_rules_escalate_and_close_idle_chats() {
     // notification ones depend on skyrules.toml and on the time of day; they
     // have their own scenarios).
     let copy = tempfile::tempdir().unwrap();
-    skyrules::demo::write_embedded_rules(copy.path()).unwrap();
+    skyrules::tools::embedded_rules::write(copy.path()).unwrap();
     let setup = Setup {
         rules_dir: Some(copy.path().to_path_buf()),
         ..Setup::rules(&[])

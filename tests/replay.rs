@@ -10,9 +10,9 @@ use std::time::Duration;
 use skyrules::api::{ApiKey, Client, ClientConfig, SenderType};
 use skyrules::engine::{Engine, EngineOptions, Note};
 use skyrules::executor::Guard;
-use skyrules::replay::{replay, Progress, ReplayOptions};
 use skyrules::sim::{SimConfig, SimHandle};
 use skyrules::store::MemoryStore;
+use skyrules::tools::replay::{replay, Progress, ReplayOptions};
 use tokio_util::sync::CancellationToken;
 
 struct Quiet;
@@ -29,7 +29,7 @@ fn shipped_rules() -> PathBuf {
     static COPY: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
     let dir = COPY.get_or_init(|| {
         let copy = tempfile::tempdir().unwrap();
-        skyrules::demo::write_embedded_rules(copy.path()).unwrap();
+        skyrules::tools::embedded_rules::write(copy.path()).unwrap();
         copy
     });
     dir.path().to_path_buf()

@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use clap::Args;
 
 use super::UserError;
-use crate::bench::{render, run as run_bench, BenchOptions};
 use crate::config::parse_duration;
+use crate::tools::bench::{render, run as run_bench, BenchOptions};
 
 /// Flags of `skyrules bench`.
 #[derive(Debug, Args)]

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::UserError;
 use crate::config::parse_duration;
-use crate::demo::DemoOptions;
+use crate::tools::demo::DemoOptions;
 
 /// Flags of `skyrules demo`.
 #[derive(Debug, Args)]
@@ -74,6 +74,6 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
         stop.cancel();
     });
     let mut out = std::io::stdout();
-    crate::demo::run(opts, shutdown, &mut out).await?;
+    crate::tools::demo::run(opts, shutdown, &mut out).await?;
     Ok(ExitCode::SUCCESS)
 }

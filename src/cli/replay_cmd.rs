@@ -12,7 +12,7 @@ use super::UserError;
 use crate::api::Client;
 use crate::config::{parse_duration, Config};
 use crate::executor::Guard;
-use crate::replay::{replay, Progress, ReplayOptions};
+use crate::tools::replay::{replay, Progress, ReplayOptions};
 
 /// Flags of `skyrules replay`.
 #[derive(Debug, Args)]

@@ -8,7 +8,7 @@ use clap::Args;
 use super::UserError;
 use crate::config::Config;
 use crate::rules::World;
-use crate::scenario::{junit, load_file, run_scenario, scenario_files, ScenarioResult};
+use crate::tools::scenario::{junit, load_file, run_scenario, scenario_files, ScenarioResult};
 
 /// Flags of `skyrules test`.
 #[derive(Debug, Args)]

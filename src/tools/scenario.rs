@@ -37,25 +37,18 @@
 //! the session id: `s2 take_over`.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 use tokio::sync::broadcast;
-use tokio_util::sync::CancellationToken;
 
-use crate::api::{ApiKey, Client, ClientConfig, RetryPolicy, SenderType};
+use crate::api::SenderType;
 use crate::config::parse_duration;
-use crate::engine::{CycleEnd, Engine, EngineOptions, Note};
+use crate::engine::{EngineOptions, Note};
 use crate::executor::Guard;
 use crate::rules::World;
-use crate::sim::SimConfig;
-use crate::store::MemoryStore;
-
-/// Cycles run after a step before it counts as "nothing more happens".
-const MAX_SETTLE_CYCLES: usize = 10;
+use crate::tools::harness::{Harness, MAX_SETTLE_CYCLES};
 /// Clock steps when a scenario advances time, so that timers fire in order.
 const ADVANCE_STEP: Duration = Duration::from_secs(30);
 
@@ -243,26 +236,6 @@ async fn run_inner(rules_dir: &Path, s: &Scenario, world: World) -> Result<(), S
         }
     }
     let rules = RuleDir::new(rules_dir, s.rules.as_deref())?;
-    let sim = crate::sim::start(
-        SimConfig {
-            api_key: "scenario".into(),
-            seed: 1,
-            bot_delay: None,
-            clock_speed: 0.0,
-            traffic: None,
-        },
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-    )
-    .await
-    .map_err(|e| format!("cannot start the simulator: {e}"))?;
-    let mut cfg = ClientConfig::new(sim.base_url(), ApiKey::new("scenario"));
-    cfg.retry = RetryPolicy {
-        max_attempts: 2,
-        base_delay: Duration::from_millis(5),
-        max_delay: Duration::from_millis(20),
-        max_retry_after: Duration::from_millis(20),
-    };
-    let api = Client::new(cfg).map_err(|e| e.to_string())?;
     let opts = EngineOptions {
         rules_dir: rules.path().to_path_buf(),
         poll_interval: Duration::from_secs(5),
@@ -273,97 +246,98 @@ async fn run_inner(rules_dir: &Path, s: &Scenario, world: World) -> Result<(), S
             window: Duration::from_secs(600),
         },
     };
-    let (engine, report) =
-        Engine::with_world(api.clone(), Arc::new(MemoryStore::new()), opts, world)
-            .await
-            .map_err(|e| e.to_string())?;
+    let (h, report) = Harness::start(opts, world).await?;
     if let Some(e) = report.errors.first() {
         return Err(format!("rule does not load: {e}"));
     }
-    if let Some(start) = &s.start {
-        let t = crate::api::parse_ts(start).ok_or_else(|| {
-            format!("`start` {start:?} is not an RFC 3339 time like 2026-11-27T17:58:00+01:00")
-        })?;
-        sim.set_time(t);
-    }
-    let mut notes = engine.subscribe();
-    let stop = CancellationToken::new();
-    let mut watcher = engine.resume().await.map_err(|e| e.to_string())?;
-    // The empty first poll is the baseline; sessions created after it are
-    // new to the engine and fire their events.
-    cycle(&engine, &mut watcher, &stop).await?;
+    let mut run = Run {
+        notes: h.engine.subscribe(),
+        h,
+        multi: s.session.len() > 1,
+        // Subsets run from a copy; messages name the real files.
+        paths: (
+            rules.path().display().to_string(),
+            rules_dir.display().to_string(),
+        ),
+    };
+    let result = run.scenario(s).await;
+    run.h.shutdown().await;
+    result
+}
 
-    let mut ids = Vec::new();
-    for (i, table) in s.session.iter().enumerate() {
-        let mut body = serde_json::to_value(table).map_err(|e| e.to_string())?;
-        if let Some(obj) = body.as_object_mut() {
-            let id = obj
-                .remove("id")
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_else(|| format!("s{}", i + 1));
-            obj.insert("session_id".into(), id.clone().into());
-            ids.push(id);
+/// A scenario being run: the harness, the engine's notes, and how to
+/// describe what it saw.
+struct Run {
+    h: Harness,
+    notes: broadcast::Receiver<Note>,
+    /// Several sessions: actions are prefixed with their session id.
+    multi: bool,
+    /// The rules directory the engine loads, and the one to name instead.
+    paths: (String, String),
+}
+
+impl Run {
+    async fn scenario(&mut self, s: &Scenario) -> Result<(), String> {
+        if let Some(start) = &s.start {
+            let t = crate::api::parse_ts(start).ok_or_else(|| {
+                format!("`start` {start:?} is not an RFC 3339 time like 2026-11-27T17:58:00+01:00")
+            })?;
+            self.h.sim.set_time(t);
         }
-        sim.create_session(body)
-            .map_err(|e| format!("session {}: {e:?}", i + 1))?;
-    }
-    let multi = ids.len() > 1;
-    // Subsets run from a copy; messages name the real files.
-    let paths = (
-        rules.path().display().to_string(),
-        rules_dir.display().to_string(),
-    );
-    let mut setup = settle(&engine, &mut watcher, &stop, &mut notes, multi, &paths).await?;
-    if let Some(err) = setup.errors.first() {
-        return Err(format!("while the sessions open: {err}"));
-    }
-    setup.actions.clear();
-
-    for (i, step) in s.step.iter().enumerate() {
-        let id = match &step.session {
-            Some(id) => id.clone(),
-            None => ids
-                .first()
-                .cloned()
-                .ok_or("a step needs a session; add a [[scenario.session]]")?,
-        };
-        let n = i + 1;
-        let fail = |e: String| format!("step {n} ({}): {e}", step.describe());
-        let mut seen = Seen::default();
-        if let Some(d) = &step.advance {
-            let total = parse_duration(d).map_err(fail)?;
-            // A second more than asked, so a timer due exactly then fires
-            // despite the one-second resolution of the server clock.
-            let mut left = total + Duration::from_secs(1);
-            while !left.is_zero() {
-                let chunk = left.min(ADVANCE_STEP);
-                sim.advance(chunk);
-                left -= chunk;
-                seen.extend(settle(&engine, &mut watcher, &stop, &mut notes, multi, &paths).await?);
-            }
-        } else {
-            let r = if let Some(t) = &step.visitor {
-                sim.post_message(&id, SenderType::Visitor, t).map(|_| ())
-            } else if let Some(t) = &step.bot {
-                sim.post_message(&id, SenderType::Bot, t).map(|_| ())
-            } else if let Some(t) = &step.agent {
-                sim.post_message(&id, SenderType::Agent, t).map(|_| ())
-            } else if step.request_human {
-                sim.request_human(&id).map(|_| ())
-            } else if step.leave {
-                sim.leave(&id).map(|_| ())
-            } else {
-                Ok(())
+        self.h.resume().await?;
+        // The empty first poll is the baseline; sessions created after it
+        // are new to the engine and fire their events.
+        self.h.step().await?;
+        let ids = self.open_sessions(s)?;
+        let setup = self.settle().await?;
+        if let Some(err) = setup.errors.first() {
+            return Err(format!("while the sessions open: {err}"));
+        }
+        for (i, step) in s.step.iter().enumerate() {
+            let id = match &step.session {
+                Some(id) => id.clone(),
+                None => ids
+                    .first()
+                    .cloned()
+                    .ok_or("a step needs a session; add a [[scenario.session]]")?,
             };
-            r.map_err(|e| fail(format!("the simulator refused: {e:?}")))?;
-            if step.take_over {
-                api.take_over(&id).await.map_err(|e| fail(e.to_string()))?;
-            }
-            if step.release {
-                api.release(&id).await.map_err(|e| fail(e.to_string()))?;
-            }
-            seen = settle(&engine, &mut watcher, &stop, &mut notes, multi, &paths).await?;
+            self.step(i + 1, step, &id).await?;
         }
+        Ok(())
+    }
+
+    /// Creates the scenario's sessions; returns their ids.
+    fn open_sessions(&self, s: &Scenario) -> Result<Vec<String>, String> {
+        let mut ids = Vec::new();
+        for (i, table) in s.session.iter().enumerate() {
+            let mut body = serde_json::to_value(table).map_err(|e| e.to_string())?;
+            if let Some(obj) = body.as_object_mut() {
+                let id = obj
+                    .remove("id")
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_else(|| format!("s{}", i + 1));
+                obj.insert("session_id".into(), id.clone().into());
+                ids.push(id);
+            }
+            self.h
+                .sim
+                .create_session(body)
+                .map_err(|e| format!("session {}: {e:?}", i + 1))?;
+        }
+        Ok(ids)
+    }
+
+    /// Step `n`: does what it says to session `id`, lets the engine settle,
+    /// and checks what it did against `expect`.
+    async fn step(&mut self, n: usize, step: &Step, id: &str) -> Result<(), String> {
+        let fail = |e: String| format!("step {n} ({}): {e}", step.describe());
+        let seen = match &step.advance {
+            Some(d) => self.advance(parse_duration(d).map_err(fail)?).await?,
+            None => {
+                self.act(step, id).await.map_err(fail)?;
+                self.settle().await?
+            }
+        };
         if let Some(err) = seen.errors.first() {
             return Err(format!("step {n} ({}): {err}", step.describe()));
         }
@@ -373,10 +347,70 @@ async fn run_inner(rules_dir: &Path, s: &Scenario, world: World) -> Result<(), S
                 return Err(diff_text(n, step, expected, &seen.actions));
             }
         }
+        Ok(())
     }
-    stop.cancel();
-    sim.shutdown().await;
-    Ok(())
+
+    /// Moves the clock by `total` in steps, settling after each, so that
+    /// timers fire in order.
+    async fn advance(&mut self, total: Duration) -> Result<Seen, String> {
+        let mut seen = Seen::default();
+        // A second more than asked, so a timer due exactly then fires
+        // despite the one-second resolution of the server clock.
+        let mut left = total + Duration::from_secs(1);
+        while !left.is_zero() {
+            let chunk = left.min(ADVANCE_STEP);
+            self.h.sim.advance(chunk);
+            left -= chunk;
+            seen.extend(self.settle().await?);
+        }
+        Ok(seen)
+    }
+
+    /// What a step (other than `advance`) does to session `id`.
+    async fn act(&self, step: &Step, id: &str) -> Result<(), String> {
+        let sim = &self.h.sim;
+        let r = if let Some(t) = &step.visitor {
+            sim.post_message(id, SenderType::Visitor, t).map(|_| ())
+        } else if let Some(t) = &step.bot {
+            sim.post_message(id, SenderType::Bot, t).map(|_| ())
+        } else if let Some(t) = &step.agent {
+            sim.post_message(id, SenderType::Agent, t).map(|_| ())
+        } else if step.request_human {
+            sim.request_human(id).map(|_| ())
+        } else if step.leave {
+            sim.leave(id).map(|_| ())
+        } else {
+            Ok(())
+        };
+        r.map_err(|e| format!("the simulator refused: {e:?}"))?;
+        if step.take_over {
+            self.h.api.take_over(id).await.map_err(|e| e.to_string())?;
+        }
+        if step.release {
+            self.h.api.release(id).await.map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Polls until a poll sees no event, collecting what the engine did.
+    async fn settle(&mut self) -> Result<Seen, String> {
+        let mut seen = Seen::default();
+        let Run {
+            h,
+            notes,
+            multi,
+            paths,
+        } = self;
+        let quiet = h
+            .settle(|| take_notes(notes, *multi, paths, &mut seen) == 0)
+            .await?;
+        if !quiet {
+            seen.errors.push(format!(
+                "still producing events after {MAX_SETTLE_CYCLES} polls: a rule may be answering itself"
+            ));
+        }
+        Ok(seen)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -393,82 +427,59 @@ impl Seen {
     }
 }
 
-async fn cycle(
-    engine: &Engine,
-    watcher: &mut crate::watcher::Watcher,
-    stop: &CancellationToken,
-) -> Result<(), String> {
-    match engine.cycle(watcher, stop).await {
-        Ok(CycleEnd::Done) => Ok(()),
-        Ok(CycleEnd::Interrupted) => Err("interrupted".into()),
-        Err(e) => Err(format!("poll failed: {e}")),
-    }
-}
-
-/// Polls until a poll sees no event, collecting what the engine did.
-async fn settle(
-    engine: &Engine,
-    watcher: &mut crate::watcher::Watcher,
-    stop: &CancellationToken,
+/// Reads the notes of the last poll into `seen`; returns how many events
+/// that poll saw.
+fn take_notes(
     notes: &mut broadcast::Receiver<Note>,
     multi: bool,
     paths: &(String, String),
-) -> Result<Seen, String> {
-    let mut seen = Seen::default();
-    for _ in 0..MAX_SETTLE_CYCLES {
-        cycle(engine, watcher, stop).await?;
-        let mut events = 0;
-        loop {
-            match notes.try_recv() {
-                Ok(Note::Cycle { events: n, .. }) => events = n,
-                Ok(Note::Action {
-                    rule,
-                    session_id,
-                    action,
-                    outcome,
-                    origin,
-                    ..
-                }) => {
-                    let action_is_notify = action == "notify";
-                    let mut s = if multi {
-                        format!("{session_id} {action}")
-                    } else {
-                        action.to_string()
-                    };
-                    if let Some(t) = action.text() {
-                        s = format!("{s}: {t}");
-                    }
-                    // Scenarios have no notification sender: a notification
-                    // that would have gone out counts as taken.
-                    let sent = outcome == "taken" || (outcome == "dry_run" && action_is_notify);
-                    if !sent {
-                        s = format!("{s} ({outcome})");
-                    }
-                    let by = match origin {
-                        Some(o) => format!("rule {rule}, {}", o.replacen(&paths.0, &paths.1, 1)),
-                        None => format!("rule {rule}"),
-                    };
-                    seen.actions.push((s, by));
+    seen: &mut Seen,
+) -> usize {
+    let mut events = 0;
+    loop {
+        match notes.try_recv() {
+            Ok(Note::Cycle { events: n, .. }) => events = n,
+            Ok(Note::Action {
+                rule,
+                session_id,
+                action,
+                outcome,
+                origin,
+                ..
+            }) => {
+                let action_is_notify = action == "notify";
+                let mut s = if multi {
+                    format!("{session_id} {action}")
+                } else {
+                    action.to_string()
+                };
+                if let Some(t) = action.text() {
+                    s = format!("{s}: {t}");
                 }
-                Ok(Note::RuleFailed {
-                    rule, event, error, ..
-                }) => seen.errors.push(format!(
-                    "rule {rule} failed on {event}: {}",
-                    error.replacen(&paths.0, &paths.1, 1)
-                )),
-                Ok(_) => {}
-                Err(broadcast::error::TryRecvError::Lagged(_)) => {}
-                Err(_) => break,
+                // Scenarios have no notification sender: a notification
+                // that would have gone out counts as taken.
+                let sent = outcome == "taken" || (outcome == "dry_run" && action_is_notify);
+                if !sent {
+                    s = format!("{s} ({outcome})");
+                }
+                let by = match origin {
+                    Some(o) => format!("rule {rule}, {}", o.replacen(&paths.0, &paths.1, 1)),
+                    None => format!("rule {rule}"),
+                };
+                seen.actions.push((s, by));
             }
-        }
-        if events == 0 {
-            return Ok(seen);
+            Ok(Note::RuleFailed {
+                rule, event, error, ..
+            }) => seen.errors.push(format!(
+                "rule {rule} failed on {event}: {}",
+                error.replacen(&paths.0, &paths.1, 1)
+            )),
+            Ok(_) => {}
+            Err(broadcast::error::TryRecvError::Lagged(_)) => {}
+            Err(_) => break,
         }
     }
-    seen.errors.push(format!(
-        "still producing events after {MAX_SETTLE_CYCLES} polls: a rule may be answering itself"
-    ));
-    Ok(seen)
+    events
 }
 
 fn diff_text(n: usize, step: &Step, expected: &[String], actual: &[(String, String)]) -> String {
@@ -506,7 +517,7 @@ impl RuleDir {
             return Ok(RuleDir::Whole(dir.to_path_buf()));
         };
         // Private (0700) and unguessable: the engine loads whatever is there.
-        let tmp = crate::scratch::private_dir("skyrules-test-rules-").map_err(|e| {
+        let tmp = crate::tools::scratch::private_dir("skyrules-test-rules-").map_err(|e| {
             format!("cannot create a private directory for the scenario's rules: {e}")
         })?;
         for id in only {

@@ -11,29 +11,23 @@
 //! it ends.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures::stream::{self, StreamExt};
 use serde::Serialize;
 use tokio::sync::broadcast;
-use tokio_util::sync::CancellationToken;
 
 use crate::api::{
-    ApiError, ApiKey, Client, ClientConfig, ListQuery, SenderType, SessionDetail, SessionStatus,
-    Timestamp,
+    ApiError, Client, ListQuery, SenderType, SessionDetail, SessionStatus, Timestamp,
 };
-use crate::engine::{CycleEnd, Engine, EngineOptions, Note};
+use crate::engine::{EngineOptions, Note};
 use crate::executor::Guard;
-use crate::sim::{SimConfig, SimHandle};
-use crate::store::MemoryStore;
+use crate::sim::SimHandle;
+use crate::tools::harness::Harness;
 
 /// Session details read at once; the client also honours 429 Retry-After.
 const READ_CONCURRENCY: usize = 4;
-/// Polls after a replayed instant before it counts as settled.
-const MAX_SETTLE_CYCLES: usize = 10;
 /// Sessions sampled per rule in the report.
 const SAMPLES: usize = 3;
 
@@ -166,20 +160,6 @@ pub async fn run_history(
         ..ReplayReport::default()
     };
     let timeline = timeline(history);
-    let sim = crate::sim::start(
-        SimConfig {
-            api_key: "replay".into(),
-            seed: 1,
-            bot_delay: None,
-            clock_speed: 0.0,
-            traffic: None,
-        },
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-    )
-    .await?;
-    let mut cfg = ClientConfig::new(sim.base_url(), ApiKey::new("replay"));
-    cfg.retry.base_delay = Duration::from_millis(5);
-    let local = Client::new(cfg)?;
     let engine_opts = EngineOptions {
         rules_dir: opts.rules_dir.clone(),
         poll_interval: Duration::from_secs(5),
@@ -193,41 +173,55 @@ pub async fn run_history(
         notifier: None,
         ..Default::default()
     };
-    let (engine, load) = Engine::with_world(
-        local.clone(),
-        Arc::new(MemoryStore::new()),
-        engine_opts,
-        world,
-    )
-    .await?;
+    let (mut h, load) = Harness::start(engine_opts, world)
+        .await
+        .map_err(anyhow::Error::msg)?;
     if let Some(e) = load.errors.first() {
         anyhow::bail!("rule does not load: {e}");
     }
-    for r in &engine.runtime().rules().rules {
+    let rules = h.engine.runtime().rules();
+    for r in &rules.rules {
         report.rules.insert(r.id.clone(), RuleReport::default());
     }
-    let timers: Vec<Duration> = engine
-        .runtime()
-        .rules()
-        .timers()
-        .iter()
-        .map(|t| t.after)
-        .collect();
-    let mut notes = engine.subscribe();
-    let stop = CancellationToken::new();
-    let mut watcher = engine.resume().await?;
+    let timers: Vec<Duration> = rules.timers().iter().map(|t| t.after).collect();
+    let mut notes = h.engine.subscribe();
+    h.resume().await.map_err(anyhow::Error::msg)?;
     if let Some((first, _)) = timeline.first() {
-        sim.set_time(*first - chrono::Duration::seconds(1));
+        h.sim.set_time(*first - chrono::Duration::seconds(1));
     }
-    step(&engine, &mut watcher, &stop).await?;
+    h.step().await.map_err(anyhow::Error::msg)?;
+    let mut tally = Tally::default();
+    for (t, items) in instants(timeline, &timers, horizon) {
+        if t > h.sim.now() {
+            h.sim.set_time(t);
+        }
+        for item in items {
+            apply(&h.sim, &h.api, item).await;
+        }
+        // Replay goes on even when a rule keeps answering itself: the
+        // counts then show it.
+        h.settle(|| tally.drain(&mut notes) == 0)
+            .await
+            .map_err(anyhow::Error::msg)?;
+    }
+    h.shutdown().await;
+    tally.into_report(&mut report);
+    Ok(report)
+}
 
-    // Poll at every recorded instant and every instant a timer could come
-    // due after one: timers fire exactly when they would have.
-    let mut instants: BTreeSet<Timestamp> = timeline.iter().map(|(t, _)| *t).collect();
+/// The instants to poll at, up to `horizon`, with what happens at each:
+/// every recorded instant and every instant a timer could come due after
+/// one, so that timers fire exactly when they would have.
+fn instants(
+    timeline: Vec<(Timestamp, Item)>,
+    timers: &[Duration],
+    horizon: Timestamp,
+) -> Vec<(Timestamp, Vec<Item>)> {
+    let mut at: BTreeSet<Timestamp> = timeline.iter().map(|(t, _)| *t).collect();
     for (t, _) in &timeline {
-        for d in &timers {
+        for d in timers {
             if let Ok(d) = chrono::Duration::from_std(*d + Duration::from_secs(1)) {
-                instants.insert(*t + d);
+                at.insert(*t + d);
             }
         }
     }
@@ -235,39 +229,10 @@ pub async fn run_history(
     for (t, item) in timeline {
         by_time.entry(t).or_default().push(item);
     }
-    let mut tally = Tally::default();
-    for t in instants {
-        if t > horizon {
-            break;
-        }
-        if t > sim.now() {
-            sim.set_time(t);
-        }
-        for item in by_time.remove(&t).unwrap_or_default() {
-            apply(&sim, &local, item).await;
-        }
-        for _ in 0..MAX_SETTLE_CYCLES {
-            step(&engine, &mut watcher, &stop).await?;
-            if tally.drain(&mut notes) == 0 {
-                break;
-            }
-        }
-    }
-    stop.cancel();
-    sim.shutdown().await;
-    tally.into_report(&mut report);
-    Ok(report)
-}
-
-async fn step(
-    engine: &Engine,
-    watcher: &mut crate::watcher::Watcher,
-    stop: &CancellationToken,
-) -> anyhow::Result<()> {
-    match engine.cycle(watcher, stop).await? {
-        CycleEnd::Done => Ok(()),
-        CycleEnd::Interrupted => anyhow::bail!("interrupted"),
-    }
+    at.into_iter()
+        .take_while(|t| *t <= horizon)
+        .map(|t| (t, by_time.remove(&t).unwrap_or_default()))
+        .collect()
 }
 
 /// The history as timed items, oldest first; a session opens before

@@ -460,7 +460,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
     let scratch = tempdir()?;
     let dir = scratch.path();
     let rules = dir.join("rules");
-    crate::demo::write_embedded_rules(&rules)?;
+    crate::tools::embedded_rules::write(&rules)?;
 
     // Measured with metrics on, as `skyrules run` has them.
     let metrics = crate::metrics::install();
@@ -683,7 +683,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
 /// A private (0700), unguessable directory for the run's rules and state;
 /// deleted when dropped.
 fn tempdir() -> std::io::Result<tempfile::TempDir> {
-    crate::scratch::private_dir("skyrules-bench-")
+    crate::tools::scratch::private_dir("skyrules-bench-")
 }
 
 /// `m:ss rss` pairs, resident memory at even steps over the run.

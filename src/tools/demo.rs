@@ -24,36 +24,7 @@ use crate::executor::{Guard, Outcome};
 use crate::rules::Action;
 use crate::sim::{SimConfig, TrafficConfig};
 use crate::store::MemoryStore;
-
-/// The shipped rules that need no configuration (no calendar, no channel),
-/// built into the binary: what the demo runs without a `rules/` directory,
-/// and what benchmarks and tests use as "the shipped rules".
-pub const EMBEDDED_RULES: &[(&str, &str)] = &[
-    (
-        "close-idle-ai-chats.rhai",
-        include_str!("../rules/close-idle-ai-chats.rhai"),
-    ),
-    (
-        "escalate-failing-bot.rhai",
-        include_str!("../rules/escalate-failing-bot.rhai"),
-    ),
-    (
-        "escalate-on-keywords.rhai",
-        include_str!("../rules/escalate-on-keywords.rhai"),
-    ),
-    (
-        "escalate-on-request.rhai",
-        include_str!("../rules/escalate-on-request.rhai"),
-    ),
-    (
-        "release-silent-agent.rhai",
-        include_str!("../rules/release-silent-agent.rhai"),
-    ),
-    (
-        "sla-human-wait.rhai",
-        include_str!("../rules/sla-human-wait.rhai"),
-    ),
-];
+use crate::tools::embedded_rules;
 
 /// Demo settings.
 #[derive(Debug, Clone)]
@@ -267,9 +238,9 @@ fn rules_dir(wanted: &Path) -> anyhow::Result<RulesDir> {
     if wanted.is_dir() {
         return Ok(RulesDir::Given(wanted.to_path_buf()));
     }
-    let dir = crate::scratch::private_dir("skyrules-demo-rules-")
+    let dir = crate::tools::scratch::private_dir("skyrules-demo-rules-")
         .context("cannot create a private directory for the demo's rules")?;
-    write_embedded_rules(dir.path())?;
+    embedded_rules::write(dir.path())?;
     Ok(RulesDir::Embedded(dir))
 }
 
@@ -286,15 +257,6 @@ impl RulesDir {
             RulesDir::Embedded(t) => t.path(),
         }
     }
-}
-
-/// Writes [`EMBEDDED_RULES`] into `dir`, creating it.
-pub fn write_embedded_rules(dir: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    for (name, text) in EMBEDDED_RULES {
-        std::fs::write(dir.join(name), text)?;
-    }
-    Ok(())
 }
 
 fn short(id: &str) -> &str {
