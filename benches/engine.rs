@@ -7,10 +7,10 @@
 //!    with `EventData::new` included as the engine does it per event
 //!    (target ≥ 30,000 events/s).
 //! 3. `watcher/poll`: the per-poll work of the watcher for N tracked
-//!    sessions with 1% changed: `needs_detail` over the list, `diff` on the
-//!    changed ones, `due_timers_in` over every session with the shipped
-//!    timers and calendars, checked in place (the watcher's own loop, minus
-//!    the HTTP).
+//!    sessions with 1% changed, through the watcher's own `Tracker`: which
+//!    listed sessions to read, the diff of the changed ones, and the due
+//!    timers of every session with the shipped timers and calendars (the
+//!    watcher's poll minus the HTTP).
 //! 4. `api/decode_page_100`: a 100-session list body as SkyLight sends it,
 //!    bytes → `Page` through `parse_page` (what the client does, which
 //!    builds no `serde_json::Value` of the sessions); `sessions_only` is the
@@ -38,10 +38,12 @@ use serde_json::json;
 use skyrules::api::client::parse_page;
 use skyrules::api::{HandledBy, Message, SenderType, Session, SessionDetail, Timestamp};
 use skyrules::config::Config;
-use skyrules::events::{diff, due_timers_in, needs_detail, Event, EventKind, TimerSpec, Tracked};
 use skyrules::hours::Calendars;
 use skyrules::rules::{EventData, Memory, RuleSet, Runtime, World};
 use skyrules::store::{Batch, Begin, Done, Intent, Pending, SqliteStore, Store};
+use skyrules::tracking::{
+    diff, due_timers_in, Event, EventKind, SessionCycle, TimerSpec, Tracked, Tracker,
+};
 
 // ---------------------------------------------------------------------------
 // Data builders
@@ -567,45 +569,31 @@ fn poll_world(n: usize) -> PollWorld {
     }
 }
 
-/// The watcher's poll after the HTTP, as `Watcher::poll` does it: which
-/// sessions to read, the diff of those read (their new state stored back),
-/// and the due timers of every other open session, checked in place and
-/// copied out only when one is due. `details` are the bodies read, in list
-/// order; `tracked` is the watcher's map, changed as the watcher would.
+/// The watcher's poll after the HTTP, through the same [`Tracker`] that
+/// `Watcher::poll` drives: which sessions to read, what each read comes to
+/// (diffed, timers added, the table updated), and the due timers of every
+/// other listed session. `details` are the bodies read, in list order.
 fn poll_once(
     w: &PollWorld,
-    tracked: &mut HashMap<String, Tracked>,
+    tracker: &mut Tracker,
     details: Vec<SessionDetail>,
-) -> Vec<(Tracked, Vec<Event>)> {
-    let listed_ids: HashSet<&str> = w.listed.iter().map(|s| s.session_id.as_str()).collect();
+) -> Vec<SessionCycle> {
+    let listed: HashSet<String> = w.listed.iter().map(|s| s.session_id.clone()).collect();
     let to_read: Vec<String> = w
         .listed
         .iter()
-        .filter(|s| {
-            tracked
-                .get(&s.session_id)
-                .is_none_or(|t| needs_detail(&t.session, s))
-        })
+        .filter(|s| tracker.wants(s))
         .map(|s| s.session_id.clone())
         .collect();
-    let mut out: Vec<(Tracked, Vec<Event>)> = Vec::new();
-    let mut read: HashSet<String> = HashSet::new();
+    let mut out = Vec::new();
+    let mut read = HashSet::new();
     for (id, detail) in to_read.into_iter().zip(details) {
-        let (mut t, mut events) = diff(tracked.get(&id), detail, false);
-        events.extend(due_timers_in(&mut t, &w.timers, w.now, &w.calendars));
-        tracked.insert(id.clone(), t.clone());
-        read.insert(id);
-        out.push((t, events));
-    }
-    for (id, t) in tracked.iter_mut() {
-        if read.contains(id) || !listed_ids.contains(id.as_str()) {
-            continue;
-        }
-        let due = due_timers_in(t, &w.timers, w.now, &w.calendars);
-        if !due.is_empty() {
-            out.push((t.clone(), due));
+        if let Some(sc) = tracker.absorb(&id, Ok(detail), &w.timers, w.now, &w.calendars) {
+            read.insert(id);
+            out.push(sc);
         }
     }
+    out.extend(tracker.due(&read, &listed, &w.timers, w.now, &w.calendars));
     out
 }
 
@@ -615,17 +603,21 @@ fn bench_watcher(c: &mut Criterion) {
     for n in [1_000usize, 10_000] {
         let w = poll_world(n);
         // Sanity: 1% read, each with its new message; some timers due.
-        let out = poll_once(&w, &mut w.tracked.clone(), w.changed.clone());
+        let out = poll_once(
+            &w,
+            &mut Tracker::new(w.tracked.clone(), true),
+            w.changed.clone(),
+        );
         assert_eq!(w.changed.len(), n / 100);
         let messages = out
             .iter()
-            .flat_map(|(_, e)| e)
+            .flat_map(|sc| &sc.events)
             .filter(|e| e.kind == EventKind::VisitorMessage)
             .count();
         assert_eq!(messages, n / 100);
         let timers = out
             .iter()
-            .flat_map(|(_, e)| e)
+            .flat_map(|sc| &sc.events)
             .filter(|e| e.timer.is_some())
             .count();
         eprintln!(
@@ -638,11 +630,11 @@ fn bench_watcher(c: &mut Criterion) {
         // untimed), since a poll marks timers fired.
         group.bench_function(format!("poll/{n}"), |b| {
             b.iter_batched(
-                || (w.tracked.clone(), w.changed.clone()),
-                // The map is handed back so that dropping it is not timed.
-                |(mut tracked, details)| {
-                    let out = poll_once(&w, &mut tracked, details);
-                    (out, tracked)
+                || (Tracker::new(w.tracked.clone(), true), w.changed.clone()),
+                // The table is handed back so that dropping it is not timed.
+                |(mut tracker, details)| {
+                    let out = poll_once(&w, &mut tracker, details);
+                    (out, tracker)
                 },
                 BatchSize::LargeInput,
             )

@@ -250,7 +250,7 @@ pub fn store_write(op: &'static str, took: Duration) {
 }
 
 /// New SLA facts of a session since the last poll.
-pub fn sla(before: &crate::events::SlaState, after: &crate::events::SlaState) {
+pub fn sla(before: &crate::tracking::SlaState, after: &crate::tracking::SlaState) {
     if before.first_response_secs.is_none() {
         if let Some(s) = after.first_response_secs {
             histogram!(SLA_FIRST_RESPONSE).record(s);

@@ -23,10 +23,10 @@ use skyrules::api::{
     ApiKey, Client, ClientConfig, HandledBy, RetryPolicy, SenderType, SessionStatus, Timestamp,
 };
 use skyrules::engine::{Engine, EngineOptions, Note};
-use skyrules::events::{EventKind, Tracked};
 use skyrules::rules::Memory;
 use skyrules::sim::{self, Fault, SimConfig, SimHandle};
 use skyrules::store::{self, MemoryStore, Store, StoreError};
+use skyrules::tracking::{EventKind, Tracked};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -1485,7 +1485,7 @@ async fn resume_and_poll(engine: &Engine) -> Option<(bool, usize)> {
 /// commits), if it sent one.
 async fn poll_once(
     engine: &Engine,
-    watcher: &mut skyrules::watcher::Watcher,
+    watcher: &mut skyrules::tracking::Watcher,
 ) -> Option<(bool, usize, usize)> {
     let mut notes = engine.subscribe();
     engine
@@ -1524,7 +1524,7 @@ async fn journaled_events_of_a_cut_short_first_start_leave_the_baseline_open() {
     // not handled, and no baseline mark.
     let store = Arc::new(MemoryStore::new());
     let detail = client(&sim).get_session("c000").await.expect("read");
-    let (tracked, events) = skyrules::events::diff(None, detail, false);
+    let (tracked, events) = skyrules::tracking::diff(None, detail, false);
     let events: Vec<_> = events
         .into_iter()
         .filter(|e| e.kind == EventKind::VisitorMessage)
@@ -1662,7 +1662,7 @@ impl Store for Watched {
 
 /// Runs one whole poll on a resumed engine; returns the cycle's note as
 /// (events, commits).
-async fn one_cycle(engine: &Engine, watcher: &mut skyrules::watcher::Watcher) -> (usize, usize) {
+async fn one_cycle(engine: &Engine, watcher: &mut skyrules::tracking::Watcher) -> (usize, usize) {
     let (_, events, commits) = poll_once(engine, watcher)
         .await
         .expect("the cycle sent no note");

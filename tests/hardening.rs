@@ -642,7 +642,7 @@ fn the_sla_window_is_taken_on_the_clock_the_state_was_written_with() {
             "messages": [],
         }))
         .expect("session");
-        let (tracked, _) = skyrules::events::diff(None, detail, true);
+        let (tracked, _) = skyrules::tracking::diff(None, detail, true);
         batch.save(tracked, false);
         let intent = Intent {
             key: format!("s{i}|idle|900000ms@{}|sla|0", created.timestamp_micros()),

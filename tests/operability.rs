@@ -24,10 +24,10 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use skyrules::api::{ApiKey, Client, ClientConfig, RetryPolicy, SenderType};
 use skyrules::engine::{Engine, Note};
-use skyrules::events::EventKind;
 use skyrules::sim::{self, Fault, SimConfig, SimHandle};
 use skyrules::status::Board;
 use skyrules::store::MemoryStore;
+use skyrules::tracking::EventKind;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 

@@ -23,9 +23,9 @@ use skyrules::api::{
     Timestamp,
 };
 use skyrules::config::{parse_duration, Config};
-use skyrules::events::{diff, due_timers, Event, EventKind, TimerSpec, Tracked, RECENT_MESSAGES};
 use skyrules::hours::{Calendar, CalendarConfig};
 use skyrules::rules::ev::fill_template;
+use skyrules::tracking::{diff, due_timers, Event, EventKind, TimerSpec, Tracked, RECENT_MESSAGES};
 
 // ---------------------------------------------------------------------------
 // Harness

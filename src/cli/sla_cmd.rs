@@ -10,9 +10,9 @@ use clap::Args;
 use super::UserError;
 use crate::api::Timestamp;
 use crate::config::{parse_duration, Config};
-use crate::events::Tracked;
 use crate::sla::{build_report, render_html, render_text, BreachCount, SlaRecord};
 use crate::store::{SqliteStore, Store};
+use crate::tracking::Tracked;
 
 /// Flags of `skyrules sla`.
 #[derive(Debug, Args)]

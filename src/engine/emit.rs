@@ -5,10 +5,10 @@
 //! outcome to three of the four places.
 
 use super::{Engine, Note};
-use crate::events::{Event, EventKind};
 use crate::executor::Outcome;
 use crate::rules::{Action, RuleError};
 use crate::status::ActionView;
+use crate::tracking::{Event, EventKind};
 
 /// An action a rule asked for, and how it went.
 pub(super) struct ActionFinished<'a> {

@@ -23,13 +23,13 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{ApiError, Client, Timestamp};
-use crate::events::EventKind;
 use crate::executor::{Executor, Guard, Outcome};
 use crate::rules::reload::{ReloadReport, Reloader};
 use crate::rules::{Action, RuleError, Runtime, World};
 use crate::status::{Board, SessionView, SharedBoard, TimerView};
 use crate::store::{Batch, Store, StoreError};
-use crate::watcher::{SessionCycle, Watcher};
+use crate::tracking::EventKind;
+use crate::tracking::{SessionCycle, Watcher};
 use runner::Runner;
 use session::Handled;
 
@@ -326,7 +326,12 @@ impl Engine {
     }
 
     /// After a successful poll: readiness, sessions and their timers.
-    fn update_board(&self, watcher: &Watcher, timers: &[crate::events::TimerSpec], now: Timestamp) {
+    fn update_board(
+        &self,
+        watcher: &Watcher,
+        timers: &[crate::tracking::TimerSpec],
+        now: Timestamp,
+    ) {
         let (mut ai, mut human, mut pending, mut other) = (0, 0, 0, 0);
         for t in watcher.tracked().values() {
             match t.session.handled_by {
@@ -349,7 +354,7 @@ impl Engine {
                 visitor: t.session.visitor_name.clone(),
                 handled_by: t.session.handled_by.to_string(),
                 last_activity_at: t.session.last_activity_at,
-                timers: crate::events::running_timers(t, timers, now, self.runtime.calendars())
+                timers: crate::tracking::running_timers(t, timers, now, self.runtime.calendars())
                     .into_iter()
                     .map(|(spec, elapsed)| TimerView {
                         kind: spec.kind.name().to_string(),

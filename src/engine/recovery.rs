@@ -9,10 +9,10 @@ use super::runner::Runner;
 use super::session::{action_of, Handled, Work};
 use super::{emit, store_io, Engine, EngineError};
 use crate::api::{Session, Timestamp};
-use crate::events::{EventKind, Tracked};
 use crate::executor::Outcome;
 use crate::store::{AuditFilter, Pending};
-use crate::watcher::Watcher;
+use crate::tracking::Watcher;
+use crate::tracking::{EventKind, Tracked};
 
 impl Engine {
     /// Everything before the first poll: loads the state, learns the

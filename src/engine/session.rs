@@ -12,11 +12,11 @@ use std::sync::Arc;
 
 use super::{emit, store_io, CycleEnd, Engine, COMMIT_AT};
 use crate::api::{Session, Timestamp};
-use crate::events::Event;
 use crate::executor::Outcome;
 use crate::rules::{Action, EventData, Memory};
 use crate::store::{Batch, Begin, Done, Intent, Pending};
-use crate::watcher::SessionCycle;
+use crate::tracking::Event;
+use crate::tracking::SessionCycle;
 
 /// What a cycle's handling came to.
 #[derive(Debug, Default)]

@@ -10,7 +10,7 @@ use rhai::{Array, Dynamic, EvalAltResult, ImmutableString, Map, Position};
 
 use super::World;
 use crate::api::{format_ts, Message, Session, SessionStatus, Timestamp, MAX_MESSAGE_CHARS};
-use crate::events::Event;
+use crate::tracking::Event;
 
 /// What a rule asked for; carried out in order after its handler returns.
 #[derive(Debug, Clone, PartialEq, Eq)]

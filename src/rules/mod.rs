@@ -20,8 +20,8 @@ use rhai::{
     Dynamic, Engine, EvalAltResult, FnPtr, ImmutableString, NativeCallContext, Position, AST,
 };
 
-use crate::events::{Event, EventKind, TimerSpec};
 use crate::hours::Calendars;
+use crate::tracking::{Event, EventKind, TimerSpec};
 pub use ev::{Action, EventData, Memory};
 
 /// Limits of the sandbox. Generous for real rules, small enough that a
@@ -774,7 +774,7 @@ mod tests {
             session_id: "s1".into(),
             ..Session::default()
         };
-        let (_, events) = crate::events::diff(
+        let (_, events) = crate::tracking::diff(
             None,
             SessionDetail {
                 session: s.clone(),

@@ -6,8 +6,8 @@ use std::sync::Mutex;
 
 use super::{AuditEntry, AuditFilter, Batch, Begin, Intent, Loaded, Pending, Store, StoreError};
 use crate::api::Timestamp;
-use crate::events::{Event, Tracked};
 use crate::rules::Memory;
+use crate::tracking::{Event, Tracked};
 
 /// Audit entries kept; older ones are dropped so a long demo stays small.
 const AUDIT_LIMIT: usize = 10_000;

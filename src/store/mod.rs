@@ -36,8 +36,8 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::api::Timestamp;
-use crate::events::{Event, Tracked};
 use crate::rules::Memory;
+use crate::tracking::{Event, Tracked};
 
 pub use memory::MemoryStore;
 pub use sqlite::SqliteStore;

@@ -14,8 +14,8 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use super::{AuditEntry, AuditFilter, Batch, Begin, Intent, Loaded, Pending, Store, StoreError};
 use crate::api::{format_ts, parse_ts, Timestamp};
-use crate::events::{Event, Tracked};
 use crate::rules::Memory;
+use crate::tracking::{Event, Tracked};
 
 /// Schema migrations; entry N brings a file from version N to N+1.
 const MIGRATIONS: &[&str] = &[

@@ -19,12 +19,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{ApiKey, Client, ClientConfig};
 use crate::engine::{Engine, EngineOptions, Note};
-use crate::events::EventKind;
 use crate::executor::{Guard, Outcome};
 use crate::rules::Action;
 use crate::sim::{SimConfig, TrafficConfig};
 use crate::store::MemoryStore;
 use crate::tools::embedded_rules;
+use crate::tracking::EventKind;
 
 /// Demo settings.
 #[derive(Debug, Clone)]

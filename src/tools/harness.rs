@@ -19,7 +19,7 @@ use crate::rules::reload::ReloadReport;
 use crate::rules::World;
 use crate::sim::{SimConfig, SimHandle};
 use crate::store::MemoryStore;
-use crate::watcher::Watcher;
+use crate::tracking::Watcher;
 
 /// Polls a settle makes before it gives up: more means a rule keeps
 /// answering what it caused itself.

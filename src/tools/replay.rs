@@ -340,7 +340,7 @@ impl Tally {
                 Ok(Note::Cycle { events: n, .. }) => events = n,
                 Ok(Note::Event {
                     session_id,
-                    kind: crate::events::EventKind::VisitorMessage,
+                    kind: crate::tracking::EventKind::VisitorMessage,
                     text: Some(text),
                     ..
                 }) => {

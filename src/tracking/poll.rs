@@ -1,35 +1,23 @@
-//! The watcher: one poll of the SkyLight API turned into session events.
+//! The watcher: one poll of the SkyLight API, the only I/O of tracking.
 //!
-//! Owns: listing active sessions across pages, deciding which sessions'
-//! details to read (new, changed, or gone from the list), running the pure
-//! diff of [`crate::events`], and asking for due timers. Does not own the
-//! loop's timing or what happens to the events (the engine), nor durable
-//! state (it starts from what the store loaded and hands back new states).
+//! Owns: listing active sessions across pages, reading the details the
+//! [`Tracker`] wants (new, changed, or gone from the list) a few at a time,
+//! and handing each session's share of the cycle to the engine as soon as
+//! it is read. The bookkeeping is the tracker's.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use futures::stream::{self, FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
 
+use super::diff::Tracked;
+use super::event::TimerSpec;
+use super::tracker::{SessionCycle, TrackedMap, Tracker};
 use crate::api::{ApiError, Client, ListQuery, Session, SessionDetail, SessionStatus, Timestamp};
-use crate::events::{diff, due_timers_in, needs_detail, Event, TimerSpec, Tracked};
 use crate::hours::Calendars;
 
 /// Detail reads in flight at once.
 const DETAIL_CONCURRENCY: usize = 8;
-
-/// One session's share of a poll cycle.
-#[derive(Debug)]
-pub struct SessionCycle {
-    /// The session's state after this cycle.
-    pub tracked: Tracked,
-    /// Its events, oldest first, timers last.
-    pub events: Vec<Event>,
-    /// Whether the state changed and must be committed.
-    pub changed: bool,
-    /// Whether the session ended and leaves tracking after this cycle.
-    pub finished: bool,
-}
 
 /// The result of one poll.
 #[derive(Debug)]
@@ -46,18 +34,10 @@ pub struct Cycle {
     pub details_read: usize,
 }
 
-/// What the watcher knows of each active session, by id.
-///
-/// Boxed so that the table holds pointers, not 400-byte snapshots: under
-/// churn the table's deleted slots eventually make it double once, and a
-/// table of snapshots at 10,000 chats doubles from 7 to 14 MiB for good.
-pub type TrackedMap = HashMap<String, Box<Tracked>>;
-
 /// Polls the API and remembers what it saw.
 pub struct Watcher {
     api: Client,
-    tracked: TrackedMap,
-    baselined: bool,
+    tracker: Tracker,
 }
 
 impl Watcher {
@@ -66,19 +46,18 @@ impl Watcher {
     pub fn new(api: Client, tracked: HashMap<String, Tracked>, baselined: bool) -> Watcher {
         Watcher {
             api,
-            tracked: tracked.into_iter().map(|(k, v)| (k, Box::new(v))).collect(),
-            baselined,
+            tracker: Tracker::new(tracked, baselined),
         }
     }
 
     /// Whether the first-start baseline has been taken.
     pub fn baselined(&self) -> bool {
-        self.baselined
+        self.tracker.baselined()
     }
 
     /// Sessions currently tracked.
     pub fn tracked(&self) -> &TrackedMap {
-        &self.tracked
+        self.tracker.tracked()
     }
 
     /// One poll: list, read what changed, diff, and add due `timers`.
@@ -106,9 +85,9 @@ impl Watcher {
             per_page: Some(crate::api::client::MAX_PER_PAGE),
             ..ListQuery::default()
         };
-        let baseline = !self.baselined;
+        let baseline = !self.tracker.baselined();
         let api = &self.api;
-        let tracked = &mut self.tracked;
+        let tracker = &mut self.tracker;
         let mut read: HashSet<String> = HashSet::new();
         let mut details_read = 0;
         let (pages_tx, mut pages) = mpsc::unbounded_channel::<Vec<Session>>();
@@ -131,10 +110,7 @@ impl Watcher {
                     page = pages.recv(), if listing => match page {
                         Some(page) => {
                             for s in page {
-                                let changed = tracked
-                                    .get(&s.session_id)
-                                    .is_none_or(|t| needs_detail(&t.session, &s));
-                                if changed && read.insert(s.session_id.clone()) {
+                                if tracker.wants(&s) && read.insert(s.session_id.clone()) {
                                     queue.push_back(s.session_id);
                                 }
                             }
@@ -144,7 +120,7 @@ impl Watcher {
                     Some((id, result)) = inflight.next(), if !inflight.is_empty() => {
                         details_read += 1;
                         let now = api.clock().now();
-                        match settle(tracked, &id, result, baseline, timers, now, calendars) {
+                        match tracker.absorb(&id, result, timers, now, calendars) {
                             Some(sc) => {
                                 let _ = early.send(sc);
                             }
@@ -164,11 +140,7 @@ impl Watcher {
         let now = api.clock().now();
         // A session that left the active list is read once more to learn
         // that (and how) it ended.
-        let to_read: Vec<String> = tracked
-            .keys()
-            .filter(|id| !listed_ids.contains(*id))
-            .cloned()
-            .collect();
+        let to_read = tracker.gone(&listed_ids);
         details_read += to_read.len();
         let details: Vec<(String, Result<SessionDetail, ApiError>)> = stream::iter(to_read)
             .map(|id| read_detail(api, id))
@@ -177,27 +149,13 @@ impl Watcher {
             .await;
         let mut out: Vec<SessionCycle> = Vec::new();
         for (id, result) in details {
-            if let Some(sc) = settle(tracked, &id, result, baseline, timers, now, calendars) {
+            if let Some(sc) = tracker.absorb(&id, result, timers, now, calendars) {
                 read.insert(id);
                 out.push(sc);
             }
         }
-        // Checked in place: only a session with a due timer is copied out.
-        for (id, t) in tracked.iter_mut() {
-            if read.contains(id) || !listed_ids.contains(id) {
-                continue;
-            }
-            let due = due_timers_in(t, timers, now, calendars);
-            if !due.is_empty() {
-                out.push(SessionCycle {
-                    tracked: Tracked::clone(t),
-                    events: due,
-                    changed: true,
-                    finished: false,
-                });
-            }
-        }
-        self.baselined = true;
+        out.extend(tracker.due(&read, &listed_ids, timers, now, calendars));
+        tracker.set_baselined();
         Ok(Cycle {
             now,
             baseline,
@@ -212,58 +170,4 @@ impl Watcher {
 async fn read_detail(api: &Client, id: String) -> (String, Result<SessionDetail, ApiError>) {
     let r = api.get_session(&id).await;
     (id, r)
-}
-
-/// One detail read turned into the session's share of the cycle: diffed
-/// against what was known, its due timers added, and `tracked` updated
-/// (an ended session leaves it). `None` when the read failed and the
-/// session waits for the next poll.
-fn settle(
-    tracked: &mut TrackedMap,
-    id: &str,
-    result: Result<SessionDetail, ApiError>,
-    baseline: bool,
-    timers: &[TimerSpec],
-    now: Timestamp,
-    calendars: &Calendars,
-) -> Option<SessionCycle> {
-    let prev = tracked.get(id).map(|t| &**t);
-    let detail = match result {
-        Ok(d) => d,
-        Err(e) if e.is_gone() && prev.is_some() => {
-            // Deleted upstream: it ended as far as rules can tell.
-            let mut s = prev.map(|p| p.session.clone()).unwrap_or_default();
-            s.status = SessionStatus::Ended;
-            SessionDetail {
-                session: s,
-                messages: prev.map(|p| p.recent.to_vec()).unwrap_or_default(),
-            }
-        }
-        Err(e) => {
-            tracing::warn!(session_id = %id, error = %e, "cannot read session; will retry next poll");
-            return None;
-        }
-    };
-    let before = prev.map(|p| p.sla.clone()).unwrap_or_default();
-    let (mut t, mut events) = diff(prev, detail, baseline);
-    crate::metrics::sla(&before, &t.sla);
-    events.extend(due_timers_in(&mut t, timers, now, calendars));
-    let finished = t.session.status == SessionStatus::Ended;
-    if finished {
-        tracked.remove(id);
-    } else {
-        match tracked.get_mut(id) {
-            // The snapshot's box is reused: no allocation per changed chat.
-            Some(known) => Tracked::clone_from(known, &t),
-            None => {
-                tracked.insert(id.to_string(), Box::new(t.clone()));
-            }
-        }
-    }
-    Some(SessionCycle {
-        tracked: t,
-        events,
-        changed: true,
-        finished,
-    })
 }
