@@ -176,7 +176,7 @@ pub struct Config {
     pub hours: std::collections::BTreeMap<String, crate::hours::CalendarConfig>,
     /// `[notify.NAME]`: channels rules may notify (secrets in files or the
     /// environment, resolved only by `run`).
-    pub notify: std::collections::BTreeMap<String, crate::notify::ChannelConfig>,
+    pub notify: std::collections::BTreeMap<String, crate::notifications::ChannelConfig>,
     /// The file the settings came from, if any.
     #[serde(skip)]
     pub source: Option<PathBuf>,

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::api::client::find_sent;
 use crate::api::{ApiError, Client, HandledBy, Session, SessionStatus, Timestamp};
-use crate::notify::{Notification, Notifier, Refused};
+use crate::notifications::{Notification, Notifier, Refused};
 use crate::rules::Action;
 
 /// How an action ended.

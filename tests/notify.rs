@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use skyrules::notify::{
+use skyrules::notifications::{
     ChannelConfig, Channels, Delivery, DeliveryPolicy, Notification, Notifier, Refused,
 };
 use tokio::sync::broadcast;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use skyrules::api::{ApiKey, Client, ClientConfig};
 use skyrules::engine::{Engine, EngineOptions, Note};
 use skyrules::executor::Guard;
-use skyrules::notify::{ChannelConfig, Channels, Notifier};
+use skyrules::notifications::{ChannelConfig, Channels, Notifier};
 use skyrules::rules::World;
 use skyrules::sim::SimConfig;
 use skyrules::store::MemoryStore;

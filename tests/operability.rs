@@ -25,8 +25,8 @@ use serde_json::{json, Value};
 use skyrules::api::{ApiKey, Client, ClientConfig, RetryPolicy, SenderType};
 use skyrules::engine::{Engine, Note};
 use skyrules::sim::{self, Fault, SimConfig, SimHandle};
-use skyrules::status::Board;
 use skyrules::store::MemoryStore;
+use skyrules::telemetry::status::Board;
 use skyrules::tracking::EventKind;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -145,7 +145,8 @@ impl Ops {
     async fn start(rules: &[(&str, &str)]) -> Ops {
         // Installed before the engine exists, as `skyrules run` does, so the
         // start-up rule load is counted too.
-        let metrics = skyrules::metrics::install().expect("the only recorder in this process");
+        let metrics =
+            skyrules::telemetry::metrics::install().expect("the only recorder in this process");
         let sim = sim::start(sim_config(), loopback())
             .await
             .expect("start the simulator");
@@ -160,12 +161,12 @@ impl Ops {
                 .expect("engine starts");
         assert!(report.errors.is_empty(), "rules load: {:?}", report.errors);
 
-        let listener = skyrules::http::bind(loopback(), None)
+        let listener = skyrules::telemetry::http::bind(loopback(), None)
             .await
             .expect("bind the listener");
         let http = listener.local_addr().expect("listener address");
         let http_stop = CancellationToken::new();
-        tokio::spawn(skyrules::http::serve(
+        tokio::spawn(skyrules::telemetry::http::serve(
             listener,
             engine.board(),
             Some(metrics),
@@ -479,12 +480,12 @@ fn declared_metrics() -> BTreeSet<String> {
         .collect();
     // The file parse agrees with the constants the code uses.
     for known in [
-        skyrules::metrics::POLL_CYCLES,
-        skyrules::metrics::POLL_DURATION,
-        skyrules::metrics::API_REQUESTS,
-        skyrules::metrics::ACTIONS,
-        skyrules::metrics::HANDLER_ERRORS,
-        skyrules::metrics::STORE_WRITE,
+        skyrules::telemetry::metrics::POLL_CYCLES,
+        skyrules::telemetry::metrics::POLL_DURATION,
+        skyrules::telemetry::metrics::API_REQUESTS,
+        skyrules::telemetry::metrics::ACTIONS,
+        skyrules::telemetry::metrics::HANDLER_ERRORS,
+        skyrules::telemetry::metrics::STORE_WRITE,
     ] {
         assert!(names.contains(known), "{known} not found in {path:?}");
     }
@@ -962,14 +963,14 @@ async fn the_token_guards_everything_but_healthz() {
         return;
     }
     const TOKEN: &str = "s3cret-ops-token";
-    let metrics = skyrules::metrics::install().expect("recorder");
-    let listener = skyrules::http::bind(loopback(), Some(TOKEN))
+    let metrics = skyrules::telemetry::metrics::install().expect("recorder");
+    let listener = skyrules::telemetry::http::bind(loopback(), Some(TOKEN))
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("address");
     let stop = CancellationToken::new();
     let board = Arc::new(RwLock::new(Board::default()));
-    let server = tokio::spawn(skyrules::http::serve(
+    let server = tokio::spawn(skyrules::telemetry::http::serve(
         listener,
         board,
         Some(metrics),
@@ -1031,11 +1032,11 @@ async fn the_token_guards_everything_but_healthz() {
 
     // Off loopback a token is mandatory.
     let public = SocketAddr::from(([0, 0, 0, 0], 0));
-    let err = skyrules::http::bind(public, None)
+    let err = skyrules::telemetry::http::bind(public, None)
         .await
         .expect_err("no token, not loopback");
     assert!(err.to_string().contains("token_file"), "{err}");
-    skyrules::http::bind(public, Some(TOKEN))
+    skyrules::telemetry::http::bind(public, Some(TOKEN))
         .await
         .expect("with a token any address is fine");
 }

@@ -608,7 +608,7 @@ impl Client {
     }
 
     async fn pause(&self, t: &Transient, attempt: u32, what: &str, endpoint: &'static str) {
-        crate::metrics::api_retry(endpoint, t.reason());
+        crate::telemetry::metrics::api_retry(endpoint, t.reason());
         let delay = match t {
             Transient::RateLimited {
                 retry_after: Some(d),
@@ -693,7 +693,7 @@ impl Client {
         }
         let endpoint = endpoint_of(&url);
         let resp = req.send().await.map_err(|e| {
-            crate::metrics::api_request(endpoint, None, started.elapsed());
+            crate::telemetry::metrics::api_request(endpoint, None, started.elapsed());
             Fail::Retry(transport(&e))
         })?;
         let status = resp.status();
@@ -702,10 +702,10 @@ impl Client {
         let body = crate::net::read_body(resp, self.max_body)
             .await
             .map_err(|e| {
-                crate::metrics::api_request(endpoint, None, started.elapsed());
+                crate::telemetry::metrics::api_request(endpoint, None, started.elapsed());
                 Fail::Retry(transport(&e))
             })?;
-        crate::metrics::api_request(endpoint, Some(status.as_u16()), started.elapsed());
+        crate::telemetry::metrics::api_request(endpoint, Some(status.as_u16()), started.elapsed());
         if !body.complete {
             return Err(Fail::Retry(Transient::TooLarge {
                 limit: self.max_body,

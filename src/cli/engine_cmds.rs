@@ -79,21 +79,25 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
     let opts = engine_options(&config);
     ensure_rules_dir(&opts.rules_dir)?;
     // Every secret and setting is checked before the state file is touched.
-    let channels = crate::notify::Channels::from_config(&config.notify)?;
+    let channels = crate::notifications::Channels::from_config(&config.notify)?;
     let calendars = config.calendars()?;
     let http_token = config.http_token()?;
-    let metrics = crate::metrics::install();
+    let metrics = crate::telemetry::metrics::install();
     let path = config.engine.state_path.clone();
     let store = tokio::task::spawn_blocking(move || SqliteStore::open(&path))
         .await
         .context("opening the state file crashed")??;
     let shutdown = CancellationToken::new();
     if let Some(handle) = &metrics {
-        crate::metrics::keep_up(handle.clone(), shutdown.clone());
+        crate::telemetry::metrics::keep_up(handle.clone(), shutdown.clone());
     }
     let names = channels.names();
-    let notifier = (!channels.is_empty())
-        .then(|| Arc::new(crate::notify::Notifier::start(channels, shutdown.clone())));
+    let notifier = (!channels.is_empty()).then(|| {
+        Arc::new(crate::notifications::Notifier::start(
+            channels,
+            shutdown.clone(),
+        ))
+    });
     if let Some(n) = &notifier {
         // Deliveries finish after the action was recorded as handed over;
         // their outcome goes to the log and the metrics.
@@ -108,7 +112,7 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
                     }
                     Err(_) => break,
                 };
-                crate::metrics::notification(&d.channel, d.ok);
+                crate::telemetry::metrics::notification(&d.channel, d.ok);
                 if d.ok {
                     tracing::info!(rule = %d.rule, session_id = %d.session_id, channel = %d.channel, attempts = d.attempts, "notification delivered");
                 } else {
@@ -143,10 +147,10 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
     let server = match config.http.listen {
         Some(addr) => {
             let token = http_token.clone();
-            let listener = crate::http::bind(addr, token.as_deref()).await?;
+            let listener = crate::telemetry::http::bind(addr, token.as_deref()).await?;
             let shown = listener.local_addr().unwrap_or(addr);
             tracing::info!(address = %shown, "status page, /metrics, /healthz and /readyz at http://{shown}/");
-            Some(tokio::spawn(crate::http::serve(
+            Some(tokio::spawn(crate::telemetry::http::serve(
                 listener,
                 engine.board(),
                 metrics,

@@ -200,7 +200,9 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         if let Some(EngineError::Rules(_)) = cause.downcast_ref::<EngineError>() {
             return 1;
         }
-        if cause.is::<crate::http::HttpError>() || cause.is::<crate::notify::NotifyError>() {
+        if cause.is::<crate::telemetry::http::HttpError>()
+            || cause.is::<crate::notifications::NotifyError>()
+        {
             return 1;
         }
     }

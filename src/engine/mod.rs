@@ -26,8 +26,8 @@ use crate::api::{ApiError, Client, Timestamp};
 use crate::executor::{Executor, Guard, Outcome};
 use crate::rules::reload::{ReloadReport, Reloader};
 use crate::rules::{Action, RuleError, Runtime, World};
-use crate::status::{Board, SessionView, SharedBoard, TimerView};
 use crate::store::{Batch, Store, StoreError};
+use crate::telemetry::status::{Board, SessionView, SharedBoard, TimerView};
 use crate::tracking::EventKind;
 use crate::tracking::{SessionCycle, Watcher};
 use runner::Runner;
@@ -341,7 +341,7 @@ impl Engine {
                 crate::api::HandledBy::Other(_) => other += 1,
             }
         }
-        crate::metrics::sessions(ai, human, pending, other);
+        crate::telemetry::metrics::sessions(ai, human, pending, other);
         let watched = self
             .board_watched
             .load(std::sync::atomic::Ordering::Relaxed);
@@ -424,7 +424,7 @@ impl Engine {
             None => return Ok(CycleEnd::Interrupted),
             Some(Ok(c)) => c,
             Some(Err(e)) => {
-                crate::metrics::poll(false, started.elapsed());
+                crate::telemetry::metrics::poll(false, started.elapsed());
                 self.board
                     .write()
                     .unwrap_or_else(|p| p.into_inner())
@@ -450,7 +450,7 @@ impl Engine {
                 "first start: open sessions taken as a baseline (no events for their history)"
             );
         }
-        crate::metrics::poll(true, started.elapsed());
+        crate::telemetry::metrics::poll(true, started.elapsed());
         let _ = self.notes.send(Note::Cycle {
             listed: cycle.listed,
             details_read: cycle.details_read,

@@ -9,13 +9,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::Note;
 use crate::rules::reload::{log_report, ReloadReport, Reloader};
-use crate::status::{RuleView, SharedBoard};
+use crate::telemetry::status::{RuleView, SharedBoard};
 
 /// Puts the rules' load status on the board and in the metrics.
 pub(super) fn refresh_rules(board: &SharedBoard, reloader: &Reloader, report: &ReloadReport) {
     let status = reloader.status();
     let running = status.iter().filter(|r| r.running).count();
-    crate::metrics::reload(report.errors.is_empty(), running);
+    crate::telemetry::metrics::reload(report.errors.is_empty(), running);
     let views = status
         .into_iter()
         .map(|r| RuleView {

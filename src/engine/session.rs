@@ -161,7 +161,7 @@ impl Engine {
                     .emit(self);
                     continue;
                 }
-                crate::metrics::handler_run(&run.rule, false);
+                crate::telemetry::metrics::handler_run(&run.rule, false);
                 if let Some(m) = run.memory {
                     writes.insert(run.rule.clone(), m);
                 }

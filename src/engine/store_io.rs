@@ -45,7 +45,7 @@ where
     read(store, move |s| {
         let started = Instant::now();
         let r = f(s);
-        crate::metrics::store_write(what, started.elapsed());
+        crate::telemetry::metrics::store_write(what, started.elapsed());
         r
     })
     .await

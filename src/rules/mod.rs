@@ -253,7 +253,7 @@ pub struct World {
     pub channels: Vec<String>,
     /// The sender behind them; `None` where nothing is delivered (checks,
     /// scenarios, the demo): notify actions then end as `skipped`.
-    pub notifier: Option<Arc<crate::notify::Notifier>>,
+    pub notifier: Option<Arc<crate::notifications::Notifier>>,
     /// Bytes of memory one rule may keep per session (`engine.max_rule_memory`).
     pub max_rule_memory: usize,
 }

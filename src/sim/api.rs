@@ -1,6 +1,6 @@
 //! The public Web Chat API routes (`/api/v1/web-chat/...`) and the API-key
 //! check in front of them. Handlers parse and validate HTTP input, call one
-//! `World` method under a brief lock, and shape the JSON the way the real
+//! `SimState` method under a brief lock, and shape the JSON the way the real
 //! service does (`{"success": true, "data": …}`, Laravel-style 422s).
 
 use std::sync::Arc;
@@ -16,7 +16,7 @@ use axum::Router;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::world::{ListFilter, SimError};
+use super::state::{ListFilter, SimError};
 use super::{is_api_path, message_response, respond, Shared};
 use crate::api::types::{HandledBy, Period, SenderType, Session, SessionStatus};
 

@@ -1,7 +1,7 @@
 //! The `/_sim` control surface: HTTP routes that let tests, the demo and
 //! other processes seed sessions, play the visitor, move the simulated clock,
 //! install faults and read the request log. No API key; plain JSON in and
-//! out (no `success` envelope). Every route calls the same `World` method the
+//! out (no `success` envelope). Every route calls the same `SimState` method the
 //! in-process `SimHandle` helpers use.
 
 use std::sync::Arc;
@@ -16,7 +16,7 @@ use axum::Router;
 use serde_json::{json, Map, Value};
 
 use super::faults::Fault;
-use super::world::SimError;
+use super::state::SimError;
 use super::{respond, Shared};
 use crate::api::types::{format_ts, SenderType};
 

@@ -16,8 +16,8 @@ mod bot;
 mod control;
 mod faults;
 pub use faults::MAX_RECORDS as REQUEST_LOG_CAP;
+mod state;
 mod traffic;
-mod world;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -36,9 +36,9 @@ use tokio_util::sync::CancellationToken;
 use crate::api::types::{Message, SenderType, Session, SessionDetail, Timestamp};
 pub use bot::{FAILURE_REPLIES, HANDOFF_REPLY};
 pub use faults::{Fault, RequestRecord};
+use state::SimState;
+pub use state::{SimError, MAX_MESSAGE_CHARS};
 pub use traffic::{TrafficConfig, MAX_ACTIVE_GENERATED};
-use world::World;
-pub use world::{SimError, MAX_MESSAGE_CHARS};
 
 /// How often the background task delivers due bot replies and traffic.
 const TICK: Duration = Duration::from_millis(50);
@@ -74,14 +74,14 @@ impl Default for SimConfig {
 
 /// State shared by the HTTP handlers, the ticker and the handle.
 pub(crate) struct Shared {
-    world: Mutex<World>,
+    world: Mutex<SimState>,
     api_key: String,
     addr: SocketAddr,
 }
 
 impl Shared {
     /// Locks the world for one operation; never hold the guard across `.await`.
-    pub(crate) fn world(&self) -> MutexGuard<'_, World> {
+    pub(crate) fn world(&self) -> MutexGuard<'_, SimState> {
         self.world.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -294,7 +294,7 @@ pub async fn start(config: SimConfig, bind: SocketAddr) -> std::io::Result<SimHa
     let listener = tokio::net::TcpListener::bind(bind).await?;
     let addr = listener.local_addr()?;
     let shared = Arc::new(Shared {
-        world: Mutex::new(World::new(&config)),
+        world: Mutex::new(SimState::new(&config)),
         api_key: config.api_key.clone(),
         addr,
     });

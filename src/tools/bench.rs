@@ -463,7 +463,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
     crate::tools::embedded_rules::write(&rules)?;
 
     // Measured with metrics on, as `skyrules run` has them.
-    let metrics = crate::metrics::install();
+    let metrics = crate::telemetry::metrics::install();
     let started = Instant::now();
     let api = Client::new(ClientConfig::new(sim.base.clone(), ApiKey::new(BENCH_KEY)))?;
     let state = dir.join("bench.db");
@@ -486,7 +486,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
     let mut notes = engine.subscribe();
     let stop = CancellationToken::new();
     if let Some(handle) = metrics {
-        crate::metrics::keep_up(handle, stop.clone());
+        crate::telemetry::metrics::keep_up(handle, stop.clone());
     }
     let engine_task = tokio::spawn(engine.run(stop.clone()));
 

@@ -122,7 +122,9 @@ pub async fn run(
         },
     };
     // Installed before the engine starts, so the first rule load counts.
-    let metrics = opts.listen.and_then(|_| crate::metrics::install());
+    let metrics = opts
+        .listen
+        .and_then(|_| crate::telemetry::metrics::install());
     let world = crate::rules::World {
         calendars: opts.calendars.clone(),
         channels: opts.channels.clone(),
@@ -165,16 +167,16 @@ pub async fn run(
     let stop = shutdown.child_token();
     let mut server = None;
     if let Some(addr) = opts.listen {
-        let listener = match crate::http::bind(addr, None).await {
+        let listener = match crate::telemetry::http::bind(addr, None).await {
             Ok(l) => Ok(l),
-            Err(_) => crate::http::bind(SocketAddr::new(addr.ip(), 0), None).await,
+            Err(_) => crate::telemetry::http::bind(SocketAddr::new(addr.ip(), 0), None).await,
         };
         match listener {
             Ok(l) => {
                 if let Ok(a) = l.local_addr() {
                     writeln!(out, "  status     http://{a}/  (metrics at /metrics)")?;
                 }
-                server = Some(tokio::spawn(crate::http::serve(
+                server = Some(tokio::spawn(crate::telemetry::http::serve(
                     l,
                     engine.board(),
                     metrics.clone(),

@@ -115,7 +115,7 @@ impl Tracker {
         };
         let before = prev.map(|p| p.sla.clone()).unwrap_or_default();
         let (mut t, mut events) = diff(prev, detail, !self.baselined);
-        crate::metrics::sla(&before, &t.sla);
+        crate::telemetry::metrics::sla(&before, &t.sla);
         events.extend(due_timers_in(&mut t, timers, now, calendars));
         let finished = t.session.status == SessionStatus::Ended;
         if finished {

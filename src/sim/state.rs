@@ -234,7 +234,7 @@ enum Event {
 
 /// Everything the simulator knows.
 #[derive(Debug)]
-pub struct World {
+pub struct SimState {
     clock: Clock,
     // Sessions newest first (the list's order), rebuilt only when sessions
     // come or go: sorting every page request would make a 10,000-session
@@ -264,10 +264,10 @@ pub struct World {
     pub requests: RequestLog,
 }
 
-impl World {
+impl SimState {
     /// An empty world configured by `config`, its clock starting now.
     pub fn new(config: &SimConfig) -> Self {
-        let mut world = World {
+        let mut world = SimState {
             clock: Clock::new(config.clock_speed),
             order: Vec::new(),
             order_dirty: false,
@@ -307,7 +307,7 @@ impl World {
         now
     }
 
-    /// Like [`World::sync`], but the time returned is strictly after the
+    /// Like [`SimState::sync`], but the time returned is strictly after the
     /// one the previous write got: for stamping writes.
     fn stamp(&mut self) -> Timestamp {
         let now = self.sync();
@@ -952,8 +952,8 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn frozen(bot_delay: Option<Duration>) -> World {
-        World::new(&SimConfig {
+    fn frozen(bot_delay: Option<Duration>) -> SimState {
+        SimState::new(&SimConfig {
             clock_speed: 0.0,
             bot_delay,
             ..SimConfig::default()

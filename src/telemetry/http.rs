@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::escape::html as esc;
-use crate::status::{Board, SharedBoard};
+use crate::telemetry::status::{Board, SharedBoard};
 
 /// Why the listener could not start.
 #[derive(Debug, thiserror::Error)]
