@@ -14,9 +14,9 @@ use serde::{Deserialize, Deserializer};
 use crate::api::{ApiKey, DEFAULT_BASE_URL};
 
 /// The config file looked for when `--config` is not given.
-pub const DEFAULT_CONFIG_FILE: &str = "skyrules.toml";
+pub(crate) const DEFAULT_CONFIG_FILE: &str = "skyrules.toml";
 /// The environment variable holding the API key when no key file is set.
-pub const API_KEY_ENV: &str = "SKYLIGHT_API_KEY";
+pub(crate) const API_KEY_ENV: &str = "SKYLIGHT_API_KEY";
 
 /// A configuration problem; always names the file or variable and the key.
 #[derive(Debug, thiserror::Error)]
@@ -369,7 +369,7 @@ impl Config {
     }
 
     /// The bearer token of the HTTP listener, if `[http] token_file` is set.
-    pub fn http_token(&self) -> Result<Option<String>, ConfigError> {
+    pub(crate) fn http_token(&self) -> Result<Option<String>, ConfigError> {
         let Some(file) = &self.http.token_file else {
             return Ok(None);
         };
@@ -390,7 +390,7 @@ impl Config {
     }
 
     /// The client settings this config describes.
-    pub fn client_config(&self) -> Result<crate::api::ClientConfig, ConfigError> {
+    pub(crate) fn client_config(&self) -> Result<crate::api::ClientConfig, ConfigError> {
         let mut c = crate::api::ClientConfig::new(self.api.base_url.trim(), self.api_key()?);
         c.timeout = self.api.timeout;
         c.retry.max_attempts = self.api.max_attempts;

@@ -82,7 +82,7 @@ pub struct Guard {
 }
 
 /// Carries out actions. Shared by every session worker.
-pub struct Executor {
+pub(crate) struct Executor {
     api: Client,
     dry_run: bool,
     guard: Guard,
@@ -103,20 +103,20 @@ impl Executor {
     }
 
     /// Delivers `notify` actions through `notifier`.
-    pub fn with_notifier(mut self, notifier: Option<Arc<Notifier>>) -> Executor {
+    pub(crate) fn with_notifier(mut self, notifier: Option<Arc<Notifier>>) -> Executor {
         self.notifier = notifier;
         self
-    }
-
-    /// Whether actions are only logged.
-    pub fn dry_run(&self) -> bool {
-        self.dry_run
     }
 
     /// Carries out one action. `session` is the session as this batch sees
     /// it and is updated with the action's effect, so that a reply after an
     /// `end` in the same batch is skipped.
-    pub async fn execute(&self, session: &mut Session, rule: &str, action: &Action) -> Outcome {
+    pub(crate) async fn execute(
+        &self,
+        session: &mut Session,
+        rule: &str,
+        action: &Action,
+    ) -> Outcome {
         let id = session.session_id.clone();
         // People may need to hear about a chat that has ended too.
         let needs_open_session = !matches!(action, Action::Notify { .. });
@@ -176,7 +176,7 @@ impl Executor {
     /// not (the process died in between). A reply is sent only if the
     /// session does not already hold it; the other actions are idempotent
     /// and simply taken again.
-    pub async fn reconcile(
+    pub(crate) async fn reconcile(
         &self,
         session: &mut Session,
         rule: &str,
@@ -264,7 +264,7 @@ impl Executor {
 
     /// Counts a reply sent `age` ago (before a restart) against the
     /// session's window, so a restart does not reset the loop guard.
-    pub fn seed_reply(&self, id: &str, age: Duration) {
+    pub(crate) fn seed_reply(&self, id: &str, age: Duration) {
         let Some(at) = Instant::now().checked_sub(age) else {
             return;
         };
@@ -273,7 +273,7 @@ impl Executor {
     }
 
     /// Forgets a session's guard window (it ended and left tracking).
-    pub fn forget(&self, id: &str) {
+    pub(crate) fn forget(&self, id: &str) {
         self.sent
             .lock()
             .unwrap_or_else(|p| p.into_inner())

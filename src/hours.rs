@@ -30,7 +30,7 @@ use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
 /// Searches stop after this many consecutive local days without open time.
-pub const MAX_CLOSED_DAYS: u32 = 400;
+pub(crate) const MAX_CLOSED_DAYS: u32 = 400;
 
 /// Hard limit, in local days, on any single walk (about 100 years).
 const MAX_WALK_DAYS: u32 = 36_600;
@@ -164,11 +164,6 @@ impl Calendar {
         &self.name
     }
 
-    /// The IANA name of the calendar's time zone.
-    pub fn tz_name(&self) -> &str {
-        self.tz.name()
-    }
-
     /// The calendar's time zone.
     pub fn tz(&self) -> Tz {
         self.tz
@@ -276,7 +271,7 @@ impl Calendar {
     /// When the calendar next opens, for reply texts: `"now"` if open at `t`,
     /// else e.g. `"Monday 09:00"` in the calendar's zone (with the date,
     /// e.g. `"Monday 4 January 09:00"`, when it is a week or more away).
-    pub fn describe_next_open(&self, t: DateTime<Utc>) -> Option<String> {
+    pub(crate) fn describe_next_open(&self, t: DateTime<Utc>) -> Option<String> {
         let next = self.next_open(t)?;
         if next == t {
             return Some("now".to_string());
@@ -553,7 +548,7 @@ mod tests {
             ],
             &["2026-12-25", " 2026-12-26 "],
         );
-        assert_eq!(c.tz_name(), "Europe/Berlin");
+        assert_eq!(c.tz().name(), "Europe/Berlin");
         assert_eq!(c.name(), "support");
         assert_eq!(c.week[0], vec![(540, 1080)]);
         assert_eq!(c.week[2], vec![(540, 1080), (1140, 1200)]);
@@ -647,7 +642,7 @@ mod tests {
             cals.names(),
             vec!["night".to_string(), "support".to_string()]
         );
-        assert_eq!(cals.get("night").unwrap().tz_name(), "America/New_York");
+        assert_eq!(cals.get("night").unwrap().tz().name(), "America/New_York");
         assert!(cals.get("sales").is_none());
         assert!(!cals.is_empty());
         assert!(Calendars::default().is_empty());

@@ -2,7 +2,7 @@
 //! graceful-shutdown request.
 
 /// Resolves on the first Ctrl-C (SIGINT) or SIGTERM.
-pub async fn signal() {
+pub(crate) async fn signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};

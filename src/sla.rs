@@ -72,7 +72,7 @@ pub struct Percentiles {
 impl Percentiles {
     /// The percentiles of `samples`, in any order. Non-finite samples are
     /// dropped and negative ones (clock skew) count as zero.
-    pub fn from_samples(samples: &[f64]) -> Self {
+    pub(crate) fn from_samples(samples: &[f64]) -> Self {
         let mut sorted: Vec<f64> = samples.iter().copied().filter_map(clean).collect();
         sorted.sort_by(f64::total_cmp);
         Percentiles {
@@ -171,7 +171,7 @@ const FIRST_RESPONSE_BOUNDS: [f64; 6] = [10.0, 30.0, 60.0, 120.0, 300.0, 600.0];
 /// nothing is interpolated. `None` for an empty slice or a NaN `p`.
 ///
 /// For `[1, 2, …, 10]`: p50 = 5, p90 = 9, p99 = 10.
-pub fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
     if sorted.is_empty() || p.is_nan() {
         return None;
     }

@@ -29,14 +29,14 @@ use super::types::{
 };
 
 /// The production base URL.
-pub const DEFAULT_BASE_URL: &str = "https://dashboard.skylightchat.com/api/v1";
+pub(crate) const DEFAULT_BASE_URL: &str = "https://dashboard.skylightchat.com/api/v1";
 /// The API's limit on one agent message, in characters.
-pub const MAX_MESSAGE_CHARS: usize = 4096;
+pub(crate) const MAX_MESSAGE_CHARS: usize = 4096;
 /// The API's page-size limit.
-pub const MAX_PER_PAGE: u32 = 100;
+pub(crate) const MAX_PER_PAGE: u32 = 100;
 /// The largest response body read by default (`api.max_body`): a list page
 /// of 100 sessions is about 100 KiB, a session with a long history a few MiB.
-pub const DEFAULT_MAX_BODY: usize = 16 * 1024 * 1024;
+pub(crate) const DEFAULT_MAX_BODY: usize = 16 * 1024 * 1024;
 /// Walking pages stops here whatever the server says, so a broken paginator
 /// can never keep the watcher busy forever.
 const MAX_PAGES: u32 = 10_000;
@@ -171,11 +171,6 @@ impl ServerClock {
     /// The current time on the server's clock (best estimate).
     pub fn now(&self) -> Timestamp {
         chrono::Utc::now() + chrono::Duration::milliseconds(self.offset_ms.load(Ordering::Relaxed))
-    }
-
-    /// Server minus local, in milliseconds.
-    pub fn offset_ms(&self) -> i64 {
-        self.offset_ms.load(Ordering::Relaxed)
     }
 
     fn observe(&self, headers: &HeaderMap) {
@@ -391,7 +386,7 @@ impl Client {
     /// page arrives, in page order, and keeps none: a poller can start on
     /// page 1's changes while page 100 is still on its way. Returns the ids
     /// of every session listed.
-    pub async fn walk_sessions(
+    pub(crate) async fn walk_sessions(
         &self,
         query: &ListQuery,
         mut on_page: impl FnMut(Vec<Session>),
@@ -803,7 +798,7 @@ fn check_id(id: &str) -> Result<(), ApiError> {
 }
 
 /// Refuses a message the API would refuse, before anything is sent.
-pub fn check_message(text: &str) -> Result<(), ApiError> {
+pub(crate) fn check_message(text: &str) -> Result<(), ApiError> {
     let n = text.chars().count();
     if text.trim().is_empty() {
         return Err(ApiError::Invalid("the message is empty".into()));
@@ -818,7 +813,7 @@ pub fn check_message(text: &str) -> Result<(), ApiError> {
 
 /// The agent message with exactly `text` created at or after `since`, if
 /// any: how an uncertain send is checked before it is repeated.
-pub fn find_sent<'a>(
+pub(crate) fn find_sent<'a>(
     detail: &'a SessionDetail,
     text: &str,
     since: Timestamp,

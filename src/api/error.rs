@@ -144,7 +144,7 @@ impl Transient {
 
     /// Whether the request may have been carried out by the server even
     /// though we saw no success (the basis of the no-blind-resend rule).
-    pub fn outcome_unknown(&self) -> bool {
+    pub(crate) fn outcome_unknown(&self) -> bool {
         match self {
             Transient::RateLimited { .. } | Transient::Connect(_) => false,
             // A 503 from a proxy usually means "not reached"; a 500 may come

@@ -9,9 +9,7 @@ pub mod client;
 pub mod error;
 pub mod types;
 
-pub use client::{
-    check_message, ApiKey, Client, ClientConfig, Page, RetryPolicy, ServerClock, DEFAULT_BASE_URL,
-    MAX_MESSAGE_CHARS,
-};
+pub use client::{ApiKey, Client, ClientConfig, Page, RetryPolicy};
+pub(crate) use client::{DEFAULT_BASE_URL, MAX_MESSAGE_CHARS};
 pub use error::{ApiError, Transient};
 pub use types::*;

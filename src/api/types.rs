@@ -42,7 +42,9 @@ pub mod opt_ts {
     }
 
     /// Reads any accepted form; garbage becomes `None`.
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Timestamp>, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Timestamp>, D::Error> {
         let v = Option::<serde_json::Value>::deserialize(d)?;
         Ok(match v {
             Some(serde_json::Value::String(s)) => parse_ts(&s),
@@ -61,7 +63,7 @@ pub mod ts {
     }
 
     /// Reads any accepted form; an unparseable value is an error.
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Timestamp, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Timestamp, D::Error> {
         let s = String::deserialize(d)?;
         parse_ts(&s).ok_or_else(|| serde::de::Error::custom(format!("bad timestamp {s:?}")))
     }
@@ -236,7 +238,7 @@ fn message_type_of(s: String) -> MessageType {
 }
 
 /// [`MessageType`] from borrowed text, allocating only for an unusual kind.
-pub fn message_type_from(s: &str) -> MessageType {
+pub(crate) fn message_type_from(s: &str) -> MessageType {
     known_message_type(s).map_or_else(|| MessageType::Owned(s.to_string()), MessageType::Borrowed)
 }
 

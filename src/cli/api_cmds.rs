@@ -16,7 +16,7 @@ use crate::config::Config;
 
 /// `skyrules sessions`.
 #[derive(Debug, Subcommand)]
-pub enum SessionsCmd {
+pub(crate) enum SessionsCmd {
     /// List sessions (one page, or every page with --all)
     List(ListArgs),
     /// Show one session with its transcript
@@ -33,7 +33,7 @@ pub enum SessionsCmd {
 
 /// Filters and paging for `sessions list`.
 #[derive(Debug, Args)]
-pub struct ListArgs {
+pub(crate) struct ListArgs {
     /// Only sessions with this status
     #[arg(long, value_parser = ["active", "ended"])]
     status: Option<String>,
@@ -59,7 +59,7 @@ pub struct ListArgs {
 
 /// One session id.
 #[derive(Debug, Args)]
-pub struct IdArgs {
+pub(crate) struct IdArgs {
     /// Session id, e.g. sess_a1b2c3d4e5f6
     id: String,
     /// Print JSON
@@ -69,7 +69,7 @@ pub struct IdArgs {
 
 /// `sessions send`.
 #[derive(Debug, Args)]
-pub struct SendArgs {
+pub(crate) struct SendArgs {
     /// Session id
     id: String,
     /// The message, or `-` to read it from stdin
@@ -81,7 +81,7 @@ pub struct SendArgs {
 
 /// `skyrules analytics`.
 #[derive(Debug, Args)]
-pub struct AnalyticsArgs {
+pub(crate) struct AnalyticsArgs {
     /// Period to aggregate over
     #[arg(long, value_enum, default_value_t = Period::Month)]
     period: Period,
@@ -259,7 +259,7 @@ fn session_table(sessions: &[Session], now: Timestamp) -> Table {
 }
 
 /// A session as a people-readable header plus chat transcript.
-pub fn transcript(d: &SessionDetail) -> String {
+pub(crate) fn transcript(d: &SessionDetail) -> String {
     use std::fmt::Write;
     let s = &d.session;
     let mut out = String::new();

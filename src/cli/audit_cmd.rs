@@ -13,7 +13,7 @@ use crate::store::{AuditFilter, SqliteStore, Store};
 
 /// Flags of `skyrules audit`.
 #[derive(Debug, Args)]
-pub struct AuditArgs {
+pub(crate) struct AuditArgs {
     /// Only this session
     #[arg(long = "session", value_name = "ID")]
     session_id: Option<String>,

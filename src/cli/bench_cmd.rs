@@ -11,7 +11,7 @@ use crate::tools::bench::{render, run as run_bench, BenchOptions};
 
 /// Flags of `skyrules bench`.
 #[derive(Debug, Args)]
-pub struct BenchArgs {
+pub(crate) struct BenchArgs {
     /// Active sessions
     #[arg(long, default_value_t = 10_000)]
     sessions: usize,

@@ -11,7 +11,7 @@ use crate::rules::Runtime;
 
 /// Flags of `skyrules defs`.
 #[derive(Debug, Args)]
-pub struct DefsArgs {
+pub(crate) struct DefsArgs {
     /// Rules directory; files go to DIR/.rhai/definitions/
     dir: Option<PathBuf>,
 }

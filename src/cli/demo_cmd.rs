@@ -13,7 +13,7 @@ use crate::tools::demo::DemoOptions;
 
 /// Flags of `skyrules demo`.
 #[derive(Debug, Args)]
-pub struct DemoArgs {
+pub(crate) struct DemoArgs {
     /// Rules directory (the built-in rules when it does not exist)
     #[arg(long = "rules", default_value = "rules", value_name = "DIR")]
     rules_dir: PathBuf,

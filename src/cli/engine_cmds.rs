@@ -19,7 +19,7 @@ use crate::store::SqliteStore;
 
 /// Engine flags shared by `run` and `demo`; each beats the config file.
 #[derive(Debug, Args, Clone, Default)]
-pub struct EngineArgs {
+pub(crate) struct EngineArgs {
     /// Rules directory (`engine.rules_dir`)
     #[arg(long = "rules", env = "SKYRULES_RULES_DIR", value_name = "DIR")]
     pub rules_dir: Option<PathBuf>,
@@ -54,7 +54,7 @@ impl EngineArgs {
 
 /// `skyrules check`.
 #[derive(Debug, Args)]
-pub struct CheckArgs {
+pub(crate) struct CheckArgs {
     /// Rules directory [default: `engine.rules_dir`, else ./rules]
     dir: Option<PathBuf>,
 }

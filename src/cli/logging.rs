@@ -7,7 +7,7 @@ use tracing_subscriber::EnvFilter;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     /// Pretty on a terminal, JSON otherwise.
     Auto,
     /// Human-readable lines.

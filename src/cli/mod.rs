@@ -27,17 +27,17 @@ use crate::config::{Config, ConfigError, Overrides};
 use crate::engine::EngineError;
 use crate::store::StoreError;
 
-pub use logging::LogFormat;
+pub(crate) use logging::LogFormat;
 
 /// An error the user can fix (bad arguments, input or rules): exit code 1.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct UserError(pub String);
+pub(crate) struct UserError(pub String);
 
 /// skyrules — automation and escalation rules for SkyLight Web Chat.
 #[derive(Debug, Parser)]
 #[command(name = "skyrules", version, about, max_term_width = 100)]
-pub struct Cli {
+pub(crate) struct Cli {
     #[command(flatten)]
     global: GlobalArgs,
     #[command(subcommand)]

@@ -16,7 +16,7 @@ use crate::tools::replay::{replay, Progress, ReplayOptions};
 
 /// Flags of `skyrules replay`.
 #[derive(Debug, Args)]
-pub struct ReplayArgs {
+pub(crate) struct ReplayArgs {
     /// How far back to read, e.g. 7d or 24h
     #[arg(long, default_value = "7d")]
     since: String,

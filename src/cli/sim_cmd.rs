@@ -12,7 +12,7 @@ use crate::sim::{SimConfig, TrafficConfig};
 
 /// Flags of `skyrules sim`.
 #[derive(Debug, Args)]
-pub struct SimArgs {
+pub(crate) struct SimArgs {
     /// Port to listen on (0 picks a free one)
     #[arg(long, default_value_t = 8080)]
     port: u16,
@@ -35,7 +35,7 @@ pub struct SimArgs {
 
 /// The key the simulator accepts when SKYLIGHT_API_KEY is not set. It guards
 /// nothing; it exists so clients exercise the header like they must in prod.
-pub const DEFAULT_SIM_KEY: &str = "sim-key";
+pub(crate) const DEFAULT_SIM_KEY: &str = "sim-key";
 
 /// Runs the simulator until Ctrl-C or SIGTERM.
 pub async fn run(a: SimArgs) -> anyhow::Result<ExitCode> {

@@ -16,7 +16,7 @@ use crate::tracking::Tracked;
 
 /// Flags of `skyrules sla`.
 #[derive(Debug, Args)]
-pub struct SlaArgs {
+pub(crate) struct SlaArgs {
     /// The period to report on, e.g. 7d or 24h
     #[arg(long, default_value = "7d")]
     since: String,

@@ -12,7 +12,7 @@ use crate::tools::scenario::{junit, load_file, run_scenario, scenario_files, Sce
 
 /// Flags of `skyrules test`.
 #[derive(Debug, Args)]
-pub struct TestArgs {
+pub(crate) struct TestArgs {
     /// Rules directory; scenarios are read from DIR/tests/*.toml
     dir: Option<PathBuf>,
     /// Only scenarios whose name or file contains this text

@@ -62,7 +62,7 @@ pub struct EngineOptions {
 }
 
 /// Default retention of ended sessions' state (SPEC §6).
-pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+pub(crate) const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// Something that happened inside the engine, for observers.
 #[derive(Debug, Clone, PartialEq)]
@@ -247,7 +247,7 @@ impl Engine {
     }
 
     /// How long ended sessions' snapshots, messages and memory are kept.
-    pub fn set_retention(&mut self, retention: Duration) {
+    pub(crate) fn set_retention(&mut self, retention: Duration) {
         self.retention = retention;
     }
 

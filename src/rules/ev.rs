@@ -119,7 +119,7 @@ impl EventData {
 
 /// What one handler call produced.
 #[derive(Debug, Default)]
-pub struct Recorded {
+pub(crate) struct Recorded {
     /// Actions, in call order.
     pub actions: Vec<Action>,
     /// The memory after the call.
@@ -133,7 +133,7 @@ pub struct Recorded {
 /// The `ev` value. Cloning shares the recorder, as Rhai clones custom types
 /// when passing them around.
 #[derive(Clone)]
-pub struct Ev {
+pub(crate) struct Ev {
     data: Arc<EventData>,
     rule: ImmutableString,
     rec: Arc<Mutex<Recorded>>,
@@ -159,7 +159,7 @@ impl Ev {
     }
 
     /// Actions recorded so far.
-    pub fn action_count(&self) -> usize {
+    pub(crate) fn action_count(&self) -> usize {
         self.with(|r| r.actions.len())
     }
 
@@ -337,7 +337,7 @@ macro_rules! reg {
 }
 
 /// Registers the `Ev` type, its fields and its methods.
-pub fn register(engine: &mut rhai::Engine, world: std::sync::Arc<World>) {
+pub(crate) fn register(engine: &mut rhai::Engine, world: std::sync::Arc<World>) {
     use rhai::FuncRegistration as F;
     let limit = world.max_rule_memory;
     engine.register_type_with_name::<Ev>("Event");
@@ -484,7 +484,7 @@ pub fn register(engine: &mut rhai::Engine, world: std::sync::Arc<World>) {
 }
 
 /// `ev.session`: every session field of the API, nulls as `()`.
-pub fn session_map(s: &Session) -> Map {
+pub(crate) fn session_map(s: &Session) -> Map {
     match rhai::serde::to_dynamic(s).map(|d| d.try_cast::<Map>()) {
         Ok(Some(m)) => m,
         _ => Map::new(),
@@ -493,7 +493,7 @@ pub fn session_map(s: &Session) -> Map {
 
 /// `ev.message`: `id`, `text`, `sender_type`, `type`, `media_url`,
 /// `created_at` (SPEC §3 names, not the API's).
-pub fn message_map(m: &Message) -> Map {
+pub(crate) fn message_map(m: &Message) -> Map {
     let mut map = Map::new();
     map.insert("id".into(), Dynamic::from_int(m.id));
     map.insert("text".into(), m.text().into());

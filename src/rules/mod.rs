@@ -29,21 +29,21 @@ pub use ev::{Action, EventData, Memory};
 pub mod limits {
     use std::time::Duration;
     /// Rhai operations per handler call.
-    pub const MAX_OPERATIONS: u64 = 2_000_000;
+    pub(crate) const MAX_OPERATIONS: u64 = 2_000_000;
     /// Wall-clock time per handler call.
-    pub const MAX_CALL_TIME: Duration = Duration::from_millis(500);
+    pub(crate) const MAX_CALL_TIME: Duration = Duration::from_millis(500);
     /// Nested function calls.
-    pub const MAX_CALL_LEVELS: usize = 32;
+    pub(crate) const MAX_CALL_LEVELS: usize = 32;
     /// Expression nesting (global, inside functions).
-    pub const MAX_EXPR_DEPTHS: (usize, usize) = (64, 32);
+    pub(crate) const MAX_EXPR_DEPTHS: (usize, usize) = (64, 32);
     /// Bytes in one string.
-    pub const MAX_STRING_SIZE: usize = 256 * 1024;
+    pub(crate) const MAX_STRING_SIZE: usize = 256 * 1024;
     /// Items in one array.
-    pub const MAX_ARRAY_SIZE: usize = 10_000;
+    pub(crate) const MAX_ARRAY_SIZE: usize = 10_000;
     /// Entries in one map.
-    pub const MAX_MAP_SIZE: usize = 10_000;
+    pub(crate) const MAX_MAP_SIZE: usize = 10_000;
     /// Variables alive at once.
-    pub const MAX_VARIABLES: usize = 1_000;
+    pub(crate) const MAX_VARIABLES: usize = 1_000;
 }
 
 /// A rule that failed to load or a handler that failed to run, with where.
@@ -260,7 +260,7 @@ pub struct World {
 
 /// The default of `engine.max_rule_memory`: far above what `once` flags and
 /// counters need, far below what would bloat the state.
-pub const DEFAULT_MAX_RULE_MEMORY: usize = 64 * 1024;
+pub(crate) const DEFAULT_MAX_RULE_MEMORY: usize = 64 * 1024;
 
 impl Default for World {
     fn default() -> Self {
@@ -309,13 +309,13 @@ impl Runtime {
     }
 
     /// Publishes a new rule set atomically: an event sees all of it or none.
-    pub fn publish(&self, set: RuleSet) {
+    pub(crate) fn publish(&self, set: RuleSet) {
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(set);
     }
 
     /// Writes Rhai definition files (`*.d.rhai`) for everything a rule can
     /// call, for the Rhai language server and editor extensions.
-    pub fn write_definitions(&self, dir: &Path) -> std::io::Result<()> {
+    pub(crate) fn write_definitions(&self, dir: &Path) -> std::io::Result<()> {
         self.engine
             .definitions()
             .with_headers(true)
@@ -324,7 +324,7 @@ impl Runtime {
     }
 
     /// Compiles one file and runs its top-level code to collect handlers.
-    pub fn load_file(&self, path: &Path) -> Result<Rule, RuleError> {
+    pub(crate) fn load_file(&self, path: &Path) -> Result<Rule, RuleError> {
         let source = std::fs::read_to_string(path).map_err(|e| {
             RuleError::new(
                 path,
@@ -453,14 +453,14 @@ fn handles(h: &Handler, event: &Event) -> bool {
 }
 
 /// The rule id of a file: its stem.
-pub fn rule_id(path: &Path) -> String {
+pub(crate) fn rule_id(path: &Path) -> String {
     path.file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default()
 }
 
 /// Whether a path is a rule file (not an editor's temp or backup file).
-pub fn is_rule_file(path: &Path) -> bool {
+pub(crate) fn is_rule_file(path: &Path) -> bool {
     let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
         return false;
     };
@@ -468,7 +468,7 @@ pub fn is_rule_file(path: &Path) -> bool {
 }
 
 /// The rule files of a directory, sorted by name.
-pub fn rule_files(dir: &Path) -> Result<Vec<PathBuf>, RuleError> {
+pub(crate) fn rule_files(dir: &Path) -> Result<Vec<PathBuf>, RuleError> {
     let entries = std::fs::read_dir(dir).map_err(|e| {
         RuleError::new(
             dir,
@@ -698,14 +698,6 @@ pub fn lint(rule: &Rule, source: &str) -> Vec<String> {
         }
     }
     out
-}
-
-/// Loads the rules of `dir` into `runtime` and returns the errors; used by
-/// `run`, `demo` and `check`.
-pub fn load_into(runtime: &Runtime, dir: &Path) -> Result<Vec<RuleError>, RuleError> {
-    let (set, errors) = runtime.load_dir(dir)?;
-    runtime.publish(set);
-    Ok(errors)
 }
 
 #[cfg(test)]

@@ -107,7 +107,7 @@ impl Reloader {
 
     /// Re-reads the directory and publishes what changed. Blocking (file
     /// reads, compilation): call it from a blocking thread.
-    pub fn rescan(&self) -> Result<ReloadReport, RuleError> {
+    pub(crate) fn rescan(&self) -> Result<ReloadReport, RuleError> {
         let files = rule_files(&self.dir)?;
         let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
         let mut set: RuleSet = (*self.runtime.rules()).clone();
@@ -162,7 +162,7 @@ impl Reloader {
     /// broken watcher is recreated and the periodic rescan carries on.
     /// Non-empty reports go to `reports` when given (the caller logs them),
     /// else they are logged here.
-    pub async fn watch_with(
+    pub(crate) async fn watch_with(
         self: Arc<Self>,
         shutdown: CancellationToken,
         reports: Option<tokio::sync::mpsc::UnboundedSender<ReloadReport>>,
@@ -206,7 +206,7 @@ impl Reloader {
 }
 
 /// Logs what a rescan did, one line per change.
-pub fn log_report(report: &ReloadReport) {
+pub(crate) fn log_report(report: &ReloadReport) {
     for id in &report.loaded {
         tracing::info!(rule = %id, "rule loaded");
     }

@@ -9,7 +9,7 @@ use rand::Rng;
 pub const HANDOFF_REPLY: &str = "Let me connect you with a human agent.";
 
 /// Replies that show the bot did not cope; rule authors escalate on these.
-pub const FAILURE_REPLIES: &[&str] = &[
+pub(crate) const FAILURE_REPLIES: &[&str] = &[
     "Sorry, I don't know the answer to that.",
     "I'm sorry, I'm not sure I understand.",
     "I'm not able to help with that, unfortunately.",
@@ -39,7 +39,7 @@ const GENERIC_REPLIES: &[&str] = &[
 ];
 
 /// Whether the visitor's text asks for a person ("human", "agent", "person").
-pub fn asks_for_human(text: &str) -> bool {
+pub(crate) fn asks_for_human(text: &str) -> bool {
     text.split(|c: char| !c.is_alphanumeric())
         .map(str::to_lowercase)
         .any(|w| {

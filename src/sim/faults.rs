@@ -19,7 +19,7 @@ use crate::api::types::Timestamp;
 
 /// Most request records kept; older ones are forgotten first.
 /// Requests the log keeps; older ones are forgotten.
-pub const MAX_RECORDS: usize = 100_000;
+pub(crate) const MAX_RECORDS: usize = 100_000;
 
 /// One fault rule: which requests it matches, what it does to them and how
 /// many times it fires.
@@ -143,7 +143,7 @@ impl Fault {
 
 /// The installed fault rules, first match wins.
 #[derive(Debug, Default)]
-pub struct FaultQueue {
+pub(crate) struct FaultQueue {
     rules: Vec<Fault>,
 }
 
@@ -201,7 +201,7 @@ pub struct RequestRecord {
 
 /// The bounded log of served requests.
 #[derive(Debug, Default)]
-pub struct RequestLog {
+pub(crate) struct RequestLog {
     records: VecDeque<RequestRecord>,
 }
 

@@ -15,7 +15,7 @@ mod api;
 mod bot;
 mod control;
 mod faults;
-pub use faults::MAX_RECORDS as REQUEST_LOG_CAP;
+pub(crate) use faults::MAX_RECORDS as REQUEST_LOG_CAP;
 mod state;
 mod traffic;
 
@@ -34,11 +34,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::types::{Message, SenderType, Session, SessionDetail, Timestamp};
-pub use bot::{FAILURE_REPLIES, HANDOFF_REPLY};
+pub use bot::HANDOFF_REPLY;
 pub use faults::{Fault, RequestRecord};
+pub(crate) use state::SimError;
 use state::SimState;
-pub use state::{SimError, MAX_MESSAGE_CHARS};
-pub use traffic::{TrafficConfig, MAX_ACTIVE_GENERATED};
+pub use traffic::TrafficConfig;
 
 /// How often the background task delivers due bot replies and traffic.
 const TICK: Duration = Duration::from_millis(50);
@@ -242,7 +242,7 @@ impl SimHandle {
 
     /// Sets the simulated clock to `t`; for replaying recorded history on a
     /// frozen clock. Moving it backwards is only sensible before any write.
-    pub fn set_time(&self, t: Timestamp) -> Timestamp {
+    pub(crate) fn set_time(&self, t: Timestamp) -> Timestamp {
         self.shared.world().set_time(t)
     }
 
@@ -322,22 +322,4 @@ pub async fn start(config: SimConfig, bind: SocketAddr) -> std::io::Result<SimHa
         tasks: vec![server, ticker],
         shared,
     })
-}
-
-/// Runs a simulator on `bind` until `shutdown` is cancelled (`skyrules sim`).
-pub async fn serve_forever(
-    config: SimConfig,
-    bind: SocketAddr,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    let handle = start(config, bind).await?;
-    tracing::info!(
-        base_url = %handle.base_url(),
-        control_url = %handle.control_url(),
-        "simulator ready"
-    );
-    shutdown.cancelled().await;
-    tracing::info!("simulator stopping");
-    handle.shutdown().await;
-    Ok(())
 }

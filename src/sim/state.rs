@@ -25,7 +25,7 @@ use crate::api::types::{
 };
 
 /// Longest message text the API accepts, in characters.
-pub const MAX_MESSAGE_CHARS: usize = 4096;
+pub(crate) const MAX_MESSAGE_CHARS: usize = 4096;
 /// Sessions kept before the oldest ended ones are forgotten.
 const MAX_SESSIONS: usize = 10_000;
 /// Largest single clock advance accepted, in seconds (ten years).
@@ -93,7 +93,7 @@ impl SimError {
 
 /// The simulated clock: real time scaled by `speed`, plus manual advances.
 #[derive(Debug)]
-pub struct Clock {
+pub(crate) struct Clock {
     start: Timestamp,
     real_start: Instant,
     speed: f64,
@@ -138,7 +138,7 @@ impl Clock {
 
 /// Filters of the session list.
 #[derive(Debug, Clone, Default)]
-pub struct ListFilter {
+pub(crate) struct ListFilter {
     /// Only sessions with this status.
     pub status: Option<SessionStatus>,
     /// Only sessions handled by this party.
@@ -234,7 +234,7 @@ enum Event {
 
 /// Everything the simulator knows.
 #[derive(Debug)]
-pub struct SimState {
+pub(crate) struct SimState {
     clock: Clock,
     // Sessions newest first (the list's order), rebuilt only when sessions
     // come or go: sorting every page request would make a 10,000-session
@@ -321,7 +321,7 @@ impl SimState {
 
     /// Moves the clock to `t` (backwards too, for replaying history from its
     /// start) and delivers what became due.
-    pub fn set_time(&mut self, t: Timestamp) -> Timestamp {
+    pub(crate) fn set_time(&mut self, t: Timestamp) -> Timestamp {
         let by = t - self.clock.now();
         self.clock.advance(by);
         self.last_write = None;
@@ -330,7 +330,7 @@ impl SimState {
 
     /// Advances the simulated clock by `secs` seconds, delivers what became
     /// due, and returns the new time.
-    pub fn advance_secs(&mut self, secs: f64) -> Result<Timestamp, SimError> {
+    pub(crate) fn advance_secs(&mut self, secs: f64) -> Result<Timestamp, SimError> {
         if !secs.is_finite() || secs < 0.0 {
             return Err(SimError::invalid(
                 "seconds",
@@ -606,7 +606,7 @@ impl SimState {
     }
 
     /// Every session with its messages, newest first.
-    pub fn all_details(&mut self) -> Vec<SessionDetail> {
+    pub(crate) fn all_details(&mut self) -> Vec<SessionDetail> {
         self.sync();
         let mut all: Vec<SessionDetail> = self.sessions.values().map(SimSession::detail).collect();
         all.sort_by(|a, b| {
@@ -863,7 +863,7 @@ fn label(field: &str) -> String {
 
 /// Validates a message text the way the API does: required, a string, at
 /// most 4096 characters.
-pub fn validate_text(field: &str, value: Option<&Value>) -> Result<String, SimError> {
+pub(crate) fn validate_text(field: &str, value: Option<&Value>) -> Result<String, SimError> {
     let name = label(field);
     match value {
         None | Some(Value::Null) => Err(SimError::invalid(

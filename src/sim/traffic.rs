@@ -13,7 +13,7 @@ use crate::api::types::{HandledBy, Session, SessionStatus, Timestamp};
 
 /// Most generated sessions that may be open at once; arrivals beyond it are
 /// turned away so a long run does not grow without bound.
-pub const MAX_ACTIVE_GENERATED: usize = 200;
+pub(crate) const MAX_ACTIVE_GENERATED: usize = 200;
 
 /// Settings of the traffic generator.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,7 +51,7 @@ pub struct Visitor {
 
 /// The generator's state: its rng and arrival rate.
 #[derive(Debug)]
-pub struct Traffic {
+pub(crate) struct Traffic {
     rng: StdRng,
     rate_per_min: f64,
 }
@@ -155,7 +155,7 @@ impl Traffic {
     }
 
     /// Simulated time until the next arrival; `None` when the rate is zero.
-    pub fn next_gap(&mut self) -> Option<TimeDelta> {
+    pub(crate) fn next_gap(&mut self) -> Option<TimeDelta> {
         if !(self.rate_per_min.is_finite() && self.rate_per_min > 0.0) {
             return None;
         }

@@ -214,7 +214,7 @@ impl Batch {
 
     /// Adds a later batch after this one: written together, the later
     /// states and memory win, as if the two had been written in turn.
-    pub fn append(&mut self, later: Batch) {
+    pub(crate) fn append(&mut self, later: Batch) {
         // The usual cases (nothing left from a failed commit, or nothing
         // new): no copying.
         if later.is_empty() {

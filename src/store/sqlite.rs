@@ -59,7 +59,7 @@ const MIGRATIONS: &[&str] = &[
 ];
 
 /// The newest schema version this build knows.
-pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+pub(crate) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// State in a SQLite file.
 pub struct SqliteStore {
@@ -95,7 +95,7 @@ impl SqliteStore {
 
     /// Opens an existing state file to read it (`skyrules audit`), without
     /// the lock, so it works while an engine runs.
-    pub fn open_read_only(path: &Path) -> Result<SqliteStore, StoreError> {
+    pub(crate) fn open_read_only(path: &Path) -> Result<SqliteStore, StoreError> {
         let shown = path.display().to_string();
         if !path.exists() {
             return Err(StoreError::Io {

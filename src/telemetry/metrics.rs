@@ -17,46 +17,46 @@ pub const POLL_CYCLES: &str = "skyrules_poll_cycles_total";
 /// Duration of a poll cycle, poll to commit (histogram).
 pub const POLL_DURATION: &str = "skyrules_poll_cycle_duration_seconds";
 /// Unix time of the last successful poll.
-pub const LAST_POLL: &str = "skyrules_last_successful_poll_timestamp_seconds";
+pub(crate) const LAST_POLL: &str = "skyrules_last_successful_poll_timestamp_seconds";
 /// API requests, by `endpoint` and `status` class (`2xx`, `4xx`, `5xx`, `error`).
 pub const API_REQUESTS: &str = "skyrules_api_requests_total";
 /// API request latency, by `endpoint` (histogram).
-pub const API_DURATION: &str = "skyrules_api_request_duration_seconds";
+pub(crate) const API_DURATION: &str = "skyrules_api_request_duration_seconds";
 /// API retries, by `endpoint` and `reason`.
-pub const API_RETRIES: &str = "skyrules_api_retries_total";
+pub(crate) const API_RETRIES: &str = "skyrules_api_retries_total";
 /// Sessions tracked now, by `status` and `handled_by`.
 pub const SESSIONS: &str = "skyrules_sessions_tracked";
 /// Events dispatched to the rules, by `kind`.
-pub const EVENTS: &str = "skyrules_events_total";
+pub(crate) const EVENTS: &str = "skyrules_events_total";
 /// Handler runs, by `rule`.
-pub const HANDLER_RUNS: &str = "skyrules_handler_runs_total";
+pub(crate) const HANDLER_RUNS: &str = "skyrules_handler_runs_total";
 /// Handler failures (errors, loops, limits), by `rule`.
 pub const HANDLER_ERRORS: &str = "skyrules_handler_errors_total";
 /// Actions, by `rule`, `action` and `outcome` (`taken`, `skipped`,
 /// `dry_run`, `failed`, `capped`).
 pub const ACTIONS: &str = "skyrules_actions_total";
 /// Rule directory reloads, by `result` (`ok`, `error`).
-pub const RELOADS: &str = "skyrules_rule_reloads_total";
+pub(crate) const RELOADS: &str = "skyrules_rule_reloads_total";
 /// Rules loaded and running.
-pub const RULES_LOADED: &str = "skyrules_rules_loaded";
+pub(crate) const RULES_LOADED: &str = "skyrules_rules_loaded";
 /// 1 when the last reload loaded every changed file, 0 when one failed.
-pub const LAST_RELOAD_OK: &str = "skyrules_rule_last_reload_successful";
+pub(crate) const LAST_RELOAD_OK: &str = "skyrules_rule_last_reload_successful";
 /// Unix time of the last reload that changed something.
-pub const LAST_RELOAD_TIME: &str = "skyrules_rule_last_reload_timestamp_seconds";
+pub(crate) const LAST_RELOAD_TIME: &str = "skyrules_rule_last_reload_timestamp_seconds";
 /// State-store write latency, by `op` (`commit`, `intent`, `outcome`)
 /// (histogram).
 pub const STORE_WRITE: &str = "skyrules_state_write_duration_seconds";
 
 /// Visitor's first message to the first bot or agent reply (histogram).
-pub const SLA_FIRST_RESPONSE: &str = "skyrules_sla_first_response_seconds";
+pub(crate) const SLA_FIRST_RESPONSE: &str = "skyrules_sla_first_response_seconds";
 /// Human request to take-over (histogram).
-pub const SLA_HUMAN_WAIT: &str = "skyrules_sla_human_wait_seconds";
+pub(crate) const SLA_HUMAN_WAIT: &str = "skyrules_sla_human_wait_seconds";
 /// A human agent's time to answer a waiting visitor (histogram).
-pub const SLA_AGENT_RESPONSE: &str = "skyrules_sla_agent_response_seconds";
+pub(crate) const SLA_AGENT_RESPONSE: &str = "skyrules_sla_agent_response_seconds";
 
 /// Notifications delivered or given up on, by `channel` and `result`
 /// (`delivered`, `failed`).
-pub const NOTIFICATIONS: &str = "skyrules_notifications_total";
+pub(crate) const NOTIFICATIONS: &str = "skyrules_notifications_total";
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -93,7 +93,7 @@ pub fn install() -> Option<PrometheusHandle> {
 /// `shutdown`. The recorder keeps every sample until something does this,
 /// and a service nobody scrapes would otherwise grow by every request it
 /// ever timed.
-pub fn keep_up(handle: PrometheusHandle, shutdown: tokio_util::sync::CancellationToken) {
+pub(crate) fn keep_up(handle: PrometheusHandle, shutdown: tokio_util::sync::CancellationToken) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(UPKEEP_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -176,7 +176,7 @@ fn unix_now() -> f64 {
 }
 
 /// One API request finished (`status` None: no response).
-pub fn api_request(endpoint: &'static str, status: Option<u16>, took: Duration) {
+pub(crate) fn api_request(endpoint: &'static str, status: Option<u16>, took: Duration) {
     let class = match status {
         Some(s) => match s / 100 {
             2 => "2xx",
@@ -192,7 +192,7 @@ pub fn api_request(endpoint: &'static str, status: Option<u16>, took: Duration) 
 }
 
 /// An API request is being retried.
-pub fn api_retry(endpoint: &'static str, reason: &'static str) {
+pub(crate) fn api_retry(endpoint: &'static str, reason: &'static str) {
     counter!(API_RETRIES, "endpoint" => endpoint, "reason" => reason).increment(1);
 }
 
@@ -223,7 +223,7 @@ pub fn event(kind: &'static str) {
 }
 
 /// A rule's handlers ran for an event; `failed` if one errored.
-pub fn handler_run(rule: &str, failed: bool) {
+pub(crate) fn handler_run(rule: &str, failed: bool) {
     counter!(HANDLER_RUNS, "rule" => rule.to_string()).increment(1);
     if failed {
         counter!(HANDLER_ERRORS, "rule" => rule.to_string()).increment(1);
@@ -245,7 +245,7 @@ pub fn reload(ok: bool, rules_loaded: usize) {
 }
 
 /// A state-store write took `took`.
-pub fn store_write(op: &'static str, took: Duration) {
+pub(crate) fn store_write(op: &'static str, took: Duration) {
     histogram!(STORE_WRITE, "op" => op).record(took.as_secs_f64());
 }
 

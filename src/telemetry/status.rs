@@ -93,7 +93,7 @@ pub struct Board {
 
 impl Board {
     /// Records an action, forgetting the oldest beyond the limit.
-    pub fn push_action(&mut self, a: ActionView) {
+    pub(crate) fn push_action(&mut self, a: ActionView) {
         self.actions.push_front(a);
         self.actions.truncate(RECENT_ACTIONS);
     }
@@ -124,4 +124,4 @@ impl Board {
 }
 
 /// The board, shared between the engine (writer) and the server (reader).
-pub type SharedBoard = Arc<RwLock<Board>>;
+pub(crate) type SharedBoard = Arc<RwLock<Board>>;

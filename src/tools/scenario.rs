@@ -175,7 +175,7 @@ pub struct ScenarioResult {
 
 /// The scenario files under `dir/tests/` (or `dir` itself when it holds
 /// scenario files directly), sorted.
-pub fn scenario_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+pub(crate) fn scenario_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let tests = dir.join("tests");
     let base = if tests.is_dir() {
         tests
@@ -191,7 +191,7 @@ pub fn scenario_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 }
 
 /// Parses a scenario file; the error names the file and line.
-pub fn load_file(path: &Path) -> Result<ScenarioFile, String> {
+pub(crate) fn load_file(path: &Path) -> Result<ScenarioFile, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     parse_scenarios(&text, path)
 }
@@ -209,7 +209,7 @@ pub fn parse_scenarios(text: &str, path: &Path) -> Result<ScenarioFile, String> 
 
 /// Runs one scenario against the rules of `rules_dir`, in the calendars and
 /// channels `world` gives (the configuration's).
-pub async fn run_scenario(
+pub(crate) async fn run_scenario(
     rules_dir: &Path,
     file: &Path,
     s: &Scenario,

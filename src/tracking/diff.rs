@@ -43,7 +43,7 @@ impl Tracked {
 
 /// Whether the cheap list entry says the session changed since `prev`, so
 /// that its detail must be read.
-pub fn needs_detail(prev: &Session, now: &Session) -> bool {
+pub(crate) fn needs_detail(prev: &Session, now: &Session) -> bool {
     prev.last_activity_at != now.last_activity_at
         || prev.handled_by != now.handled_by
         || prev.status != now.status

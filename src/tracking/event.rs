@@ -70,12 +70,12 @@ impl EventKind {
     }
 
     /// Looks a kind up by its rule name.
-    pub fn from_name(name: &str) -> Option<EventKind> {
+    pub(crate) fn from_name(name: &str) -> Option<EventKind> {
         EventKind::ALL.into_iter().find(|k| k.name() == name)
     }
 
     /// Timers need a duration in `on(event, duration, handler)`.
-    pub fn is_timer(self) -> bool {
+    pub(crate) fn is_timer(self) -> bool {
         matches!(
             self,
             EventKind::Idle | EventKind::Unanswered | EventKind::HumanWaiting

@@ -19,10 +19,10 @@ mod tests;
 mod timers;
 mod tracker;
 
-pub use diff::{diff, needs_detail, Tracked, RECENT_MESSAGES};
+pub use diff::{diff, Tracked, RECENT_MESSAGES};
 pub use event::{Event, EventKind, TimerSpec};
 pub use poll::{Cycle, Watcher};
-pub use recent::{LastMessage, Recent};
-pub use sla_facts::SlaState;
-pub use timers::{due_timers, due_timers_in, running_timers};
-pub use tracker::{SessionCycle, TrackedMap, Tracker};
+pub(crate) use sla_facts::SlaState;
+pub(crate) use timers::running_timers;
+pub use timers::{due_timers, due_timers_in};
+pub use tracker::{SessionCycle, Tracker};

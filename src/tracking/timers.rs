@@ -102,7 +102,7 @@ pub fn due_timers_in(
 
 /// Timers whose condition holds now and that have not fired yet, with how
 /// long the condition has held: what a status page shows as "running".
-pub fn running_timers(
+pub(crate) fn running_timers(
     t: &Tracked,
     specs: &[TimerSpec],
     now: Timestamp,

@@ -18,7 +18,7 @@ use crate::hours::Calendars;
 /// Boxed so that the table holds pointers, not 400-byte snapshots: under
 /// churn the table's deleted slots eventually make it double once, and a
 /// table of snapshots at 10,000 chats doubles from 7 to 14 MiB for good.
-pub type TrackedMap = HashMap<String, Box<Tracked>>;
+pub(crate) type TrackedMap = HashMap<String, Box<Tracked>>;
 
 /// One session's share of a poll cycle.
 #[derive(Debug)]
@@ -57,7 +57,7 @@ impl Tracker {
     }
 
     /// Marks the baseline taken (at the end of a poll).
-    pub fn set_baselined(&mut self) {
+    pub(crate) fn set_baselined(&mut self) {
         self.baselined = true;
     }
 
