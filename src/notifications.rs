@@ -234,13 +234,46 @@ impl Channels {
     }
 }
 
+/// A configured channel with its secrets read and every setting checked;
+/// each error names the `notify.NAME.*` key to fix.
 fn resolve(name: &str, cfg: &ChannelConfig) -> Result<Channel, NotifyError> {
-    let key = |field: &str| format!("notify.{name}.{field}");
     if name.trim().is_empty() {
         return Err(config_error("notify", "a channel name is empty"));
     }
-    let kind = cfg.kind;
+    let key = |field: &str| format!("notify.{name}.{field}");
+    let (raw_url, url) = channel_url(cfg, &key)?;
+    let routing_key = routing_key(cfg, &key)?;
+    let (token, token_text) = bearer(cfg, &key)?;
+    let severity = severity(cfg, &key)?;
+    let mut secrets = url_secrets(&raw_url, &url);
+    if let Some(k) = &routing_key {
+        secrets.push(k.0.clone());
+    }
+    secrets.extend(token_text);
+    secrets.retain(|s| !s.is_empty());
+    secrets.sort();
+    secrets.dedup();
+    // Longest first, so a secret is scrubbed before any part of it.
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    Ok(Channel {
+        name: name.to_string(),
+        kind: cfg.kind,
+        url,
+        routing_key,
+        token,
+        severity,
+        dedupe: cfg.dedupe,
+        secrets,
+    })
+}
 
+/// The channel's URL as configured (a secret: from a file or the
+/// environment; PagerDuty's public endpoint by default), and parsed.
+fn channel_url(
+    cfg: &ChannelConfig,
+    key: &dyn Fn(&str) -> String,
+) -> Result<(String, Url), NotifyError> {
+    let kind = cfg.kind;
     let (raw_url, url_key) = match load_secret(
         &key("url_file"),
         cfg.url_file.as_deref(),
@@ -265,34 +298,43 @@ fn resolve(name: &str, cfg: &ChannelConfig) -> Result<Channel, NotifyError> {
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
         return Err(config_error(&url_key, "not an http(s) URL with a host"));
     }
+    Ok((raw_url, url))
+}
 
-    let routing_key = load_secret(
+/// PagerDuty's integration key: required there, refused elsewhere.
+fn routing_key(
+    cfg: &ChannelConfig,
+    key: &dyn Fn(&str) -> String,
+) -> Result<Option<Secret>, NotifyError> {
+    let found = load_secret(
         &key("routing_key_file"),
         cfg.routing_key_file.as_deref(),
         &key("routing_key_env"),
         cfg.routing_key_env.as_deref(),
     )?;
-    let routing_key = match (kind, routing_key) {
-        (ChannelKind::Pagerduty, Some((k, _))) => Some(Secret(k)),
-        (ChannelKind::Pagerduty, None) => {
-            return Err(config_error(
-                key("routing_key_file"),
-                "a pagerduty channel needs its integration key: set `routing_key_file` or `routing_key_env`",
-            ))
-        }
-        (_, Some((_, k))) => {
-            return Err(config_error(k, "only pagerduty channels take a routing key"))
-        }
-        (_, None) => None,
-    };
+    match (cfg.kind, found) {
+        (ChannelKind::Pagerduty, Some((k, _))) => Ok(Some(Secret(k))),
+        (ChannelKind::Pagerduty, None) => Err(config_error(
+            key("routing_key_file"),
+            "a pagerduty channel needs its integration key: set `routing_key_file` or `routing_key_env`",
+        )),
+        (_, Some((_, k))) => Err(config_error(k, "only pagerduty channels take a routing key")),
+        (_, None) => Ok(None),
+    }
+}
 
-    let token = load_secret(
+/// A webhook's bearer token, as the header to send and as text to scrub.
+fn bearer(
+    cfg: &ChannelConfig,
+    key: &dyn Fn(&str) -> String,
+) -> Result<(Option<HeaderValue>, Option<String>), NotifyError> {
+    let found = load_secret(
         &key("token_file"),
         cfg.token_file.as_deref(),
         &key("token_env"),
         cfg.token_env.as_deref(),
     )?;
-    let (token, token_text) = match (kind, token) {
+    match (cfg.kind, found) {
         (ChannelKind::Webhook, Some((t, k))) => {
             let mut v = HeaderValue::from_str(&format!("Bearer {t}")).map_err(|_| {
                 config_error(
@@ -301,16 +343,17 @@ fn resolve(name: &str, cfg: &ChannelConfig) -> Result<Channel, NotifyError> {
                 )
             })?;
             v.set_sensitive(true);
-            (Some(v), Some(t))
+            Ok((Some(v), Some(t)))
         }
-        (_, Some((_, k))) => {
-            return Err(config_error(k, "only webhook channels take a bearer token"))
-        }
-        (_, None) => (None, None),
-    };
+        (_, Some((_, k))) => Err(config_error(k, "only webhook channels take a bearer token")),
+        (_, None) => Ok((None, None)),
+    }
+}
 
-    let severity = match (&cfg.severity, kind) {
-        (None, _) => "error".to_string(),
+/// PagerDuty's severity (`error` by default); refused for other kinds.
+fn severity(cfg: &ChannelConfig, key: &dyn Fn(&str) -> String) -> Result<String, NotifyError> {
+    match (&cfg.severity, cfg.kind) {
+        (None, _) => Ok("error".to_string()),
         (Some(s), ChannelKind::Pagerduty) => {
             let s = s.trim().to_ascii_lowercase();
             if !PAGERDUTY_SEVERITIES.contains(&s.as_str()) {
@@ -322,17 +365,18 @@ fn resolve(name: &str, cfg: &ChannelConfig) -> Result<Channel, NotifyError> {
                     ),
                 ));
             }
-            s
+            Ok(s)
         }
-        (Some(_), _) => {
-            return Err(config_error(
-                key("severity"),
-                "only pagerduty channels take a severity",
-            ))
-        }
-    };
+        (Some(_), _) => Err(config_error(
+            key("severity"),
+            "only pagerduty channels take a severity",
+        )),
+    }
+}
 
-    let mut secrets = vec![raw_url.clone(), url.as_str().to_string()];
+/// The forms of a channel URL that must never appear in a log or error.
+fn url_secrets(raw_url: &str, url: &Url) -> Vec<String> {
+    let mut secrets = vec![raw_url.to_string(), url.as_str().to_string()];
     secrets.push(url.as_str().trim_end_matches('/').to_string());
     let mut path_query = url.path().to_string();
     if let Some(q) = url.query() {
@@ -353,25 +397,7 @@ fn resolve(name: &str, cfg: &ChannelConfig) -> Result<Channel, NotifyError> {
     if let Some(p) = url.password() {
         secrets.push(p.to_string());
     }
-    if let Some(k) = &routing_key {
-        secrets.push(k.0.clone());
-    }
-    secrets.extend(token_text);
-    secrets.retain(|s| !s.is_empty());
-    secrets.sort();
-    secrets.dedup();
-    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-
-    Ok(Channel {
-        name: name.to_string(),
-        kind,
-        url,
-        routing_key,
-        token,
-        severity,
-        dedupe: cfg.dedupe,
-        secrets,
-    })
+    secrets
 }
 
 /// Reads a secret from a file or an environment variable (at most one set).

@@ -466,11 +466,11 @@ fn cross_check(text: &str, ours: &expo::Exposition) {
     );
 }
 
-/// Every metric name `src/metrics.rs` declares (`pub const X: &str = "…"`),
+/// Every metric name `src/telemetry/metrics.rs` declares (`pub const X: &str = "…"`),
 /// read at test time so a new metric is covered without touching this file.
 fn declared_metrics() -> BTreeSet<String> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/metrics.rs");
-    let src = std::fs::read_to_string(&path).expect("read src/metrics.rs");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/telemetry/metrics.rs");
+    let src = std::fs::read_to_string(&path).expect("read src/telemetry/metrics.rs");
     let names: BTreeSet<String> = src
         .lines()
         .filter_map(|l| l.trim().strip_prefix("pub const "))
@@ -492,11 +492,11 @@ fn declared_metrics() -> BTreeSet<String> {
     names
 }
 
-/// Every label name `src/metrics.rs` attaches (`"name" =>`), plus the ones
+/// Every label name `src/telemetry/metrics.rs` attaches (`"name" =>`), plus the ones
 /// Prometheus adds (`le`, `instance`, `job`).
 fn declared_labels() -> BTreeSet<String> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/metrics.rs");
-    let src = std::fs::read_to_string(path).expect("read src/metrics.rs");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/telemetry/metrics.rs");
+    let src = std::fs::read_to_string(path).expect("read src/telemetry/metrics.rs");
     let mut labels: BTreeSet<String> = ["le", "instance", "job"]
         .into_iter()
         .map(String::from)

@@ -99,27 +99,7 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
         ))
     });
     if let Some(n) = &notifier {
-        // Deliveries finish after the action was recorded as handed over;
-        // their outcome goes to the log and the metrics.
-        let mut delivered = n.delivered();
-        tokio::spawn(async move {
-            loop {
-                let d = match delivered.recv().await {
-                    Ok(d) => d,
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::warn!(missed = n, "notification outcomes came too fast to log");
-                        continue;
-                    }
-                    Err(_) => break,
-                };
-                crate::telemetry::metrics::notification(&d.channel, d.ok);
-                if d.ok {
-                    tracing::info!(rule = %d.rule, session_id = %d.session_id, channel = %d.channel, attempts = d.attempts, "notification delivered");
-                } else {
-                    tracing::error!(rule = %d.rule, session_id = %d.session_id, channel = %d.channel, attempts = d.attempts, error = d.error.as_deref().unwrap_or(""), "notification not delivered");
-                }
-            }
-        });
+        log_deliveries(n);
     }
     let world = World {
         calendars,
@@ -245,4 +225,29 @@ pub fn load(
     let mut o = a.overrides();
     o.base_url = base_url;
     Ok(Config::load(global_config, &o)?)
+}
+
+/// Logs and counts each notification's delivery. Deliveries finish after
+/// the action was recorded as handed over, so this is where their outcome
+/// shows.
+fn log_deliveries(n: &crate::notifications::Notifier) {
+    let mut delivered = n.delivered();
+    tokio::spawn(async move {
+        loop {
+            let d = match delivered.recv().await {
+                Ok(d) => d,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "notification outcomes came too fast to log");
+                    continue;
+                }
+                Err(_) => break,
+            };
+            crate::telemetry::metrics::notification(&d.channel, d.ok);
+            if d.ok {
+                tracing::info!(rule = %d.rule, session_id = %d.session_id, channel = %d.channel, attempts = d.attempts, "notification delivered");
+            } else {
+                tracing::error!(rule = %d.rule, session_id = %d.session_id, channel = %d.channel, attempts = d.attempts, error = d.error.as_deref().unwrap_or(""), "notification not delivered");
+            }
+        }
+    });
 }

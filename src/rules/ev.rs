@@ -337,6 +337,8 @@ macro_rules! reg {
 }
 
 /// Registers the `Ev` type, its fields and its methods.
+///
+/// Long on purpose: one flat table of every function rules can call, each with its signature and documentation for `skyrules defs`; split up, the sandbox's whole surface could no longer be read in one place.
 pub(crate) fn register(engine: &mut rhai::Engine, world: std::sync::Arc<World>) {
     use rhai::FuncRegistration as F;
     let limit = world.max_rule_memory;

@@ -171,6 +171,8 @@ impl Traffic {
     }
 
     /// The visitor arriving at `at`: their session and script.
+    ///
+    /// Long on purpose: one visitor's whole script (what they write, when they ask for a human, when they leave) reads best as one story.
     pub fn visitor(&mut self, at: Timestamp) -> Visitor {
         let rng = &mut self.rng;
         let session_id = Self::session_id(rng);

@@ -169,6 +169,9 @@ th{background:#eef0f4;font-weight:600;font-size:13px}
 code{font-size:13px}
 @media (max-width:640px){.hide-sm{display:none}td,th{padding:5px}}";
 
+/// The status page for people: sessions and their timers, recent actions, rules.
+///
+/// Long on purpose: the page is written top to bottom in one place, in the order a reader sees it; every value goes through `escape::html`.
 async fn page(State(s): State<AppState>) -> Html<String> {
     let b = read(&s.board);
     let mut h = String::new();

@@ -17,46 +17,46 @@ pub const POLL_CYCLES: &str = "skyrules_poll_cycles_total";
 /// Duration of a poll cycle, poll to commit (histogram).
 pub const POLL_DURATION: &str = "skyrules_poll_cycle_duration_seconds";
 /// Unix time of the last successful poll.
-pub(crate) const LAST_POLL: &str = "skyrules_last_successful_poll_timestamp_seconds";
+pub const LAST_POLL: &str = "skyrules_last_successful_poll_timestamp_seconds";
 /// API requests, by `endpoint` and `status` class (`2xx`, `4xx`, `5xx`, `error`).
 pub const API_REQUESTS: &str = "skyrules_api_requests_total";
 /// API request latency, by `endpoint` (histogram).
-pub(crate) const API_DURATION: &str = "skyrules_api_request_duration_seconds";
+pub const API_DURATION: &str = "skyrules_api_request_duration_seconds";
 /// API retries, by `endpoint` and `reason`.
-pub(crate) const API_RETRIES: &str = "skyrules_api_retries_total";
+pub const API_RETRIES: &str = "skyrules_api_retries_total";
 /// Sessions tracked now, by `status` and `handled_by`.
 pub const SESSIONS: &str = "skyrules_sessions_tracked";
 /// Events dispatched to the rules, by `kind`.
-pub(crate) const EVENTS: &str = "skyrules_events_total";
+pub const EVENTS: &str = "skyrules_events_total";
 /// Handler runs, by `rule`.
-pub(crate) const HANDLER_RUNS: &str = "skyrules_handler_runs_total";
+pub const HANDLER_RUNS: &str = "skyrules_handler_runs_total";
 /// Handler failures (errors, loops, limits), by `rule`.
 pub const HANDLER_ERRORS: &str = "skyrules_handler_errors_total";
 /// Actions, by `rule`, `action` and `outcome` (`taken`, `skipped`,
 /// `dry_run`, `failed`, `capped`).
 pub const ACTIONS: &str = "skyrules_actions_total";
 /// Rule directory reloads, by `result` (`ok`, `error`).
-pub(crate) const RELOADS: &str = "skyrules_rule_reloads_total";
+pub const RELOADS: &str = "skyrules_rule_reloads_total";
 /// Rules loaded and running.
-pub(crate) const RULES_LOADED: &str = "skyrules_rules_loaded";
+pub const RULES_LOADED: &str = "skyrules_rules_loaded";
 /// 1 when the last reload loaded every changed file, 0 when one failed.
-pub(crate) const LAST_RELOAD_OK: &str = "skyrules_rule_last_reload_successful";
+pub const LAST_RELOAD_OK: &str = "skyrules_rule_last_reload_successful";
 /// Unix time of the last reload that changed something.
-pub(crate) const LAST_RELOAD_TIME: &str = "skyrules_rule_last_reload_timestamp_seconds";
+pub const LAST_RELOAD_TIME: &str = "skyrules_rule_last_reload_timestamp_seconds";
 /// State-store write latency, by `op` (`commit`, `intent`, `outcome`)
 /// (histogram).
 pub const STORE_WRITE: &str = "skyrules_state_write_duration_seconds";
 
 /// Visitor's first message to the first bot or agent reply (histogram).
-pub(crate) const SLA_FIRST_RESPONSE: &str = "skyrules_sla_first_response_seconds";
+pub const SLA_FIRST_RESPONSE: &str = "skyrules_sla_first_response_seconds";
 /// Human request to take-over (histogram).
-pub(crate) const SLA_HUMAN_WAIT: &str = "skyrules_sla_human_wait_seconds";
+pub const SLA_HUMAN_WAIT: &str = "skyrules_sla_human_wait_seconds";
 /// A human agent's time to answer a waiting visitor (histogram).
-pub(crate) const SLA_AGENT_RESPONSE: &str = "skyrules_sla_agent_response_seconds";
+pub const SLA_AGENT_RESPONSE: &str = "skyrules_sla_agent_response_seconds";
 
 /// Notifications delivered or given up on, by `channel` and `result`
 /// (`delivered`, `failed`).
-pub(crate) const NOTIFICATIONS: &str = "skyrules_notifications_total";
+pub const NOTIFICATIONS: &str = "skyrules_notifications_total";
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 

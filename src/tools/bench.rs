@@ -10,6 +10,7 @@
 //! engine alone (the simulator's are reported beside it). The engine runs
 //! its real service loop, [`Engine::run`], as `skyrules run` does.
 
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,6 +22,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::io::AsyncBufReadExt;
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{ApiKey, Client, ClientConfig};
@@ -429,81 +431,33 @@ fn churned_per_cycle(opts: &BenchOptions) -> usize {
     (opts.sessions as f64 * opts.churn).round() as usize
 }
 
-/// Runs the benchmark.
+/// Runs the benchmark: sessions created, the engine started on them and
+/// its baseline taken, traffic driven while cycles and memory are sampled,
+/// then the simulator's request log and the take-overs read back.
+///
+/// Long on purpose: most of it is the report's fields, filled in one place.
 pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
     let mut sim = spawn_sim(opts.seed).await?;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()?;
     let ids: Vec<u32> = (0..opts.sessions as u32).collect();
-    // Only the outcome is kept: the replies (whole sessions) would sit in
-    // this process's memory, which is the engine's figure.
-    let mut created = stream::iter(ids.iter().copied())
-        .map(|n| {
-            let http = &http;
-            let url = format!("{}/sessions", sim.control);
-            async move {
-                post(
-                    http,
-                    url,
-                    &session_body(&bench_id(n), n as usize, opts.history),
-                )
-                .await
-                .map(drop)
-            }
-        })
-        .buffer_unordered(16);
-    while let Some(r) = created.next().await {
-        r.context("cannot create the benchmark's sessions in the simulator")?;
-    }
-    drop(created);
+    create_sessions(&http, &sim, &ids, opts.history).await?;
     let scratch = tempdir()?;
-    let dir = scratch.path();
-    let rules = dir.join("rules");
+    let rules = scratch.path().join("rules");
     crate::tools::embedded_rules::write(&rules)?;
 
     // Measured with metrics on, as `skyrules run` has them.
     let metrics = crate::telemetry::metrics::install();
     let started = Instant::now();
-    let api = Client::new(ClientConfig::new(sim.base.clone(), ApiKey::new(BENCH_KEY)))?;
-    let state = dir.join("bench.db");
-    let store = tokio::task::spawn_blocking(move || SqliteStore::open(&state)).await??;
-    let (engine, _) = Engine::new(
-        api,
-        Arc::new(store),
-        EngineOptions {
-            rules_dir: rules.clone(),
-            poll_interval: opts.poll_interval,
-            dry_run: false,
-            max_concurrency: 8,
-            guard: Guard {
-                max_replies: 5,
-                window: Duration::from_secs(600),
-            },
-        },
-    )
-    .await?;
+    let engine = start_engine(&sim, scratch.path(), &opts).await?;
     let mut notes = engine.subscribe();
     let stop = CancellationToken::new();
     if let Some(handle) = metrics {
         crate::telemetry::metrics::keep_up(handle, stop.clone());
     }
     let engine_task = tokio::spawn(engine.run(stop.clone()));
-
-    // The baseline poll.
-    let (startup, baseline) = loop {
-        match notes.recv().await {
-            Ok(Note::Cycle { elapsed, .. }) => {
-                let baseline = elapsed.as_secs_f64() * 1000.0;
-                break (
-                    started.elapsed().as_secs_f64() * 1000.0 - baseline,
-                    baseline,
-                );
-            }
-            Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-            Err(_) => anyhow::bail!("the engine stopped before its first poll"),
-        }
-    };
+    let (startup, baseline) = first_cycle(&mut notes, started).await?;
     let _ = http
         .delete(format!("{}/requests", sim.control))
         .send()
@@ -518,25 +472,187 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
         ids,
         traffic_stop.clone(),
     ));
+    let samples = sample(&mut notes, &rules, &opts, &me).await?;
+    traffic_stop.cancel();
+    let traffic = traffic.await?;
+    // Human requests from the last interval are answered by the next poll.
+    let drain_cycles = drain(&mut notes, opts.poll_interval * 2).await;
+    let cpu = cpu_seconds(&me) - cpu_before;
+    let sim_cpu = cpu_seconds(&sim.pid) - sim_cpu_before;
+    let peak = memory_mib(&me, "VmHWM:");
+    let sim_peak = memory_mib(&sim.pid, "VmHWM:");
+    stop.cancel();
+    let _ = engine_task.await;
 
-    let mut cycle_ms = Vec::new();
-    let mut commits = 0usize;
-    let mut rss = Vec::new();
-    let mut heap = Vec::new();
-    let mut reload_ms = Vec::new();
-    let mut timeline: Vec<MemoryPoint> = Vec::new();
+    let log = request_log(&http, &sim).await?;
+    let reactions = reactions(&http, &sim, &traffic.asked).await?;
+    let _ = sim.child.kill().await;
+    drop(scratch);
+    // Cycles during the drain count too: the request log covers them.
+    let cycles = samples.cycle_ms.len().max(1) as f64;
+    let all_cycles = match log.span {
+        Some(span) => (span.as_secs_f64() / opts.poll_interval.as_secs_f64()).max(1.0),
+        None => cycles + drain_cycles as f64,
+    };
+    let Samples {
+        cycle_ms,
+        commits,
+        rss,
+        heap,
+        reload_ms,
+        timeline,
+    } = samples;
+    Ok(BenchReport {
+        sessions: opts.sessions,
+        history: opts.history,
+        changed_per_cycle: changed_per_cycle(&opts),
+        churned_per_cycle: churned_per_cycle(&opts),
+        poll_interval_ms: opts.poll_interval.as_millis() as u64,
+        startup_ms: startup,
+        baseline_ms: baseline,
+        cycles: cycle_ms.len(),
+        list_requests_per_cycle: log.list as f64 / all_cycles,
+        detail_requests_per_cycle: log.detail as f64 / all_cycles,
+        action_requests_per_cycle: log.actions as f64 / all_cycles,
+        state_commits_per_cycle: commits as f64 / cycles,
+        cycle_ms: Millis::of(cycle_ms),
+        reaction_ms: Millis::of(reactions.ms),
+        reactions_missed: reactions.missed,
+        reactions_moot: reactions.ended_first,
+        traffic_errors: traffic.failures,
+        requests_log_truncated: log.full,
+        hot_reload_ms: Millis::of(reload_ms),
+        cpu_seconds: cpu,
+        sim_cpu_seconds: sim_cpu,
+        peak_rss_mib: peak,
+        rss_first_mib: rss.first().copied().unwrap_or(0.0),
+        rss_last_mib: rss.last().copied().unwrap_or(0.0),
+        heap_first_mib: heap.first().copied().unwrap_or(0.0),
+        heap_last_mib: heap.last().copied().unwrap_or(0.0),
+        sim_peak_rss_mib: sim_peak,
+        memory_timeline: timeline,
+    })
+}
+
+/// Creates the benchmark's sessions in the simulator, 16 at a time.
+async fn create_sessions(
+    http: &reqwest::Client,
+    sim: &SimProcess,
+    ids: &[u32],
+    history: usize,
+) -> anyhow::Result<()> {
+    // Only the outcome is kept: the replies (whole sessions) would sit in
+    // this process's memory, which is the engine's figure.
+    let mut created = stream::iter(ids.iter().copied())
+        .map(|n| {
+            let url = format!("{}/sessions", sim.control);
+            async move {
+                post(http, url, &session_body(&bench_id(n), n as usize, history))
+                    .await
+                    .map(drop)
+            }
+        })
+        .buffer_unordered(16);
+    while let Some(r) = created.next().await {
+        r.context("cannot create the benchmark's sessions in the simulator")?;
+    }
+    Ok(())
+}
+
+/// The engine under test, on a SQLite state in `dir` and the rules in
+/// `dir/rules`, as `skyrules run` would run it.
+async fn start_engine(sim: &SimProcess, dir: &Path, opts: &BenchOptions) -> anyhow::Result<Engine> {
+    let api = Client::new(ClientConfig::new(sim.base.clone(), ApiKey::new(BENCH_KEY)))?;
+    let state = dir.join("bench.db");
+    let store = tokio::task::spawn_blocking(move || SqliteStore::open(&state)).await??;
+    let (engine, _) = Engine::new(
+        api,
+        Arc::new(store),
+        EngineOptions {
+            rules_dir: dir.join("rules"),
+            poll_interval: opts.poll_interval,
+            dry_run: false,
+            max_concurrency: 8,
+            guard: Guard {
+                max_replies: 5,
+                window: Duration::from_secs(600),
+            },
+        },
+    )
+    .await?;
+    Ok(engine)
+}
+
+/// Waits for the baseline poll; returns (start-up ms, baseline ms).
+async fn first_cycle(
+    notes: &mut broadcast::Receiver<Note>,
+    started: Instant,
+) -> anyhow::Result<(f64, f64)> {
+    loop {
+        match notes.recv().await {
+            Ok(Note::Cycle { elapsed, .. }) => {
+                let baseline = elapsed.as_secs_f64() * 1000.0;
+                return Ok((
+                    started.elapsed().as_secs_f64() * 1000.0 - baseline,
+                    baseline,
+                ));
+            }
+            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Err(_) => anyhow::bail!("the engine stopped before its first poll"),
+        }
+    }
+}
+
+/// What the measured part of the run saw, cycle by cycle.
+#[derive(Default)]
+struct Samples {
+    cycle_ms: Vec<f64>,
+    commits: usize,
+    rss: Vec<f64>,
+    heap: Vec<f64>,
+    reload_ms: Vec<f64>,
+    timeline: Vec<MemoryPoint>,
+}
+
+impl Samples {
+    /// Takes in one cycle's figures, and a memory point at each step.
+    fn cycle(&mut self, elapsed: Duration, commits: usize, me: &str, at: Duration, step: Duration) {
+        self.cycle_ms.push(elapsed.as_secs_f64() * 1000.0);
+        self.commits += commits;
+        self.rss.push(memory_mib(me, "VmRSS:"));
+        self.heap.push(heap_in_use_mib());
+        if self.timeline.len() < TIMELINE_POINTS as usize
+            && at >= step * (self.timeline.len() as u32 + 1)
+        {
+            self.timeline.push(MemoryPoint {
+                at_secs: at.as_secs(),
+                rss_mib: self.rss.last().copied().unwrap_or(0.0),
+                heap_mib: self.heap.last().copied().unwrap_or(0.0),
+            });
+        }
+    }
+}
+
+/// Samples every cycle for the run's duration, and measures hot reload a
+/// few times over it: a rule file is written, then the engine reports it
+/// loaded.
+async fn sample(
+    notes: &mut broadcast::Receiver<Note>,
+    rules: &Path,
+    opts: &BenchOptions,
+    me: &str,
+) -> anyhow::Result<Samples> {
+    const RELOADS: u32 = 3;
+    let mut out = Samples::default();
     let step = opts.duration / TIMELINE_POINTS;
     let measured = Instant::now();
     let until = measured + opts.duration;
-    // Hot reload, measured a few times over the run: a rule file is
-    // written, then the engine reports it loaded.
-    let reloads = 3u32;
     let mut next_reload = 1u32;
     let mut reload_started: Option<Instant> = None;
     while Instant::now() < until {
         if reload_started.is_none()
-            && next_reload <= reloads
-            && measured.elapsed() >= opts.duration * next_reload / (reloads + 1)
+            && next_reload <= RELOADS
+            && measured.elapsed() >= opts.duration * next_reload / (RELOADS + 1)
         {
             let body = format!("// written by skyrules bench\non(\"session_ended\", |ev| {{ let n = {next_reload}; }});\n");
             std::fs::write(rules.join("zz-bench-reload.rhai"), body)?;
@@ -549,53 +665,47 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
         };
         match note {
             Ok(Note::Cycle {
-                elapsed,
-                commits: cycle_commits,
-                ..
-            }) => {
-                cycle_ms.push(elapsed.as_secs_f64() * 1000.0);
-                commits += cycle_commits;
-                rss.push(memory_mib(&me, "VmRSS:"));
-                heap.push(heap_in_use_mib());
-                let at = measured.elapsed();
-                if timeline.len() < TIMELINE_POINTS as usize
-                    && at >= step * (timeline.len() as u32 + 1)
-                {
-                    timeline.push(MemoryPoint {
-                        at_secs: at.as_secs(),
-                        rss_mib: rss.last().copied().unwrap_or(0.0),
-                        heap_mib: heap.last().copied().unwrap_or(0.0),
-                    });
-                }
-            }
+                elapsed, commits, ..
+            }) => out.cycle(elapsed, commits, me, measured.elapsed(), step),
             Ok(Note::Reloaded { loaded, .. }) if loaded.iter().any(|r| r == "zz-bench-reload") => {
                 if let Some(t) = reload_started.take() {
-                    reload_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+                    out.reload_ms.push(t.elapsed().as_secs_f64() * 1000.0);
                 }
             }
-            Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
             Err(_) => anyhow::bail!("the engine stopped during the benchmark"),
         }
     }
-    traffic_stop.cancel();
-    let traffic = traffic.await?;
-    // Human requests from the last interval are answered by the next poll.
-    let drain = Instant::now() + opts.poll_interval * 2;
-    let mut drain_cycles = 0usize;
-    while Instant::now() < drain {
+    Ok(out)
+}
+
+/// Lets the engine run for `period` more; returns the cycles it completed.
+async fn drain(notes: &mut broadcast::Receiver<Note>, period: Duration) -> usize {
+    let until = Instant::now() + period;
+    let mut cycles = 0;
+    while Instant::now() < until {
         tokio::select! {
-            n = notes.recv() => if let Ok(Note::Cycle { .. }) = n { drain_cycles += 1 },
-            _ = tokio::time::sleep_until(drain.into()) => {}
+            n = notes.recv() => if let Ok(Note::Cycle { .. }) = n { cycles += 1 },
+            _ = tokio::time::sleep_until(until.into()) => {}
         }
     }
-    let cpu = cpu_seconds(&me) - cpu_before;
-    let sim_cpu = cpu_seconds(&sim.pid) - sim_cpu_before;
-    let peak = memory_mib(&me, "VmHWM:");
-    let sim_peak = memory_mib(&sim.pid, "VmHWM:");
-    stop.cancel();
-    let _ = engine_task.await;
+    cycles
+}
 
-    let requests = get(&http, format!("{}/requests", sim.control)).await?;
+/// The simulator's request log, counted by kind.
+struct RequestCounts {
+    list: usize,
+    detail: usize,
+    actions: usize,
+    /// The log reached its cap and keeps only the newest requests.
+    full: bool,
+    /// The time the log spans, when it is full.
+    span: Option<Duration>,
+}
+
+/// Reads and counts the simulator's request log.
+async fn request_log(http: &reqwest::Client, sim: &SimProcess) -> anyhow::Result<RequestCounts> {
+    let requests = get(http, format!("{}/requests", sim.control)).await?;
     let records = requests.as_array().map(Vec::as_slice).unwrap_or_default();
     let (mut list, mut detail, mut actions) = (0usize, 0usize, 0usize);
     for r in records {
@@ -608,76 +718,60 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
             detail += 1;
         }
     }
-    let at = |s: &str| chrono::DateTime::parse_from_rfc3339(s).ok();
     // A long run outgrows the simulator's request log, which keeps only the
     // newest requests: per cycle is then over the cycles that log spans.
-    let log_full = records.len() >= crate::sim::REQUEST_LOG_CAP;
-    let log_span = match (records.first(), records.last()) {
-        (Some(a), Some(b)) if log_full => {
-            match (
-                at(a["at"].as_str().unwrap_or("")),
-                at(b["at"].as_str().unwrap_or("")),
-            ) {
-                (Some(a), Some(b)) => (b - a).to_std().ok(),
-                _ => None,
-            }
-        }
+    let full = records.len() >= crate::sim::REQUEST_LOG_CAP;
+    let stamp =
+        |r: &Value| chrono::DateTime::parse_from_rfc3339(r["at"].as_str().unwrap_or("")).ok();
+    let span = match (
+        records.first().and_then(stamp),
+        records.last().and_then(stamp),
+    ) {
+        (Some(a), Some(b)) if full => (b - a).to_std().ok(),
         _ => None,
     };
-    let mut reaction_ms = Vec::new();
-    let (mut missed, mut ended_first) = (0, 0);
-    for (num, a) in &traffic.asked {
-        let v = get(
-            &http,
-            format!("{}/sessions/{}", sim.control, bench_id(*num)),
-        )
-        .await?;
-        match v["human_took_over_at"].as_str().and_then(at) {
-            Some(t) => reaction_ms.push((t - *a).num_microseconds().unwrap_or(0) as f64 / 1000.0),
-            // The chat ended (churn) before a poll saw the request open:
-            // nothing to take over.
-            _ if v["status"] == "ended" => ended_first += 1,
-            _ => missed += 1,
+    Ok(RequestCounts {
+        list,
+        detail,
+        actions,
+        full,
+        span,
+    })
+}
+
+/// How fast the human requests the traffic made were taken over.
+struct Reactions {
+    ms: Vec<f64>,
+    /// Never taken over.
+    missed: usize,
+    /// The chat ended (churn) before a poll saw the request open.
+    ended_first: usize,
+}
+
+async fn reactions(
+    http: &reqwest::Client,
+    sim: &SimProcess,
+    asked: &[(u32, chrono::DateTime<chrono::FixedOffset>)],
+) -> anyhow::Result<Reactions> {
+    let mut out = Reactions {
+        ms: Vec::new(),
+        missed: 0,
+        ended_first: 0,
+    };
+    for (num, a) in asked {
+        let v = get(http, format!("{}/sessions/{}", sim.control, bench_id(*num))).await?;
+        let took = v["human_took_over_at"]
+            .as_str()
+            .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok());
+        match took {
+            Some(t) => out
+                .ms
+                .push((t - *a).num_microseconds().unwrap_or(0) as f64 / 1000.0),
+            _ if v["status"] == "ended" => out.ended_first += 1,
+            _ => out.missed += 1,
         }
     }
-    let _ = sim.child.kill().await;
-    drop(scratch);
-    // Cycles during the drain count too: the request log covers them.
-    let cycles = cycle_ms.len().max(1) as f64;
-    let all_cycles = match log_span {
-        Some(span) => (span.as_secs_f64() / opts.poll_interval.as_secs_f64()).max(1.0),
-        None => cycles + drain_cycles as f64,
-    };
-    Ok(BenchReport {
-        sessions: opts.sessions,
-        history: opts.history,
-        changed_per_cycle: changed_per_cycle(&opts),
-        churned_per_cycle: churned_per_cycle(&opts),
-        poll_interval_ms: opts.poll_interval.as_millis() as u64,
-        startup_ms: startup,
-        baseline_ms: baseline,
-        cycles: cycle_ms.len(),
-        list_requests_per_cycle: list as f64 / all_cycles,
-        detail_requests_per_cycle: detail as f64 / all_cycles,
-        action_requests_per_cycle: actions as f64 / all_cycles,
-        state_commits_per_cycle: commits as f64 / cycles,
-        cycle_ms: Millis::of(cycle_ms),
-        reaction_ms: Millis::of(reaction_ms),
-        reactions_missed: missed,
-        reactions_moot: ended_first,
-        traffic_errors: traffic.failures,
-        requests_log_truncated: log_full,
-        hot_reload_ms: Millis::of(reload_ms),
-        cpu_seconds: cpu,
-        sim_cpu_seconds: sim_cpu,
-        peak_rss_mib: peak,
-        rss_first_mib: rss.first().copied().unwrap_or(0.0),
-        rss_last_mib: rss.last().copied().unwrap_or(0.0),
-        heap_first_mib: heap.first().copied().unwrap_or(0.0),
-        heap_last_mib: heap.last().copied().unwrap_or(0.0),
-        sim_peak_rss_mib: sim_peak,
-        memory_timeline: timeline,
-    })
+    Ok(out)
 }
 
 /// A private (0700), unguessable directory for the run's rules and state;

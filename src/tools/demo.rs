@@ -15,13 +15,15 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{ApiKey, Client, ClientConfig};
 use crate::engine::{Engine, EngineOptions, Note};
 use crate::executor::{Guard, Outcome};
+use crate::rules::reload::ReloadReport;
 use crate::rules::Action;
-use crate::sim::{SimConfig, TrafficConfig};
+use crate::sim::{SimConfig, SimHandle, TrafficConfig};
 use crate::store::MemoryStore;
 use crate::tools::embedded_rules;
 use crate::tracking::EventKind;
@@ -96,7 +98,6 @@ pub async fn run(
 ) -> anyhow::Result<DemoSummary> {
     // Held to the end: dropping it deletes the embedded rules' directory.
     let rules = rules_dir(&opts.rules_dir)?;
-    let rules_dir = rules.path();
     let sim = crate::sim::start(
         SimConfig {
             api_key: "demo-key".into(),
@@ -110,6 +111,43 @@ pub async fn run(
         SocketAddr::from(([127, 0, 0, 1], 0)),
     )
     .await?;
+    // Installed before the engine starts, so the first rule load counts.
+    let metrics = opts
+        .listen
+        .and_then(|_| crate::telemetry::metrics::install());
+    let (engine, report) = start_engine(&sim, &opts, rules.path()).await?;
+    header(out, &sim, &opts, &engine, &rules, &report)?;
+    let stop = shutdown.child_token();
+    let server = match opts.listen {
+        Some(addr) => serve_status(out, addr, &engine, metrics, &stop).await?,
+        None => None,
+    };
+    writeln!(out, "Press Ctrl-C to stop.\n")?;
+    out.flush()?;
+    let mut notes = engine.subscribe();
+    let engine_task = tokio::spawn(engine.run(stop.clone()));
+    let summary = narrate_until(out, &sim, &mut notes, &shutdown, opts.duration).await?;
+    stop.cancel();
+    let _ = engine_task.await;
+    if let Some(server) = server {
+        let _ = server.await;
+    }
+    sim.shutdown().await;
+    writeln!(
+        out,
+        "\ndemo stopped: {} sessions, {} events, {} actions ({} escalations, {} chats closed), {} rule errors",
+        summary.sessions, summary.events, summary.actions, summary.escalations, summary.closes, summary.rule_errors
+    )?;
+    out.flush()?;
+    Ok(summary)
+}
+
+/// The engine on the simulator, with in-memory state.
+async fn start_engine(
+    sim: &SimHandle,
+    opts: &DemoOptions,
+    rules_dir: &Path,
+) -> anyhow::Result<(Engine, ReloadReport)> {
     let api = Client::new(ClientConfig::new(sim.base_url(), ApiKey::new("demo-key")))?;
     let engine_opts = EngineOptions {
         rules_dir: rules_dir.to_path_buf(),
@@ -121,18 +159,24 @@ pub async fn run(
             window: Duration::from_secs(600),
         },
     };
-    // Installed before the engine starts, so the first rule load counts.
-    let metrics = opts
-        .listen
-        .and_then(|_| crate::telemetry::metrics::install());
     let world = crate::rules::World {
         calendars: opts.calendars.clone(),
         channels: opts.channels.clone(),
         notifier: None,
         ..Default::default()
     };
-    let (engine, report) =
-        Engine::with_world(api, Arc::new(MemoryStore::new()), engine_opts, world).await?;
+    Ok(Engine::with_world(api, Arc::new(MemoryStore::new()), engine_opts, world).await?)
+}
+
+/// What runs where, before the narration starts.
+fn header(
+    out: &mut (dyn Write + Send),
+    sim: &SimHandle,
+    opts: &DemoOptions,
+    engine: &Engine,
+    rules: &RulesDir,
+    report: &ReloadReport,
+) -> std::io::Result<()> {
     let names: Vec<String> = engine
         .runtime()
         .rules()
@@ -151,7 +195,7 @@ pub async fn run(
         out,
         "  rules      {} from {}{}",
         names.join(", "),
-        rules_dir.display(),
+        rules.path().display(),
         if matches!(rules, RulesDir::Embedded(_)) {
             " (built-in copies)"
         } else {
@@ -164,35 +208,52 @@ pub async fn run(
     if opts.dry_run {
         writeln!(out, "  dry run: actions are narrated, not taken")?;
     }
-    let stop = shutdown.child_token();
-    let mut server = None;
-    if let Some(addr) = opts.listen {
-        let listener = match crate::telemetry::http::bind(addr, None).await {
-            Ok(l) => Ok(l),
-            Err(_) => crate::telemetry::http::bind(SocketAddr::new(addr.ip(), 0), None).await,
-        };
-        match listener {
-            Ok(l) => {
-                if let Ok(a) = l.local_addr() {
-                    writeln!(out, "  status     http://{a}/  (metrics at /metrics)")?;
-                }
-                server = Some(tokio::spawn(crate::telemetry::http::serve(
-                    l,
-                    engine.board(),
-                    metrics.clone(),
-                    None,
-                    stop.clone(),
-                )));
+    Ok(())
+}
+
+/// Serves the status page on `addr`, or on another free port of the same
+/// address when it is taken; the demo goes on without it if neither works.
+async fn serve_status(
+    out: &mut (dyn Write + Send),
+    addr: SocketAddr,
+    engine: &Engine,
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    stop: &CancellationToken,
+) -> std::io::Result<Option<tokio::task::JoinHandle<std::io::Result<()>>>> {
+    let listener = match crate::telemetry::http::bind(addr, None).await {
+        Ok(l) => Ok(l),
+        Err(_) => crate::telemetry::http::bind(SocketAddr::new(addr.ip(), 0), None).await,
+    };
+    match listener {
+        Ok(l) => {
+            if let Ok(a) = l.local_addr() {
+                writeln!(out, "  status     http://{a}/  (metrics at /metrics)")?;
             }
-            Err(e) => writeln!(out, "  status     not served: {e}")?,
+            Ok(Some(tokio::spawn(crate::telemetry::http::serve(
+                l,
+                engine.board(),
+                metrics,
+                None,
+                stop.clone(),
+            ))))
+        }
+        Err(e) => {
+            writeln!(out, "  status     not served: {e}")?;
+            Ok(None)
         }
     }
-    writeln!(out, "Press Ctrl-C to stop.\n")?;
-    out.flush()?;
-    let mut notes = engine.subscribe();
-    let engine_task = tokio::spawn(engine.run(stop.clone()));
+}
+
+/// Narrates the engine's notes until `shutdown` or `duration`.
+async fn narrate_until(
+    out: &mut (dyn Write + Send),
+    sim: &SimHandle,
+    notes: &mut broadcast::Receiver<Note>,
+    shutdown: &CancellationToken,
+    duration: Option<Duration>,
+) -> std::io::Result<DemoSummary> {
     let deadline = async {
-        match opts.duration {
+        match duration {
             Some(d) => tokio::time::sleep(d).await,
             None => std::future::pending().await,
         }
@@ -211,25 +272,13 @@ pub async fn run(
                         out.flush()?;
                     }
                 }
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                Err(broadcast::error::RecvError::Lagged(n)) => {
                     writeln!(out, "         … {n} notes skipped (terminal too slow)")?;
                 }
                 Err(_) => break,
             }
         }
     }
-    stop.cancel();
-    let _ = engine_task.await;
-    if let Some(server) = server {
-        let _ = server.await;
-    }
-    sim.shutdown().await;
-    writeln!(
-        out,
-        "\ndemo stopped: {} sessions, {} events, {} actions ({} escalations, {} chats closed), {} rule errors",
-        summary.sessions, summary.events, summary.actions, summary.escalations, summary.closes, summary.rule_errors
-    )?;
-    out.flush()?;
     Ok(summary)
 }
 
@@ -278,6 +327,8 @@ fn quote(text: &str) -> String {
 }
 
 /// One narration line for a note, or `None` for notes not worth a line.
+///
+/// Long on purpose: one arm per kind of note, each a line of narration.
 fn narrate(n: &Note, s: &mut DemoSummary) -> Option<String> {
     Some(match n {
         Note::Event {

@@ -53,6 +53,8 @@ pub(crate) fn needs_detail(prev: &Session, now: &Session) -> bool {
 /// Diffs a freshly read session against what we knew. `prev` is `None` for
 /// a session never seen; `baseline` marks the very first start, when open
 /// sessions are taken as they are and fire nothing.
+///
+/// Long on purpose: the order of a poll's events (started, messages, state changes, ended, with ranks at equal times) is one rule and is kept in one function.
 pub fn diff(
     prev: Option<&Tracked>,
     detail: SessionDetail,

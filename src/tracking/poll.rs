@@ -74,6 +74,8 @@ impl Watcher {
     /// On a list failure the error is returned: sessions already sent early
     /// keep their new state, nothing else changes. A failed detail read
     /// only postpones that session to the next poll.
+    ///
+    /// Long on purpose: the walk of the list and the detail reads run interleaved in one `select!` loop, whose state is shared.
     pub async fn poll(
         &mut self,
         timers: &[TimerSpec],
