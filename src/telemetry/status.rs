@@ -41,25 +41,9 @@ pub struct SessionView {
     pub timers: Vec<TimerView>,
 }
 
-/// An action, as the status page lists it (no texts: they are for the
-/// audit log's readers, who have access to the chats anyway).
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct ActionView {
-    /// When (server clock).
-    pub at: Timestamp,
-    /// The rule.
-    pub rule: String,
-    /// The session.
-    pub session_id: String,
-    /// The event that triggered it.
-    pub event: String,
-    /// The action.
-    pub action: String,
-    /// Its outcome.
-    pub outcome: String,
-    /// Why, when not taken.
-    pub detail: Option<String>,
-}
+/// An action, as the status page lists it: the audit log's record of it
+/// (ids and outcomes, never texts).
+pub type ActionView = crate::store::AuditEntry;
 
 /// A rule file's status.
 #[derive(Debug, Clone, Serialize, PartialEq)]
