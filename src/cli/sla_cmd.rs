@@ -11,7 +11,7 @@ use super::UserError;
 use crate::api::Timestamp;
 use crate::config::{parse_duration, Config};
 use crate::events::Tracked;
-use crate::sla::{build_report, render_html, render_text, BreachCount, SlaRecord};
+use crate::report::sla::{build_report, render_html, render_text, BreachCount, SlaRecord};
 use crate::store::{SqliteStore, Store};
 
 /// Flags of `skyrules sla`.
