@@ -1,6 +1,7 @@
-//! Escaping text for HTML and XML output (the status page, the SLA report,
-//! JUnit files): the one place that decides which characters are special
-//! and which cannot appear at all.
+//! Escaping text for hand-built HTML and XML output (the status page, JUnit
+//! files): the one place that decides which characters are special and
+//! which cannot appear at all. The SLA report is templated with maud, which
+//! escapes on its own.
 
 /// Escapes text for element content and quoted attribute values.
 pub fn html(s: &str) -> String {

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
-use skyrules::sla::{
+use skyrules::report::sla::{
     build_report, format_duration, render_html, render_text, BreachCount, SlaRecord, SlaReport,
 };
 

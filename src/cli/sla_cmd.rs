@@ -10,7 +10,7 @@ use clap::Args;
 use super::UserError;
 use crate::api::Timestamp;
 use crate::config::{parse_duration, Config};
-use crate::sla::{build_report, render_html, render_text, BreachCount, SlaRecord};
+use crate::report::sla::{build_report, render_html, render_text, BreachCount, SlaRecord};
 use crate::store::{SqliteStore, Store};
 use crate::tracking::Tracked;
 
