@@ -15,7 +15,7 @@
 //! Tests run one at a time (see [`serial`]): they time real processes and
 //! the machine they run on may be small and busy.
 
-use crate::util;
+use crate::util::{self, wait_until};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File};
@@ -115,20 +115,6 @@ fn secs_between(from: Timestamp, to: Timestamp) -> f64 {
 fn wait_for(what: &str, limit: Duration, cond: impl FnMut() -> bool) {
     if !wait_until(limit, cond) {
         panic!("timed out after {limit:?} waiting for {what}");
-    }
-}
-
-/// Polls `cond` every 50 ms until it holds (true) or `limit` passes (false).
-fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    loop {
-        if cond() {
-            return true;
-        }
-        if start.elapsed() > limit {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -12,14 +12,14 @@
 //! - `skyrules sla` takes its window on the clock the state was written
 //!   with, so its session and breach counts agree.
 
-use crate::util;
+use crate::util::{self, wait_until};
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 use skyrules::api::HandledBy;
@@ -28,20 +28,6 @@ use skyrules::sim::{Fault, SimConfig};
 const KEY: &str = "sk_live_HARDENING_secret_key_123";
 /// The generous limit of every wait on a condition.
 const WAIT_LIMIT: Duration = Duration::from_secs(60);
-
-/// Polls `cond` every 50 ms until it holds (true) or `limit` passes (false).
-fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    loop {
-        if cond() {
-            return true;
-        }
-        if start.elapsed() > limit {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// A child that is killed when the test ends, whatever happens.
 struct Reaped(Child);
@@ -63,6 +49,42 @@ impl Reaped {
         });
         status
     }
+}
+
+/// `skyrules run` on `base_url` with the key, one escalation rule, its
+/// state in a fresh directory and JSON logs in `run.err` there.
+fn spawn_run(base_url: &str) -> (Reaped, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rules = dir.path().join("rules");
+    std::fs::create_dir(&rules).expect("rules dir");
+    std::fs::write(
+        rules.join("escalate.rhai"),
+        r#"on("human_requested", |ev| { ev.take_over(); });"#,
+    )
+    .expect("rule");
+    let err = dir.path().join("run.err");
+    let child = util::skyrules_command()
+        .env("SKYLIGHT_API_KEY", KEY)
+        .current_dir(dir.path())
+        .args([
+            "--base-url",
+            base_url,
+            "--log-format",
+            "json",
+            "run",
+            "--rules",
+            "rules",
+            "--state",
+            "state.db",
+            "--poll-interval",
+            "200ms",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&err).expect("stderr file"))
+        .spawn()
+        .expect("spawn skyrules run");
+    (Reaped(child), dir)
 }
 
 fn read_file(p: &Path) -> String {
@@ -190,37 +212,8 @@ fn sessions_list_does_not_follow_a_redirect_with_the_key() {
 #[test]
 fn run_does_not_follow_a_redirect_with_the_key() {
     let (proxy, evil) = redirect_pair();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let rules = dir.path().join("rules");
-    std::fs::create_dir(&rules).expect("rules dir");
-    std::fs::write(
-        rules.join("escalate.rhai"),
-        r#"on("human_requested", |ev| { ev.take_over(); });"#,
-    )
-    .expect("rule");
+    let (mut engine, dir) = spawn_run(&format!("http://127.0.0.1:{}/api/v1", proxy.port));
     let err = dir.path().join("run.err");
-    let child = util::skyrules_command()
-        .env("SKYLIGHT_API_KEY", KEY)
-        .current_dir(dir.path())
-        .args([
-            "--base-url",
-            &format!("http://127.0.0.1:{}/api/v1", proxy.port),
-            "--log-format",
-            "json",
-            "run",
-            "--rules",
-            "rules",
-            "--state",
-            "state.db",
-            "--poll-interval",
-            "200ms",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&err).expect("stderr file"))
-        .spawn()
-        .expect("spawn skyrules run");
-    let mut engine = Reaped(child);
     // Fixed: the engine stops at its first poll, as for a wrong key.
     // Broken: it polls the other host, key and all, and keeps running.
     let status = engine.wait_exit(WAIT_LIMIT);
@@ -284,37 +277,8 @@ fn a_body_of_hundreds_of_mib_is_cut_at_the_cap_and_other_chats_are_served() {
     })
     .expect("install the fault");
 
-    let dir = tempfile::tempdir().expect("tempdir");
-    let rules = dir.path().join("rules");
-    std::fs::create_dir(&rules).expect("rules dir");
-    std::fs::write(
-        rules.join("escalate.rhai"),
-        r#"on("human_requested", |ev| { ev.take_over(); });"#,
-    )
-    .expect("rule");
+    let (mut engine, dir) = spawn_run(&sim.base_url());
     let err = dir.path().join("run.err");
-    let child = util::skyrules_command()
-        .env("SKYLIGHT_API_KEY", KEY)
-        .current_dir(dir.path())
-        .args([
-            "--base-url",
-            &sim.base_url(),
-            "--log-format",
-            "json",
-            "run",
-            "--rules",
-            "rules",
-            "--state",
-            "state.db",
-            "--poll-interval",
-            "200ms",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&err).expect("stderr file"))
-        .spawn()
-        .expect("spawn skyrules run");
-    let mut engine = Reaped(child);
     let pid = engine.0.id();
 
     // The baseline is taken; then everyone asks for a human.

@@ -151,3 +151,17 @@ pub fn in_own_process(module: &str, test: &str) -> bool {
     );
     false
 }
+
+/// Polls `cond` every 50 ms until it holds (true) or `limit` passes (false).
+pub fn wait_until(limit: std::time::Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = std::time::Instant::now();
+    loop {
+        if cond() {
+            return true;
+        }
+        if start.elapsed() > limit {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
