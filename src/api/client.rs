@@ -1080,12 +1080,24 @@ fn next_link(v: Option<&Value>) -> Option<bool> {
     }
 }
 
+/// One list item as a session, straight from its bytes. A repeated field
+/// fails that read (serde's "duplicate field") where a `Value` keeps the
+/// last, as the detail decoder and the list decoder before it do: such an
+/// item is read through a `Value` instead of being dropped.
+fn read_session(item: &RawValue) -> Result<Session, serde_json::Error> {
+    serde_json::from_str::<Session>(item.get()).or_else(|e| {
+        serde_json::from_str::<Value>(item.get())
+            .map_err(|_| e)
+            .and_then(serde_json::from_value)
+    })
+}
+
 /// The page a split list body describes, or what is wrong with its shape.
 fn page_of(body: Node<'_>) -> Result<Page, String> {
     fn sessions(items: Vec<&RawValue>) -> Vec<Session> {
         items
             .into_iter()
-            .filter_map(|item| match serde_json::from_str::<Session>(item.get()) {
+            .filter_map(|item| match read_session(item) {
                 Ok(s) if !s.session_id.is_empty() => Some(s),
                 Ok(_) => None,
                 Err(e) => {

@@ -18,14 +18,17 @@ pub fn format_ts(ts: &Timestamp) -> String {
 }
 
 /// Parses a timestamp in RFC 3339 (any fraction) or the `YYYY-MM-DD HH:MM:SS`
-/// form some Laravel back ends emit.
+/// form some Laravel back ends emit. A time outside the years 0000 to 9999
+/// (UTC) is `None`: [`format_ts`] would write it as `+12345-…` or `-0001-…`,
+/// which reads back as nothing (the state file would lose it).
 pub fn parse_ts(s: &str) -> Option<Timestamp> {
-    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
-        return Some(t.with_timezone(&Utc));
-    }
-    chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f")
-        .ok()
-        .map(|n| n.and_utc())
+    let t = match DateTime::parse_from_rfc3339(s) {
+        Ok(t) => t.with_timezone(&Utc),
+        Err(_) => chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f")
+            .ok()?
+            .and_utc(),
+    };
+    (0..=9999).contains(&chrono::Datelike::year(&t)).then_some(t)
 }
 
 /// serde adapter for `Option<Timestamp>` fields: null, missing, empty or
