@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use skyrules::api::client::{parse_page, parse_session};
 use skyrules::config::{Config, ConfigError};
-use skyrules::scenario::parse_scenarios;
+use skyrules::tools::scenario::parse_scenarios;
 
 /// The inputs kept for `target`, sorted; fails when there are none.
 fn inputs(target: &str) -> Vec<(PathBuf, Vec<u8>)> {

@@ -12,6 +12,7 @@ mod client;
 mod commands;
 mod durability;
 mod engine;
+mod fuzz_regressions;
 mod hardening;
 mod notify;
 mod notify_engine;
