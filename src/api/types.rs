@@ -28,7 +28,9 @@ pub fn parse_ts(s: &str) -> Option<Timestamp> {
             .ok()?
             .and_utc(),
     };
-    (0..=9999).contains(&chrono::Datelike::year(&t)).then_some(t)
+    (0..=9999)
+        .contains(&chrono::Datelike::year(&t))
+        .then_some(t)
 }
 
 /// serde adapter for `Option<Timestamp>` fields: null, missing, empty or
