@@ -9,68 +9,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
-use skyrules::api::client::parse_page;
-use skyrules::api::{Page, Session};
-
-fn page_num(v: Option<&Value>) -> Option<u64> {
-    match v? {
-        Value::Number(n) => n.as_u64(),
-        Value::String(s) => s.parse().ok(),
-        _ => None,
-    }
-}
-
-fn next_link(v: Option<&Value>) -> Option<bool> {
-    match v {
-        None => None,
-        Some(Value::String(s)) => Some(!s.is_empty()),
-        Some(_) => Some(false),
-    }
-}
-
-fn sessions(items: Vec<Value>) -> Vec<Session> {
-    items
-        .into_iter()
-        .filter_map(|item| serde_json::from_value::<Session>(item).ok())
-        .filter(|s| !s.session_id.is_empty())
-        .collect()
-}
-
-/// The reference decoder: body → `Value` → page.
-fn page_via_value(v: Value) -> Result<Page, String> {
-    match v {
-        Value::Array(items) => Ok(Page {
-            sessions: sessions(items),
-            ..Page::default()
-        }),
-        Value::Object(mut o) => match o.remove("data") {
-            Some(Value::Array(items)) => {
-                let meta = o.get("meta");
-                Ok(Page {
-                    sessions: sessions(items),
-                    current_page: page_num(meta.and_then(|m| m.get("current_page")))
-                        .or_else(|| page_num(o.get("current_page"))),
-                    last_page: page_num(meta.and_then(|m| m.get("last_page")))
-                        .or_else(|| page_num(o.get("last_page"))),
-                    has_next: next_link(o.get("links").and_then(|l| l.get("next")))
-                        .or_else(|| next_link(o.get("next_page_url"))),
-                })
-            }
-            Some(Value::Object(mut p)) => match p.remove("data") {
-                Some(Value::Array(items)) => Ok(Page {
-                    sessions: sessions(items),
-                    current_page: page_num(p.get("current_page")),
-                    last_page: page_num(p.get("last_page")),
-                    has_next: next_link(p.get("next_page_url")),
-                }),
-                _ => Err("`data` is an object without a `data` list of sessions".into()),
-            },
-            Some(Value::Null) | None => Err("the response has no `data` list of sessions".into()),
-            Some(_) => Err("`data` is neither a list nor a paginator".into()),
-        },
-        _ => Err("the response is neither a list nor an object".into()),
-    }
-}
+use skyrules::api::client::{parse_page, parse_page_value};
+use skyrules::api::Session;
 
 fuzz_target!(|data: &[u8]| {
     let got = parse_page(data);
@@ -95,7 +35,7 @@ fuzz_target!(|data: &[u8]| {
     };
     match value {
         Ok(v) => {
-            let want = page_via_value(v);
+            let want = parse_page_value(v);
             assert_eq!(
                 format!("{got:?}"),
                 format!("{want:?}"),

@@ -937,6 +937,51 @@ pub fn parse_page(body: &[u8]) -> Result<Page, String> {
     page_of(split_list_body(body).map_err(|e| e.to_string())?)
 }
 
+/// The reference reading of a list body already parsed into a `Value`:
+/// slow and plain, and what [`parse_page`] must agree with exactly. Kept
+/// for the unit tests and the fuzz target, which check that agreement.
+pub fn parse_page_value(v: Value) -> Result<Page, String> {
+    fn sessions(items: Vec<Value>) -> Vec<Session> {
+        items
+            .into_iter()
+            .filter_map(|item| serde_json::from_value::<Session>(item).ok())
+            .filter(|s| !s.session_id.is_empty())
+            .collect()
+    }
+    match v {
+        Value::Array(items) => Ok(Page {
+            sessions: sessions(items),
+            ..Page::default()
+        }),
+        Value::Object(mut o) => match o.remove("data") {
+            Some(Value::Array(items)) => {
+                let meta = o.get("meta");
+                Ok(Page {
+                    sessions: sessions(items),
+                    current_page: page_num(meta.and_then(|m| m.get("current_page")))
+                        .or_else(|| page_num(o.get("current_page"))),
+                    last_page: page_num(meta.and_then(|m| m.get("last_page")))
+                        .or_else(|| page_num(o.get("last_page"))),
+                    has_next: next_link(o.get("links").and_then(|l| l.get("next")))
+                        .or_else(|| next_link(o.get("next_page_url"))),
+                })
+            }
+            Some(Value::Object(mut p)) => match p.remove("data") {
+                Some(Value::Array(items)) => Ok(Page {
+                    sessions: sessions(items),
+                    current_page: page_num(p.get("current_page")),
+                    last_page: page_num(p.get("last_page")),
+                    has_next: next_link(p.get("next_page_url")),
+                }),
+                _ => Err("`data` is an object without a `data` list of sessions".into()),
+            },
+            Some(Value::Null) | None => Err("the response has no `data` list of sessions".into()),
+            Some(_) => Err("`data` is neither a list nor a paginator".into()),
+        },
+        _ => Err("the response is neither a list nor an object".into()),
+    }
+}
+
 /// The members of a list body's top level that paging reads, besides
 /// `data`.
 const TOP_MEMBERS: &[&str] = &[
@@ -1190,52 +1235,12 @@ mod tests {
     /// The list decoding as it was before pages were decoded from bytes:
     /// body → `Value` → page. The byte decoder must agree with it exactly.
     fn page_via_value(body: &[u8]) -> Result<Page, String> {
-        fn sessions(items: Vec<Value>) -> Vec<Session> {
-            items
-                .into_iter()
-                .filter_map(|item| serde_json::from_value::<Session>(item).ok())
-                .filter(|s| !s.session_id.is_empty())
-                .collect()
-        }
         let v = if body.iter().all(u8::is_ascii_whitespace) {
             Value::Null
         } else {
             serde_json::from_slice(body).map_err(|e| e.to_string())?
         };
-        match v {
-            Value::Array(items) => Ok(Page {
-                sessions: sessions(items),
-                ..Page::default()
-            }),
-            Value::Object(mut o) => match o.remove("data") {
-                Some(Value::Array(items)) => {
-                    let meta = o.get("meta");
-                    Ok(Page {
-                        sessions: sessions(items),
-                        current_page: page_num(meta.and_then(|m| m.get("current_page")))
-                            .or_else(|| page_num(o.get("current_page"))),
-                        last_page: page_num(meta.and_then(|m| m.get("last_page")))
-                            .or_else(|| page_num(o.get("last_page"))),
-                        has_next: next_link(o.get("links").and_then(|l| l.get("next")))
-                            .or_else(|| next_link(o.get("next_page_url"))),
-                    })
-                }
-                Some(Value::Object(mut p)) => match p.remove("data") {
-                    Some(Value::Array(items)) => Ok(Page {
-                        sessions: sessions(items),
-                        current_page: page_num(p.get("current_page")),
-                        last_page: page_num(p.get("last_page")),
-                        has_next: next_link(p.get("next_page_url")),
-                    }),
-                    _ => Err("`data` is an object without a `data` list of sessions".into()),
-                },
-                Some(Value::Null) | None => {
-                    Err("the response has no `data` list of sessions".into())
-                }
-                Some(_) => Err("`data` is neither a list nor a paginator".into()),
-            },
-            _ => Err("the response is neither a list nor an object".into()),
-        }
+        parse_page_value(v)
     }
 
     #[test]
