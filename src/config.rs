@@ -14,7 +14,7 @@ use serde::{Deserialize, Deserializer};
 use crate::api::{ApiKey, DEFAULT_BASE_URL};
 
 /// The config file looked for when `--config` is not given.
-pub(crate) const DEFAULT_CONFIG_FILE: &str = "skyrules.toml";
+const DEFAULT_CONFIG_FILE: &str = "skyrules.toml";
 /// The environment variable holding the API key when no key file is set.
 pub(crate) const API_KEY_ENV: &str = "SKYLIGHT_API_KEY";
 

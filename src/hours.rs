@@ -30,7 +30,7 @@ use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
 /// Searches stop after this many consecutive local days without open time.
-pub(crate) const MAX_CLOSED_DAYS: u32 = 400;
+const MAX_CLOSED_DAYS: u32 = 400;
 
 /// Hard limit, in local days, on any single walk (about 100 years).
 const MAX_WALK_DAYS: u32 = 36_600;

@@ -39,13 +39,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// PagerDuty's Events API v2 endpoint, used when a pagerduty channel sets no URL.
-pub(crate) const PAGERDUTY_EVENTS_URL: &str = "https://events.pagerduty.com/v2/enqueue";
+const PAGERDUTY_EVENTS_URL: &str = "https://events.pagerduty.com/v2/enqueue";
 /// PagerDuty's limit on `payload.summary`, in characters.
-pub(crate) const PAGERDUTY_SUMMARY_MAX: usize = 1024;
+const PAGERDUTY_SUMMARY_MAX: usize = 1024;
 /// The PagerDuty severities accepted in `severity`.
-pub(crate) const PAGERDUTY_SEVERITIES: [&str; 4] = ["critical", "error", "warning", "info"];
+const PAGERDUTY_SEVERITIES: [&str; 4] = ["critical", "error", "warning", "info"];
 /// The default deduplication window per session and channel.
-pub(crate) const DEFAULT_DEDUPE: Duration = Duration::from_secs(10 * 60);
+const DEFAULT_DEDUPE: Duration = Duration::from_secs(10 * 60);
 
 /// Error bodies are read up to this many bytes, and quoted up to `EXCERPT` chars.
 const BODY_LIMIT: usize = 2048;

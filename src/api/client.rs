@@ -798,7 +798,7 @@ fn check_id(id: &str) -> Result<(), ApiError> {
 }
 
 /// Refuses a message the API would refuse, before anything is sent.
-pub(crate) fn check_message(text: &str) -> Result<(), ApiError> {
+fn check_message(text: &str) -> Result<(), ApiError> {
     let n = text.chars().count();
     if text.trim().is_empty() {
         return Err(ApiError::Invalid("the message is empty".into()));

@@ -37,7 +37,7 @@ pub(crate) struct UserError(pub String);
 /// skyrules — automation and escalation rules for SkyLight Web Chat.
 #[derive(Debug, Parser)]
 #[command(name = "skyrules", version, about, max_term_width = 100)]
-pub(crate) struct Cli {
+struct Cli {
     #[command(flatten)]
     global: GlobalArgs,
     #[command(subcommand)]

@@ -35,7 +35,7 @@ pub(crate) struct SimArgs {
 
 /// The key the simulator accepts when SKYLIGHT_API_KEY is not set. It guards
 /// nothing; it exists so clients exercise the header like they must in prod.
-pub(crate) const DEFAULT_SIM_KEY: &str = "sim-key";
+const DEFAULT_SIM_KEY: &str = "sim-key";
 
 /// Runs the simulator until Ctrl-C or SIGTERM.
 pub async fn run(a: SimArgs) -> anyhow::Result<ExitCode> {

@@ -62,7 +62,7 @@ pub struct EngineOptions {
 }
 
 /// Default retention of ended sessions' state (SPEC §6).
-pub(crate) const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// Something that happened inside the engine, for observers.
 #[derive(Debug, Clone, PartialEq)]

@@ -486,7 +486,7 @@ pub(crate) fn register(engine: &mut rhai::Engine, world: std::sync::Arc<World>) 
 }
 
 /// `ev.session`: every session field of the API, nulls as `()`.
-pub(crate) fn session_map(s: &Session) -> Map {
+fn session_map(s: &Session) -> Map {
     match rhai::serde::to_dynamic(s).map(|d| d.try_cast::<Map>()) {
         Ok(Some(m)) => m,
         _ => Map::new(),
@@ -495,7 +495,7 @@ pub(crate) fn session_map(s: &Session) -> Map {
 
 /// `ev.message`: `id`, `text`, `sender_type`, `type`, `media_url`,
 /// `created_at` (SPEC §3 names, not the API's).
-pub(crate) fn message_map(m: &Message) -> Map {
+fn message_map(m: &Message) -> Map {
     let mut map = Map::new();
     map.insert("id".into(), Dynamic::from_int(m.id));
     map.insert("text".into(), m.text().into());

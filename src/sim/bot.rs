@@ -9,7 +9,7 @@ use rand::Rng;
 pub const HANDOFF_REPLY: &str = "Let me connect you with a human agent.";
 
 /// Replies that show the bot did not cope; rule authors escalate on these.
-pub(crate) const FAILURE_REPLIES: &[&str] = &[
+const FAILURE_REPLIES: &[&str] = &[
     "Sorry, I don't know the answer to that.",
     "I'm sorry, I'm not sure I understand.",
     "I'm not able to help with that, unfortunately.",

@@ -97,7 +97,7 @@ pub(crate) fn respond<T: Serialize>(status: StatusCode, body: T) -> Response {
 }
 
 /// The JSON response for a refused operation.
-pub(crate) fn error_response(e: &SimError) -> Response {
+fn error_response(e: &SimError) -> Response {
     let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNPROCESSABLE_ENTITY);
     respond(status, e.body())
 }

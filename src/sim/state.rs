@@ -863,7 +863,7 @@ fn label(field: &str) -> String {
 
 /// Validates a message text the way the API does: required, a string, at
 /// most 4096 characters.
-pub(crate) fn validate_text(field: &str, value: Option<&Value>) -> Result<String, SimError> {
+fn validate_text(field: &str, value: Option<&Value>) -> Result<String, SimError> {
     let name = label(field);
     match value {
         None | Some(Value::Null) => Err(SimError::invalid(

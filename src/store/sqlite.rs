@@ -59,7 +59,7 @@ const MIGRATIONS: &[&str] = &[
 ];
 
 /// The newest schema version this build knows.
-pub(crate) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// State in a SQLite file.
 pub struct SqliteStore {

@@ -150,7 +150,7 @@ pub async fn replay(
 /// Replays already-read sessions through the rules, up to `horizon` (when
 /// they were read: timers not due by then had not fired yet); the part of
 /// [`replay`] that needs no API.
-pub(crate) async fn run_history(
+async fn run_history(
     history: Vec<SessionDetail>,
     horizon: Timestamp,
     opts: &ReplayOptions,
