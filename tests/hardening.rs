@@ -87,6 +87,28 @@ fn spawn_run(base_url: &str) -> (Reaped, tempfile::TempDir) {
     (Reaped(child), dir)
 }
 
+/// A directory holding `rules/NAME.rhai` and `rules/tests/NAME.toml`, as
+/// `skyrules test` reads them.
+fn rule_and_scenario(name: &str, rule: &str, scenario: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rules = dir.path().join("rules");
+    std::fs::create_dir_all(rules.join("tests")).expect("rules/tests");
+    std::fs::write(rules.join(format!("{name}.rhai")), rule).expect("rule");
+    std::fs::write(rules.join(format!("tests/{name}.toml")), scenario).expect("scenario");
+    dir
+}
+
+/// `skyrules test rules` (and `extra`) run in `dir`, to its end.
+fn skyrules_test(dir: &Path, extra: &[&str]) -> std::process::Output {
+    util::skyrules_command()
+        .current_dir(dir)
+        .args(["test", "rules"])
+        .args(extra)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run skyrules test")
+}
+
 fn read_file(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap_or_default()
 }
@@ -422,18 +444,11 @@ fn junit_output_parses_whatever_characters_names_and_replies_carry() {
         eprintln!("skipped: no python3 to parse the JUnit XML with");
         return;
     };
-    let dir = tempfile::tempdir().expect("tempdir");
-    let rules = dir.path().join("rules");
-    std::fs::create_dir_all(rules.join("tests")).expect("rules/tests");
     // A reply with an escape sequence and a vertical tab, a name with a
     // form feed and a NUL: legal in Rhai and TOML, forbidden in XML 1.0.
-    std::fs::write(
-        rules.join("greet.rhai"),
+    let dir = rule_and_scenario(
+        "greet",
         "on(\"visitor_message\", |ev| { ev.reply(\"Hi \\x1b[1mthere\\x0b <&> \\uFFFE!\"); });",
-    )
-    .expect("rule");
-    std::fs::write(
-        rules.join("tests/greet.toml"),
         r#"
 [[scenario]]
 name = "greets \f politely \u0000 <fast> & \"well\""
@@ -451,15 +466,9 @@ id = "s1"
 advance = "1m"
 expect = []
 "#,
-    )
-    .expect("scenario");
+    );
     let report = dir.path().join("report.xml");
-    let out = util::skyrules_command()
-        .current_dir(dir.path())
-        .args(["test", "rules", "--junit", "report.xml"])
-        .stdin(Stdio::null())
-        .output()
-        .expect("run skyrules test");
+    let out = skyrules_test(dir.path(), &["--junit", "report.xml"]);
     assert_eq!(
         out.status.code(),
         Some(1),
@@ -505,13 +514,10 @@ for c in cases:
 
 #[test]
 fn a_rule_cannot_grow_its_memory_past_the_limit() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let rules = dir.path().join("rules");
-    std::fs::create_dir_all(rules.join("tests")).expect("rules/tests");
     // Each visitor message stores 25 KiB more under a new key; the third
     // would pass 64 KiB and fails, replying nothing.
-    std::fs::write(
-        rules.join("hoard.rhai"),
+    let dir = rule_and_scenario(
+        "hoard",
         r#"
 on("visitor_message", |ev| {
     let n = ev.get("n");
@@ -523,10 +529,6 @@ on("visitor_message", |ev| {
     ev.reply("stored " + (n + 1));
 });
 "#,
-    )
-    .expect("rule");
-    std::fs::write(
-        rules.join("tests/hoard.toml"),
         r#"
 [[scenario]]
 name = "memory is bounded"
@@ -542,14 +544,8 @@ expect = ["reply: stored 2"]
 visitor = "three"
 expect = ["reply: stored 3"]
 "#,
-    )
-    .expect("scenario");
-    let out = util::skyrules_command()
-        .current_dir(dir.path())
-        .args(["test", "rules"])
-        .stdin(Stdio::null())
-        .output()
-        .expect("run skyrules test");
+    );
+    let out = skyrules_test(dir.path(), &[]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     // Steps one and two pass; step three fails in the handler, with the
@@ -566,12 +562,7 @@ expect = ["reply: stored 3"]
         "[engine]\nmax_rule_memory = \"1MiB\"\n",
     )
     .expect("config");
-    let out = util::skyrules_command()
-        .current_dir(dir.path())
-        .args(["test", "rules"])
-        .stdin(Stdio::null())
-        .output()
-        .expect("run skyrules test");
+    let out = skyrules_test(dir.path(), &[]);
     assert!(
         out.status.success(),
         "{}",
