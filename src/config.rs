@@ -17,6 +17,8 @@ use crate::api::{ApiKey, DEFAULT_BASE_URL};
 const DEFAULT_CONFIG_FILE: &str = "skyrules.toml";
 /// The environment variable holding the API key when no key file is set.
 pub(crate) const API_KEY_ENV: &str = "SKYLIGHT_API_KEY";
+/// The environment variable holding a PostgreSQL URL for the state.
+pub(crate) const STATE_URL_ENV: &str = "SKYRULES_STATE_URL";
 
 /// A configuration problem; always names the file or variable and the key.
 #[derive(Debug, thiserror::Error)]
@@ -99,8 +101,12 @@ pub struct EngineConfig {
     /// Time between two polls of the session list.
     #[serde(deserialize_with = "duration")]
     pub poll_interval: Duration,
-    /// The state database file.
+    /// The state database file (SQLite), unless a PostgreSQL URL is given.
     pub state_path: PathBuf,
+    /// File holding a PostgreSQL URL to keep the state in instead
+    /// (`SKYRULES_STATE_URL` beats it). Never the URL itself: it holds a
+    /// password.
+    pub state_url_file: Option<PathBuf>,
     /// Log actions instead of taking them.
     pub dry_run: bool,
     /// Sessions whose actions may run at the same time.
@@ -121,6 +127,7 @@ impl Default for EngineConfig {
             rules_dir: PathBuf::from("rules"),
             poll_interval: Duration::from_secs(5),
             state_path: PathBuf::from("skyrules.db"),
+            state_url_file: None,
             dry_run: false,
             max_concurrency: 8,
             retention: Duration::from_secs(30 * 24 * 3600),
@@ -366,6 +373,37 @@ impl Config {
                 None => e.to_string(),
             })
         })
+    }
+
+    /// The PostgreSQL URL the state lives at, if any: `SKYRULES_STATE_URL`,
+    /// else the contents of `engine.state_url_file`. `None` means the
+    /// SQLite file `engine.state_path`.
+    pub fn state_url(&self) -> Result<Option<String>, ConfigError> {
+        let (url, from) = match std::env::var(STATE_URL_ENV) {
+            Ok(u) if !u.trim().is_empty() => (u, STATE_URL_ENV.to_string()),
+            _ => match &self.engine.state_url_file {
+                None => return Ok(None),
+                Some(file) => {
+                    let text = std::fs::read_to_string(file).map_err(|e| {
+                        ConfigError::Invalid(format!(
+                            "cannot read the state URL file {} (`engine.state_url_file`): {e}",
+                            file.display()
+                        ))
+                    })?;
+                    (
+                        text,
+                        format!("the state URL file {} (`engine.state_url_file`)", file.display()),
+                    )
+                }
+            },
+        };
+        let url = url.trim().to_string();
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(ConfigError::Invalid(format!(
+                "{from}: expected a PostgreSQL URL such as postgres://user:password@host/dbname"
+            )));
+        }
+        Ok(Some(url))
     }
 
     /// The bearer token of the HTTP listener, if `[http] token_file` is set.
