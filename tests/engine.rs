@@ -1596,6 +1596,12 @@ impl Watched {
 }
 
 impl Store for Watched {
+    fn workspace(&self, name: &str) -> Arc<dyn Store> {
+        self.inner.workspace(name)
+    }
+    fn location(&self) -> String {
+        self.inner.location()
+    }
     fn load(&self) -> Result<store::Loaded, StoreError> {
         self.inner.load()
     }

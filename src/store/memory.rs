@@ -1,10 +1,14 @@
 //! The in-memory store: same contract as SQLite, gone on exit. Used by the
-//! demo and by tests that do not restart.
+//! demo and by tests that do not restart. Its workspace views share one
+//! map of per-workspace state.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use super::{AuditEntry, AuditFilter, Batch, Begin, Intent, Loaded, Pending, Store, StoreError};
+use super::{
+    AuditEntry, AuditFilter, Batch, Begin, Intent, Loaded, Pending, Store, StoreError,
+    DEFAULT_WORKSPACE,
+};
 use crate::api::Timestamp;
 use crate::rules::Memory;
 use crate::tracking::{Event, Tracked};
@@ -15,10 +19,20 @@ const AUDIT_LIMIT: usize = 10_000;
 /// An action's outcome and its detail.
 type Finished = (String, Option<String>);
 
-/// State kept in memory only.
-#[derive(Debug, Default)]
+/// State kept in memory only: one workspace's view of it.
+#[derive(Debug)]
 pub struct MemoryStore {
-    inner: Mutex<Inner>,
+    workspace: String,
+    shared: Arc<Mutex<HashMap<String, Inner>>>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> MemoryStore {
+        MemoryStore {
+            workspace: DEFAULT_WORKSPACE.to_string(),
+            shared: Arc::default(),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -32,13 +46,15 @@ struct Inner {
 }
 
 impl MemoryStore {
-    /// An empty store.
+    /// An empty store; the view is workspace `default`.
     pub fn new() -> MemoryStore {
         MemoryStore::default()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    /// Runs `f` on this workspace's state, under the one lock.
+    fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
+        let mut all = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        f(all.entry(self.workspace.clone()).or_default())
     }
 }
 
@@ -46,6 +62,8 @@ impl MemoryStore {
 fn write(inner: &mut Inner, batch: &Batch) {
     inner.loaded.baselined |= batch.baselined;
     for t in &batch.sessions {
+        // Tracked again (as a SQL upsert would make it): no longer ended.
+        inner.ended.remove(&t.session.session_id);
         inner
             .loaded
             .sessions
@@ -82,68 +100,36 @@ fn finish(inner: &mut Inner, session_id: &str, keys: &[String], memory: &[(Strin
 }
 
 impl Store for MemoryStore {
+    fn workspace(&self, name: &str) -> Arc<dyn Store> {
+        Arc::new(MemoryStore {
+            workspace: name.to_string(),
+            shared: self.shared.clone(),
+        })
+    }
+
+    fn location(&self) -> String {
+        "memory".to_string()
+    }
+
     fn load(&self) -> Result<Loaded, StoreError> {
-        Ok(self.lock().loaded.clone())
+        Ok(self.with(|inner| inner.loaded.clone()))
     }
 
     fn memory(&self, session_id: &str) -> Result<HashMap<String, Memory>, StoreError> {
-        Ok(self
-            .lock()
-            .memory
-            .get(session_id)
-            .cloned()
-            .unwrap_or_default())
+        Ok(self.with(|inner| inner.memory.get(session_id).cloned().unwrap_or_default()))
     }
 
     fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
-        write(&mut self.lock(), batch);
+        self.with(|inner| write(inner, batch));
         Ok(())
     }
 
     fn pending_events(&self) -> Result<Vec<Pending>, StoreError> {
-        let inner = self.lock();
-        let mut out: Vec<Pending> = Vec::new();
-        for (_, e, t) in &inner.journal {
-            match out
-                .iter_mut()
-                .find(|p| p.tracked.session.session_id == e.session_id)
-            {
-                Some(p) => p.events.push(e.clone()),
-                None => out.push(Pending {
-                    tracked: t.clone(),
-                    events: vec![e.clone()],
-                }),
-            }
-        }
-        Ok(out)
+        self.with(|inner| Ok(pending_in(inner)))
     }
 
     fn begin_action(&self, intent: &Intent, journal: Option<&Batch>) -> Result<Begin, StoreError> {
-        let mut inner = self.lock();
-        if let Some(batch) = journal {
-            write(&mut inner, batch);
-        }
-        if let Some(&i) = inner.index.get(&intent.key) {
-            let (old, outcome) = &inner.actions[i];
-            return Ok(match outcome {
-                Some((o, _)) => Begin::Done { outcome: o.clone() },
-                None => Begin::Pending(old.clone()),
-            });
-        }
-        if inner.actions.len() >= AUDIT_LIMIT {
-            inner.actions.remove(0);
-            let actions = &inner.actions;
-            let index = actions
-                .iter()
-                .enumerate()
-                .map(|(i, (a, _))| (a.key.clone(), i))
-                .collect();
-            inner.index = index;
-        }
-        let n = inner.actions.len();
-        inner.index.insert(intent.key.clone(), n);
-        inner.actions.push((intent.clone(), None));
-        Ok(Begin::New)
+        self.with(|inner| Ok(begin_in(inner, intent, journal)))
     }
 
     fn finish_action(
@@ -152,96 +138,159 @@ impl Store for MemoryStore {
         outcome: &str,
         detail: Option<&str>,
     ) -> Result<(), StoreError> {
-        let mut inner = self.lock();
-        if let Some(&i) = inner.index.get(key) {
-            let entry = &mut inner.actions[i];
-            entry.0.text = None;
-            entry.1 = Some((outcome.to_string(), detail.map(str::to_string)));
-        }
+        self.with(|inner| {
+            if let Some(&i) = inner.index.get(key) {
+                let entry = &mut inner.actions[i];
+                entry.0.text = None;
+                entry.1 = Some((outcome.to_string(), detail.map(str::to_string)));
+            }
+        });
         Ok(())
     }
 
     fn pending_actions(&self) -> Result<Vec<Intent>, StoreError> {
-        Ok(self
-            .lock()
-            .actions
-            .iter()
-            .filter(|(_, o)| o.is_none())
-            .map(|(i, _)| i.clone())
-            .collect())
+        Ok(self.with(|inner| {
+            inner
+                .actions
+                .iter()
+                .filter(|(_, o)| o.is_none())
+                .map(|(i, _)| i.clone())
+                .collect()
+        }))
     }
 
     fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>, StoreError> {
-        Ok(self
-            .lock()
-            .actions
-            .iter()
-            .map(|(i, o)| AuditEntry {
-                at: i.at,
-                rule: i.rule.clone(),
-                session_id: i.session_id.clone(),
-                event: i.event.clone(),
-                action: i.action.clone(),
-                outcome: o
-                    .as_ref()
-                    .map_or_else(|| "pending".to_string(), |(o, _)| o.clone()),
-                detail: o.as_ref().and_then(|(_, d)| d.clone()),
-            })
-            .filter(|e| filter.matches(e))
-            .collect())
+        Ok(self.with(|inner| audit_in(inner, filter)))
     }
 
     fn sessions_since(&self, since: Timestamp) -> Result<Vec<Tracked>, StoreError> {
-        let inner = self.lock();
-        Ok(inner
-            .loaded
-            .sessions
-            .values()
-            .chain(inner.ended.values().map(|(_, t)| t))
-            .filter(|t| t.session.created_at.is_some_and(|c| c >= since))
-            .cloned()
-            .collect())
+        Ok(self.with(|inner| {
+            inner
+                .loaded
+                .sessions
+                .values()
+                .chain(inner.ended.values().map(|(_, t)| t))
+                .filter(|t| t.session.created_at.is_some_and(|c| c >= since))
+                .cloned()
+                .collect()
+        }))
     }
 
     fn timer_breaches(
         &self,
         since: Timestamp,
     ) -> Result<Vec<(String, chrono::NaiveDate, u64)>, StoreError> {
-        let inner = self.lock();
-        let mut counts: std::collections::BTreeMap<(String, chrono::NaiveDate), u64> =
-            Default::default();
-        for (i, _) in &inner.actions {
-            if matches!(i.event.as_str(), "idle" | "unanswered" | "human_waiting")
-                && i.key.ends_with("|0")
-                && i.at >= since
-            {
-                *counts
-                    .entry((i.rule.clone(), i.at.date_naive()))
-                    .or_default() += 1;
-            }
-        }
-        Ok(counts
-            .into_iter()
-            .map(|((rule, day), n)| (rule, day, n))
-            .collect())
+        Ok(self.with(|inner| breaches_in(inner, since)))
     }
 
     fn latest_action_at(&self) -> Result<Option<Timestamp>, StoreError> {
-        Ok(self.lock().actions.iter().map(|(i, _)| i.at).max())
+        Ok(self.with(|inner| inner.actions.iter().map(|(i, _)| i.at).max()))
     }
 
     fn purge(&self, before: Timestamp) -> Result<usize, StoreError> {
-        let mut inner = self.lock();
-        let old: Vec<String> = inner
-            .ended
-            .iter()
-            .filter(|(_, (at, _))| *at < before)
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in &old {
-            inner.ended.remove(id);
-            inner.memory.remove(id);
-        }
-        Ok(old.len())
+        Ok(self.with(|inner| {
+            let old: Vec<String> = inner
+                .ended
+                .iter()
+                .filter(|(_, (at, _))| *at < before)
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in &old {
+                inner.ended.remove(id);
+                inner.memory.remove(id);
+            }
+            old.len()
+        }))
     }
+}
+
+/// Journaled events per session, oldest first; each session as its newest
+/// event saw it (as the SQLite store reads them).
+fn pending_in(inner: &Inner) -> Vec<Pending> {
+    let mut out: Vec<Pending> = Vec::new();
+    for (_, e, t) in &inner.journal {
+        match out
+            .iter_mut()
+            .find(|p| p.tracked.session.session_id == e.session_id)
+        {
+            Some(p) => {
+                p.events.push(e.clone());
+                p.tracked = t.clone();
+            }
+            None => out.push(Pending {
+                tracked: t.clone(),
+                events: vec![e.clone()],
+            }),
+        }
+    }
+    out
+}
+
+/// Writes the journal, if any, then records the intent unless its key is
+/// known.
+fn begin_in(inner: &mut Inner, intent: &Intent, journal: Option<&Batch>) -> Begin {
+    if let Some(batch) = journal {
+        write(inner, batch);
+    }
+    if let Some(&i) = inner.index.get(&intent.key) {
+        let (old, outcome) = &inner.actions[i];
+        return match outcome {
+            Some((o, _)) => Begin::Done { outcome: o.clone() },
+            None => Begin::Pending(old.clone()),
+        };
+    }
+    if inner.actions.len() >= AUDIT_LIMIT {
+        inner.actions.remove(0);
+        inner.index = inner
+            .actions
+            .iter()
+            .enumerate()
+            .map(|(i, (a, _))| (a.key.clone(), i))
+            .collect();
+    }
+    let n = inner.actions.len();
+    inner.index.insert(intent.key.clone(), n);
+    inner.actions.push((intent.clone(), None));
+    Begin::New
+}
+
+/// The audit log, oldest first.
+fn audit_in(inner: &Inner, filter: &AuditFilter) -> Vec<AuditEntry> {
+    inner
+        .actions
+        .iter()
+        .map(|(i, o)| AuditEntry {
+            at: i.at,
+            rule: i.rule.clone(),
+            session_id: i.session_id.clone(),
+            event: i.event.clone(),
+            action: i.action.clone(),
+            outcome: o
+                .as_ref()
+                .map_or_else(|| "pending".to_string(), |(o, _)| o.clone()),
+            detail: o.as_ref().and_then(|(_, d)| d.clone()),
+        })
+        .filter(|e| filter.matches(e))
+        .collect()
+}
+
+/// Timer-event first actions per rule and UTC day.
+fn breaches_in(inner: &Inner, since: Timestamp) -> Vec<(String, chrono::NaiveDate, u64)> {
+    let mut counts: std::collections::BTreeMap<(chrono::NaiveDate, String), u64> =
+        Default::default();
+    for (i, _) in &inner.actions {
+        if super::rows::TIMER_EVENTS.contains(&i.event.as_str())
+            && i.key.ends_with("|0")
+            && i.at >= since
+        {
+            *counts
+                .entry((i.at.date_naive(), i.rule.clone()))
+                .or_default() += 1;
+        }
+    }
+    // Day first, then rule: the order the SQL stores return.
+    counts
+        .into_iter()
+        .map(|((day, rule), n)| (rule, day, n))
+        .collect()
 }

@@ -3,10 +3,16 @@
 //! memory, and every action as an intent and its outcome (the audit log).
 //!
 //! Owns: the [`Store`] interface, the SQLite implementation (the default,
-//! one file) and an in-memory one (the demo, tests). The watcher and the
-//! rules never see a store: the engine loads from it at start, records each
+//! one file), the PostgreSQL one (`SKYRULES_STATE_URL`, shared by many
+//! workspaces and processes) and an in-memory one (the demo, tests), and
+//! [`open`], which picks between the first two. The watcher and the rules
+//! never see a store: the engine loads from it at start, records each
 //! action's intent before taking it and its outcome after, and commits one
 //! [`Batch`] per poll cycle.
+//!
+//! A [`Store`] is one workspace's view: every row is keyed by workspace,
+//! and [`Store::workspace`] gives another workspace's view of the same
+//! database, so one process holds one file or one pool for all of them.
 //!
 //! Exactly-once delivery rests on three facts.
 //!
@@ -29,9 +35,13 @@
 //!   journal, together.
 
 mod memory;
+mod postgres;
+mod rows;
 mod sqlite;
 
 use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -40,7 +50,12 @@ use crate::rules::Memory;
 use crate::tracking::{Event, Tracked};
 
 pub use memory::MemoryStore;
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
+
+/// The workspace of a single-workspace configuration, and of every row an
+/// older (version 2) SQLite file held.
+pub(crate) const DEFAULT_WORKSPACE: &str = "default";
 
 /// A state-store failure; the message says what to do.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +83,25 @@ pub enum StoreError {
         found: i64,
         /// Newest version known here.
         known: i64,
+    },
+    /// The state database cannot be reached (down, restarting, or the
+    /// network to it broken); nothing was written, and the engine keeps
+    /// what it meant to write and tries again.
+    #[error("cannot reach the state database {location}: {message}")]
+    Unavailable {
+        /// Where the state is, without the password.
+        location: String,
+        /// What failed, and what to check.
+        message: String,
+    },
+    /// `skyrules state copy` into a database that already holds state for
+    /// the workspaces copied.
+    #[error("the state database {location} already holds state for workspace(s) {workspaces}; nothing was copied: copy into a database without them")]
+    Occupied {
+        /// Where the state is, without the password.
+        location: String,
+        /// The workspaces found there, comma-separated.
+        workspaces: String,
     },
     /// Any other read or write failure.
     #[error("state file {path}: {message}")]
@@ -245,8 +279,14 @@ pub struct Done {
     pub memory: Vec<(String, Memory)>,
 }
 
-/// Durable engine state. Every method blocks: call from a blocking thread.
+/// Durable engine state of one workspace. Every method blocks: call from a
+/// blocking thread.
 pub trait Store: Send + Sync + 'static {
+    /// The view of workspace `name` in the same database (same connection
+    /// or pool, same lock); it never sees or changes this one's rows.
+    fn workspace(&self, name: &str) -> Arc<dyn Store>;
+    /// Where the state is, for logs: a file, or a URL without its password.
+    fn location(&self) -> String;
     /// Reads what the engine needs at start.
     fn load(&self) -> Result<Loaded, StoreError>;
     /// Every rule's memory for one session.
@@ -286,4 +326,95 @@ pub trait Store: Send + Sync + 'static {
     /// Forgets ended sessions (snapshots, messages, memory) that ended
     /// before `before`; returns how many. The audit log keeps its ids.
     fn purge(&self, before: Timestamp) -> Result<usize, StoreError>;
+}
+
+/// Opens the engine's state, workspace `default`: in PostgreSQL when
+/// `state_url` is given, else in the SQLite file `state_path` (opened on
+/// a blocking thread, as it reads and migrates the file).
+pub async fn open(
+    state_path: &Path,
+    state_url: Option<&str>,
+) -> Result<Arc<dyn Store>, StoreError> {
+    if let Some(url) = state_url {
+        return Ok(Arc::new(PgStore::connect(url).await?));
+    }
+    let path = state_path.to_path_buf();
+    let shown = path.display().to_string();
+    match tokio::task::spawn_blocking(move || SqliteStore::open(&path)).await {
+        Ok(store) => Ok(Arc::new(store?)),
+        Err(e) => Err(StoreError::Io {
+            path: shown,
+            message: format!("opening the state file failed: {e}"),
+        }),
+    }
+}
+
+/// Opens the state to read it while an engine may run (`audit`, `sla`):
+/// the SQLite file without its lock, or PostgreSQL without migrating it.
+/// Either must have been initialised by `skyrules run` first.
+pub async fn open_read_only(
+    state_path: &Path,
+    state_url: Option<&str>,
+) -> Result<Arc<dyn Store>, StoreError> {
+    if let Some(url) = state_url {
+        return Ok(Arc::new(PgStore::connect_read_only(url).await?));
+    }
+    let path = state_path.to_path_buf();
+    let shown = path.display().to_string();
+    match tokio::task::spawn_blocking(move || SqliteStore::open_read_only(&path)).await {
+        Ok(store) => Ok(Arc::new(store?)),
+        Err(e) => Err(StoreError::Io {
+            path: shown,
+            message: format!("opening the state file failed: {e}"),
+        }),
+    }
+}
+
+/// Every workspace's rows, as stored (JSON texts, timestamps as
+/// [`crate::api::format_ts`] writes them): what `skyrules state copy`
+/// moves from a SQLite file into PostgreSQL.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub(crate) struct Dump {
+    /// By workspace name, in name order.
+    pub workspaces: Vec<WorkspaceDump>,
+}
+
+/// One workspace's rows.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub(crate) struct WorkspaceDump {
+    /// The workspace.
+    pub name: String,
+    /// `meta` rows (key, value): the baselined flag.
+    pub meta: Vec<(String, String)>,
+    /// Sessions (id, tracked JSON, ended at), tracked and ended.
+    pub sessions: Vec<(String, String, Option<String>)>,
+    /// Rule memory (session id, rule, JSON).
+    pub memory: Vec<(String, String, String)>,
+    /// Journaled events, oldest first.
+    pub journal: Vec<JournalRow>,
+    /// Actions with their outcomes, oldest first.
+    pub actions: Vec<ActionRow>,
+}
+
+/// One journaled event, as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct JournalRow {
+    pub key: String,
+    pub session_id: String,
+    pub event: String,
+    pub context: String,
+}
+
+/// One action, as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ActionRow {
+    pub key: String,
+    pub at: String,
+    pub rule: String,
+    pub session_id: String,
+    pub event: String,
+    pub action: String,
+    pub text: Option<String>,
+    pub outcome: Option<String>,
+    pub detail: Option<String>,
 }

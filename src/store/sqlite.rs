@@ -1,21 +1,27 @@
 //! The SQLite store: one file (default `skyrules.db`), WAL mode, schema
 //! versioned with migrations that run at open, and an exclusive lock file
-//! so that two engines never act on the same state.
+//! so that two engines never act on the same state. Every table is keyed
+//! by workspace; the views of one file ([`Store::workspace`]) share its
+//! connection and its lock.
 //!
 //! Crash safety: every write is a transaction; with WAL, a process killed
 //! at any point leaves the file at the last committed transaction.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
-use super::{AuditEntry, AuditFilter, Batch, Begin, Intent, Loaded, Pending, Store, StoreError};
-use crate::api::{format_ts, parse_ts, Timestamp};
+use super::rows::{self, BatchRows, TIMER_EVENTS};
+use super::{
+    ActionRow, AuditEntry, AuditFilter, Batch, Begin, Dump, Intent, JournalRow, Loaded, Pending,
+    Store, StoreError, WorkspaceDump, DEFAULT_WORKSPACE,
+};
+use crate::api::{format_ts, Timestamp};
 use crate::rules::Memory;
-use crate::tracking::{Event, Tracked};
+use crate::tracking::Tracked;
 
 /// Schema migrations; entry N brings a file from version N to N+1.
 const MIGRATIONS: &[&str] = &[
@@ -56,14 +62,96 @@ const MIGRATIONS: &[&str] = &[
          context    TEXT NOT NULL
      );
      CREATE INDEX journal_session ON journal (session_id);",
+    // 2 → 3: every table keyed by workspace; what was there is workspace
+    // `default`. SQLite cannot change a primary key in place, so each
+    // table is rebuilt (ids and journal order kept).
+    "CREATE TABLE meta_v3 (
+         workspace TEXT NOT NULL,
+         key       TEXT NOT NULL,
+         value     TEXT NOT NULL,
+         PRIMARY KEY (workspace, key)
+     );
+     INSERT INTO meta_v3 (workspace, key, value) SELECT 'default', key, value FROM meta;
+     DROP TABLE meta;
+     ALTER TABLE meta_v3 RENAME TO meta;
+
+     CREATE TABLE sessions_v3 (
+         workspace  TEXT NOT NULL,
+         session_id TEXT NOT NULL,
+         tracked    TEXT NOT NULL,
+         ended_at   TEXT,
+         PRIMARY KEY (workspace, session_id)
+     );
+     INSERT INTO sessions_v3 (workspace, session_id, tracked, ended_at)
+         SELECT 'default', session_id, tracked, ended_at FROM sessions;
+     DROP TABLE sessions;
+     ALTER TABLE sessions_v3 RENAME TO sessions;
+     CREATE INDEX sessions_ended ON sessions (workspace, ended_at);
+
+     CREATE TABLE memory_v3 (
+         workspace  TEXT NOT NULL,
+         session_id TEXT NOT NULL,
+         rule       TEXT NOT NULL,
+         value      TEXT NOT NULL,
+         PRIMARY KEY (workspace, session_id, rule)
+     );
+     INSERT INTO memory_v3 (workspace, session_id, rule, value)
+         SELECT 'default', session_id, rule, value FROM memory;
+     DROP TABLE memory;
+     ALTER TABLE memory_v3 RENAME TO memory;
+
+     CREATE TABLE actions_v3 (
+         id         INTEGER PRIMARY KEY AUTOINCREMENT,
+         workspace  TEXT NOT NULL,
+         key        TEXT NOT NULL,
+         at         TEXT NOT NULL,
+         rule       TEXT NOT NULL,
+         session_id TEXT NOT NULL,
+         event      TEXT NOT NULL,
+         action     TEXT NOT NULL,
+         text       TEXT,
+         outcome    TEXT,
+         detail     TEXT,
+         UNIQUE (workspace, key)
+     );
+     INSERT INTO actions_v3
+         (id, workspace, key, at, rule, session_id, event, action, text, outcome, detail)
+         SELECT id, 'default', key, at, rule, session_id, event, action, text, outcome, detail
+         FROM actions;
+     DROP TABLE actions;
+     ALTER TABLE actions_v3 RENAME TO actions;
+     CREATE INDEX actions_session ON actions (workspace, session_id);
+     CREATE INDEX actions_pending ON actions (workspace, outcome) WHERE outcome IS NULL;
+     CREATE INDEX actions_at ON actions (workspace, at);
+
+     CREATE TABLE journal_v3 (
+         seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+         workspace  TEXT NOT NULL,
+         key        TEXT NOT NULL,
+         session_id TEXT NOT NULL,
+         event      TEXT NOT NULL,
+         context    TEXT NOT NULL,
+         UNIQUE (workspace, key)
+     );
+     INSERT INTO journal_v3 (seq, workspace, key, session_id, event, context)
+         SELECT seq, 'default', key, session_id, event, context FROM journal;
+     DROP TABLE journal;
+     ALTER TABLE journal_v3 RENAME TO journal;
+     CREATE INDEX journal_session ON journal (workspace, session_id);",
 ];
 
 /// The newest schema version this build knows.
 const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
-/// State in a SQLite file.
+/// State in a SQLite file: one workspace's view of it.
 pub struct SqliteStore {
     path: String,
+    workspace: String,
+    shared: Arc<Shared>,
+}
+
+/// What every workspace's view of one file shares.
+struct Shared {
     conn: Mutex<Connection>,
     // Held for the store's lifetime: the OS releases it if the process dies.
     _lock: Option<File>,
@@ -73,22 +161,20 @@ impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SqliteStore")
             .field("path", &self.path)
+            .field("workspace", &self.workspace)
             .finish()
     }
 }
 
 impl SqliteStore {
     /// Opens (creating if needed) the state file for the engine: takes the
-    /// exclusive lock, checks the file, and migrates it.
+    /// exclusive lock, checks the file, and migrates it. The view is
+    /// workspace `default`.
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
         let shown = path.display().to_string();
         let lock = take_lock(path, &shown)?;
         let conn = Connection::open(path).map_err(|e| corrupt(&shown, &e))?;
-        let store = SqliteStore {
-            path: shown,
-            conn: Mutex::new(conn),
-            _lock: Some(lock),
-        };
+        let store = SqliteStore::new(shown, conn, Some(lock));
         store.prepare()?;
         Ok(store)
     }
@@ -108,11 +194,7 @@ impl SqliteStore {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(|e| corrupt(&shown, &e))?;
-        let store = SqliteStore {
-            path: shown,
-            conn: Mutex::new(conn),
-            _lock: None,
-        };
+        let store = SqliteStore::new(shown, conn, None);
         let version = store.version()?;
         if version > SCHEMA_VERSION {
             return Err(StoreError::TooNew {
@@ -130,86 +212,161 @@ impl SqliteStore {
         Ok(store)
     }
 
+    fn new(path: String, conn: Connection, lock: Option<File>) -> SqliteStore {
+        SqliteStore {
+            path,
+            workspace: DEFAULT_WORKSPACE.to_string(),
+            shared: Arc::new(Shared {
+                conn: Mutex::new(conn),
+                _lock: lock,
+            }),
+        }
+    }
+
+    /// Every workspace's rows, read in one transaction: the source of
+    /// `skyrules state copy`.
+    pub(crate) fn export(&self) -> Result<Dump, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| self.io(e))?;
+        let mut by_name: BTreeMap<String, WorkspaceDump> = BTreeMap::new();
+        let io = |e: rusqlite::Error| self.io(e);
+        let mut stmt = tx
+            .prepare("SELECT workspace, key, value FROM meta ORDER BY workspace, key")
+            .map_err(io)?;
+        let mut q = stmt.query([]).map_err(io)?;
+        while let Some(r) = q.next().map_err(io)? {
+            dump_of(&mut by_name, r.get(0).map_err(io)?)
+                .meta
+                .push((r.get(1).map_err(io)?, r.get(2).map_err(io)?));
+        }
+        drop(q);
+        let mut stmt = tx
+            .prepare(
+                "SELECT workspace, session_id, tracked, ended_at FROM sessions
+                 ORDER BY workspace, session_id",
+            )
+            .map_err(io)?;
+        let mut q = stmt.query([]).map_err(io)?;
+        while let Some(r) = q.next().map_err(io)? {
+            dump_of(&mut by_name, r.get(0).map_err(io)?).sessions.push((
+                r.get(1).map_err(io)?,
+                r.get(2).map_err(io)?,
+                r.get(3).map_err(io)?,
+            ));
+        }
+        drop(q);
+        let mut stmt = tx
+            .prepare(
+                "SELECT workspace, session_id, rule, value FROM memory
+                 ORDER BY workspace, session_id, rule",
+            )
+            .map_err(io)?;
+        let mut q = stmt.query([]).map_err(io)?;
+        while let Some(r) = q.next().map_err(io)? {
+            dump_of(&mut by_name, r.get(0).map_err(io)?).memory.push((
+                r.get(1).map_err(io)?,
+                r.get(2).map_err(io)?,
+                r.get(3).map_err(io)?,
+            ));
+        }
+        drop(q);
+        let mut stmt = tx
+            .prepare("SELECT workspace, key, session_id, event, context FROM journal ORDER BY seq")
+            .map_err(io)?;
+        let mut q = stmt.query([]).map_err(io)?;
+        while let Some(r) = q.next().map_err(io)? {
+            dump_of(&mut by_name, r.get(0).map_err(io)?)
+                .journal
+                .push(JournalRow {
+                    key: r.get(1).map_err(io)?,
+                    session_id: r.get(2).map_err(io)?,
+                    event: r.get(3).map_err(io)?,
+                    context: r.get(4).map_err(io)?,
+                });
+        }
+        drop(q);
+        let mut stmt = tx
+            .prepare(
+                "SELECT workspace, key, at, rule, session_id, event, action, text, outcome, detail
+                 FROM actions ORDER BY id",
+            )
+            .map_err(io)?;
+        let mut q = stmt.query([]).map_err(io)?;
+        while let Some(r) = q.next().map_err(io)? {
+            dump_of(&mut by_name, r.get(0).map_err(io)?)
+                .actions
+                .push(ActionRow {
+                    key: r.get(1).map_err(io)?,
+                    at: r.get(2).map_err(io)?,
+                    rule: r.get(3).map_err(io)?,
+                    session_id: r.get(4).map_err(io)?,
+                    event: r.get(5).map_err(io)?,
+                    action: r.get(6).map_err(io)?,
+                    text: r.get(7).map_err(io)?,
+                    outcome: r.get(8).map_err(io)?,
+                    detail: r.get(9).map_err(io)?,
+                });
+        }
+        Ok(Dump {
+            workspaces: by_name.into_values().collect(),
+        })
+    }
+
     /// Writes a batch inside the caller's transaction.
     fn write_in(&self, tx: &rusqlite::Transaction<'_>, batch: &Batch) -> Result<(), StoreError> {
-        if batch.baselined {
+        let rows = BatchRows::new(batch).map_err(|e| self.io(e))?;
+        let ws = &self.workspace;
+        if let Some(at) = &rows.baselined {
             tx.execute(
-                "INSERT OR IGNORE INTO meta (key, value) VALUES ('baselined', ?1)",
-                [format_ts(&batch.at)],
+                "INSERT OR IGNORE INTO meta (workspace, key, value) VALUES (?1, 'baselined', ?2)",
+                params![ws, at],
             )
             .map_err(|e| self.io(e))?;
         }
         let mut upsert = tx
             .prepare_cached(
-                "INSERT INTO sessions (session_id, tracked, ended_at) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (session_id) DO UPDATE SET tracked = ?2, ended_at = ?3",
+                "INSERT INTO sessions (workspace, session_id, tracked, ended_at)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (workspace, session_id) DO UPDATE SET tracked = ?3, ended_at = ?4",
             )
             .map_err(|e| self.io(e))?;
-        for t in &batch.sessions {
-            let json = serde_json::to_string(t).map_err(|e| self.io(e))?;
+        for (id, json, ended_at) in &rows.sessions {
             upsert
-                .execute(params![t.session.session_id, json, None::<String>])
-                .map_err(|e| self.io(e))?;
-        }
-        let ended_at = format_ts(&batch.at);
-        for t in &batch.ended {
-            let json = serde_json::to_string(t).map_err(|e| self.io(e))?;
-            upsert
-                .execute(params![t.session.session_id, json, ended_at])
+                .execute(params![ws, id, json, ended_at])
                 .map_err(|e| self.io(e))?;
         }
         let mut journal = tx
             .prepare_cached(
-                "INSERT OR IGNORE INTO journal (key, session_id, event, context)
-                 VALUES (?1, ?2, ?3, ?4)",
+                "INSERT OR IGNORE INTO journal (workspace, key, session_id, event, context)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
             )
             .map_err(|e| self.io(e))?;
-        for p in &batch.events {
-            let context = serde_json::to_string(&p.tracked).map_err(|e| self.io(e))?;
-            for e in &p.events {
-                let json = serde_json::to_string(e).map_err(|e| self.io(e))?;
-                journal
-                    .execute(params![e.key(), e.session_id, json, context])
-                    .map_err(|e| self.io(e))?;
-            }
+        for j in &rows.journal {
+            journal
+                .execute(params![ws, j.key, j.session_id, j.event, j.context])
+                .map_err(|e| self.io(e))?;
         }
-        for d in &batch.done {
-            self.finish_in(tx, &d.session_id, &d.keys, &d.memory)?;
-        }
-        Ok(())
-    }
-
-    /// Takes handled events off the journal and saves rule memory, inside
-    /// the caller's transaction.
-    fn finish_in(
-        &self,
-        tx: &rusqlite::Transaction<'_>,
-        session_id: &str,
-        keys: &[String],
-        memory: &[(String, Memory)],
-    ) -> Result<(), StoreError> {
         let mut mem = tx
             .prepare_cached(
-                "INSERT INTO memory (session_id, rule, value) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (session_id, rule) DO UPDATE SET value = ?3",
+                "INSERT INTO memory (workspace, session_id, rule, value) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (workspace, session_id, rule) DO UPDATE SET value = ?4",
             )
             .map_err(|e| self.io(e))?;
-        for (rule, m) in memory {
-            let json = serde_json::to_string(m).map_err(|e| self.io(e))?;
-            mem.execute(params![session_id, rule, json])
+        for (session_id, rule, json) in &rows.memory {
+            mem.execute(params![ws, session_id, rule, json])
                 .map_err(|e| self.io(e))?;
         }
         let mut done = tx
-            .prepare_cached("DELETE FROM journal WHERE key = ?1")
+            .prepare_cached("DELETE FROM journal WHERE workspace = ?1 AND key = ?2")
             .map_err(|e| self.io(e))?;
-        for k in keys {
-            done.execute([k]).map_err(|e| self.io(e))?;
+        for k in &rows.done {
+            done.execute(params![ws, k]).map_err(|e| self.io(e))?;
         }
         Ok(())
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+        self.shared.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn io(&self, e: impl std::fmt::Display) -> StoreError {
@@ -272,6 +429,16 @@ impl SqliteStore {
     }
 }
 
+/// The dump of workspace `name`, added if new.
+fn dump_of(by_name: &mut BTreeMap<String, WorkspaceDump>, name: String) -> &mut WorkspaceDump {
+    by_name
+        .entry(name.clone())
+        .or_insert_with(|| WorkspaceDump {
+            name,
+            ..WorkspaceDump::default()
+        })
+}
+
 fn take_lock(path: &Path, shown: &str) -> Result<File, StoreError> {
     let mut lock_path = PathBuf::from(path);
     let name = format!(
@@ -309,64 +476,65 @@ fn corrupt(path: &str, e: &rusqlite::Error) -> StoreError {
     }
 }
 
-fn ts_col(s: &str) -> Timestamp {
-    parse_ts(s).unwrap_or_default()
-}
-
 impl Store for SqliteStore {
+    fn workspace(&self, name: &str) -> Arc<dyn Store> {
+        Arc::new(SqliteStore {
+            path: self.path.clone(),
+            workspace: name.to_string(),
+            shared: self.shared.clone(),
+        })
+    }
+
+    fn location(&self) -> String {
+        self.path.clone()
+    }
+
     fn load(&self) -> Result<Loaded, StoreError> {
         let conn = self.conn();
         let baselined = conn
-            .query_row("SELECT value FROM meta WHERE key = 'baselined'", [], |r| {
-                r.get::<_, String>(0)
-            })
+            .query_row(
+                "SELECT value FROM meta WHERE workspace = ?1 AND key = 'baselined'",
+                [&self.workspace],
+                |r| r.get::<_, String>(0),
+            )
             .optional()
             .map_err(|e| self.io(e))?
             .is_some();
         let mut stmt = conn
-            .prepare("SELECT session_id, tracked FROM sessions WHERE ended_at IS NULL")
+            .prepare(
+                "SELECT session_id, tracked FROM sessions
+                 WHERE workspace = ?1 AND ended_at IS NULL",
+            )
             .map_err(|e| self.io(e))?;
-        let rows = stmt
-            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+        let found = stmt
+            .query_map([&self.workspace], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(|e| self.io(e))?
+            .collect::<Result<Vec<_>, _>>()
             .map_err(|e| self.io(e))?;
-        let mut sessions = HashMap::new();
-        for row in rows {
-            let (id, json) = row.map_err(|e| self.io(e))?;
-            match serde_json::from_str::<Tracked>(&json) {
-                Ok(t) => {
-                    sessions.insert(id, t);
-                }
-                Err(e) => {
-                    // One unreadable row must not stop the engine: the
-                    // session is re-read as new on the next poll.
-                    tracing::warn!(session_id = %id, error = %e, "unreadable session state; it will be re-read")
-                }
-            }
-        }
         Ok(Loaded {
             baselined,
-            sessions,
+            sessions: rows::sessions(found),
         })
     }
 
-    fn memory(&self, session_id: &str) -> Result<HashMap<String, Memory>, StoreError> {
+    fn memory(
+        &self,
+        session_id: &str,
+    ) -> Result<std::collections::HashMap<String, Memory>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn
-            .prepare_cached("SELECT rule, value FROM memory WHERE session_id = ?1")
+            .prepare_cached(
+                "SELECT rule, value FROM memory WHERE workspace = ?1 AND session_id = ?2",
+            )
             .map_err(|e| self.io(e))?;
-        let rows = stmt
-            .query_map([session_id], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        let found = stmt
+            .query_map(params![self.workspace, session_id], |r| {
+                Ok((r.get(0)?, r.get(1)?))
             })
+            .map_err(|e| self.io(e))?
+            .collect::<Result<Vec<_>, _>>()
             .map_err(|e| self.io(e))?;
-        let mut out = HashMap::new();
-        for row in rows {
-            let (rule, json) = row.map_err(|e| self.io(e))?;
-            if let Ok(m) = serde_json::from_str::<Memory>(&json) {
-                out.insert(rule, m);
-            }
-        }
-        Ok(out)
+        Ok(rows::memory(found))
     }
 
     fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
@@ -379,43 +547,17 @@ impl Store for SqliteStore {
     fn pending_events(&self) -> Result<Vec<Pending>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn
-            .prepare("SELECT session_id, event, context FROM journal ORDER BY seq")
+            .prepare(
+                "SELECT session_id, event, context FROM journal
+                 WHERE workspace = ?1 ORDER BY seq",
+            )
             .map_err(|e| self.io(e))?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                ))
-            })
+        let found = stmt
+            .query_map([&self.workspace], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .map_err(|e| self.io(e))?
+            .collect::<Result<Vec<_>, _>>()
             .map_err(|e| self.io(e))?;
-        let mut out: Vec<Pending> = Vec::new();
-        let mut index: HashMap<String, usize> = HashMap::new();
-        for row in rows {
-            let (session_id, event, context) = row.map_err(|e| self.io(e))?;
-            let (Ok(event), Ok(tracked)) = (
-                serde_json::from_str::<Event>(&event),
-                serde_json::from_str::<Tracked>(&context),
-            ) else {
-                tracing::warn!(session_id = %session_id, "unreadable journaled event; skipped");
-                continue;
-            };
-            match index.get(&session_id) {
-                Some(&i) => {
-                    out[i].events.push(event);
-                    out[i].tracked = tracked;
-                }
-                None => {
-                    index.insert(session_id, out.len());
-                    out.push(Pending {
-                        tracked,
-                        events: vec![event],
-                    });
-                }
-            }
-        }
-        Ok(out)
+        Ok(rows::pending(found))
     }
 
     fn begin_action(&self, intent: &Intent, journal: Option<&Batch>) -> Result<Begin, StoreError> {
@@ -426,38 +568,33 @@ impl Store for SqliteStore {
         }
         let existing = tx
             .query_row(
-                "SELECT at, rule, session_id, event, action, text, outcome FROM actions WHERE key = ?1",
-                [&intent.key],
+                "SELECT at, rule, session_id, event, action, text, outcome FROM actions
+                 WHERE workspace = ?1 AND key = ?2",
+                params![self.workspace, intent.key],
                 |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, String>(3)?,
-                        r.get::<_, String>(4)?,
-                        r.get::<_, Option<String>>(5)?,
-                        r.get::<_, Option<String>>(6)?,
-                    ))
+                    Ok(ActionRow {
+                        key: intent.key.clone(),
+                        at: r.get(0)?,
+                        rule: r.get(1)?,
+                        session_id: r.get(2)?,
+                        event: r.get(3)?,
+                        action: r.get(4)?,
+                        text: r.get(5)?,
+                        outcome: r.get(6)?,
+                        detail: None,
+                    })
                 },
             )
             .optional()
             .map_err(|e| self.io(e))?;
         let result = match existing {
-            Some((_, _, _, _, _, _, Some(outcome))) => Begin::Done { outcome },
-            Some((at, rule, session_id, event, action, text, None)) => Begin::Pending(Intent {
-                key: intent.key.clone(),
-                at: ts_col(&at),
-                rule,
-                session_id,
-                event,
-                action,
-                text,
-            }),
+            Some(row) => rows::existing(&intent.key, row),
             None => {
                 tx.execute(
-                    "INSERT INTO actions (key, at, rule, session_id, event, action, text)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    "INSERT INTO actions (workspace, key, at, rule, session_id, event, action, text)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                     params![
+                        self.workspace,
                         intent.key,
                         format_ts(&intent.at),
                         intent.rule,
@@ -483,8 +620,9 @@ impl Store for SqliteStore {
     ) -> Result<(), StoreError> {
         self.conn()
             .execute(
-                "UPDATE actions SET outcome = ?2, detail = ?3, text = NULL WHERE key = ?1",
-                params![key, outcome, detail],
+                "UPDATE actions SET outcome = ?3, detail = ?4, text = NULL
+                 WHERE workspace = ?1 AND key = ?2",
+                params![self.workspace, key, outcome, detail],
             )
             .map_err(|e| self.io(e))?;
         Ok(())
@@ -495,14 +633,14 @@ impl Store for SqliteStore {
         let mut stmt = conn
             .prepare(
                 "SELECT key, at, rule, session_id, event, action, text FROM actions
-                 WHERE outcome IS NULL ORDER BY id",
+                 WHERE workspace = ?1 AND outcome IS NULL ORDER BY id",
             )
             .map_err(|e| self.io(e))?;
-        let rows = stmt
-            .query_map([], |r| {
+        let found = stmt
+            .query_map([&self.workspace], |r| {
                 Ok(Intent {
                     key: r.get(0)?,
-                    at: ts_col(&r.get::<_, String>(1)?),
+                    at: rows::ts_col(&r.get::<_, String>(1)?),
                     rule: r.get(2)?,
                     session_id: r.get(3)?,
                     event: r.get(4)?,
@@ -511,7 +649,7 @@ impl Store for SqliteStore {
                 })
             })
             .map_err(|e| self.io(e))?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.io(e))
+        found.collect::<Result<Vec<_>, _>>().map_err(|e| self.io(e))
     }
 
     fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>, StoreError> {
@@ -519,48 +657,45 @@ impl Store for SqliteStore {
         let mut stmt = conn
             .prepare(
                 "SELECT at, rule, session_id, event, action, outcome, detail FROM actions
-                 WHERE (?1 IS NULL OR session_id = ?1) AND (?2 IS NULL OR rule = ?2)
-                   AND (?3 IS NULL OR at >= ?3)
+                 WHERE workspace = ?1
+                   AND (?2 IS NULL OR session_id = ?2) AND (?3 IS NULL OR rule = ?3)
+                   AND (?4 IS NULL OR at >= ?4)
                  ORDER BY id",
             )
             .map_err(|e| self.io(e))?;
         let since = filter.since.as_ref().map(format_ts);
-        let rows = stmt
-            .query_map(params![filter.session_id, filter.rule, since], |r| {
-                Ok(AuditEntry {
-                    at: ts_col(&r.get::<_, String>(0)?),
-                    rule: r.get(1)?,
-                    session_id: r.get(2)?,
-                    event: r.get(3)?,
-                    action: r.get(4)?,
-                    outcome: r
-                        .get::<_, Option<String>>(5)?
-                        .unwrap_or_else(|| "pending".into()),
-                    detail: r.get(6)?,
-                })
-            })
+        let found = stmt
+            .query_map(
+                params![self.workspace, filter.session_id, filter.rule, since],
+                |r| {
+                    Ok(AuditEntry {
+                        at: rows::ts_col(&r.get::<_, String>(0)?),
+                        rule: r.get(1)?,
+                        session_id: r.get(2)?,
+                        event: r.get(3)?,
+                        action: r.get(4)?,
+                        outcome: r
+                            .get::<_, Option<String>>(5)?
+                            .unwrap_or_else(|| "pending".into()),
+                        detail: r.get(6)?,
+                    })
+                },
+            )
             .map_err(|e| self.io(e))?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.io(e))
+        found.collect::<Result<Vec<_>, _>>().map_err(|e| self.io(e))
     }
 
     fn sessions_since(&self, since: Timestamp) -> Result<Vec<Tracked>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn
-            .prepare("SELECT tracked FROM sessions")
+            .prepare("SELECT tracked FROM sessions WHERE workspace = ?1")
             .map_err(|e| self.io(e))?;
-        let rows = stmt
-            .query_map([], |r| r.get::<_, String>(0))
+        let found = stmt
+            .query_map([&self.workspace], |r| r.get::<_, String>(0))
+            .map_err(|e| self.io(e))?
+            .collect::<Result<Vec<_>, _>>()
             .map_err(|e| self.io(e))?;
-        let mut out = Vec::new();
-        for row in rows {
-            let json = row.map_err(|e| self.io(e))?;
-            if let Ok(t) = serde_json::from_str::<Tracked>(&json) {
-                if t.session.created_at.is_some_and(|c| c >= since) {
-                    out.push(t);
-                }
-            }
-        }
-        Ok(out)
+        Ok(rows::created_since(found, since))
     }
 
     fn timer_breaches(
@@ -573,28 +708,20 @@ impl Store for SqliteStore {
         let mut stmt = conn
             .prepare(
                 "SELECT rule, substr(at, 1, 10), count(*) FROM actions
-                 WHERE event IN ('idle', 'unanswered', 'human_waiting')
-                   AND key LIKE '%|0' AND at >= ?1
+                 WHERE workspace = ?1 AND event IN (?2, ?3, ?4)
+                   AND key LIKE '%|0' AND at >= ?5
                  GROUP BY rule, substr(at, 1, 10) ORDER BY 2, 1",
             )
             .map_err(|e| self.io(e))?;
-        let rows = stmt
-            .query_map([format_ts(&since)], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, i64>(2)?,
-                ))
+        let [a, b, c] = TIMER_EVENTS;
+        let found = stmt
+            .query_map(params![self.workspace, a, b, c, format_ts(&since)], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
             })
+            .map_err(|e| self.io(e))?
+            .collect::<Result<Vec<_>, _>>()
             .map_err(|e| self.io(e))?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (rule, day, n) = row.map_err(|e| self.io(e))?;
-            if let Ok(day) = chrono::NaiveDate::parse_from_str(&day, "%Y-%m-%d") {
-                out.push((rule, day, n.max(0) as u64));
-            }
-        }
-        Ok(out)
+        Ok(rows::breaches(found))
     }
 
     fn latest_action_at(&self) -> Result<Option<Timestamp>, StoreError> {
@@ -602,7 +729,11 @@ impl Store for SqliteStore {
         // maximum is the latest time.
         let newest: Option<String> = self
             .conn()
-            .query_row("SELECT max(at) FROM actions", [], |r| r.get(0))
+            .query_row(
+                "SELECT max(at) FROM actions WHERE workspace = ?1",
+                [&self.workspace],
+                |r| r.get(0),
+            )
             .map_err(|e| self.io(e))?;
         Ok(newest.as_deref().and_then(crate::api::parse_ts))
     }
@@ -612,15 +743,17 @@ impl Store for SqliteStore {
         let tx = conn.transaction().map_err(|e| self.io(e))?;
         let cutoff = format_ts(&before);
         tx.execute(
-            "DELETE FROM memory WHERE session_id IN
-                 (SELECT session_id FROM sessions WHERE ended_at IS NOT NULL AND ended_at < ?1)",
-            [&cutoff],
+            "DELETE FROM memory WHERE workspace = ?1 AND session_id IN
+                 (SELECT session_id FROM sessions
+                  WHERE workspace = ?1 AND ended_at IS NOT NULL AND ended_at < ?2)",
+            params![self.workspace, cutoff],
         )
         .map_err(|e| self.io(e))?;
         let n = tx
             .execute(
-                "DELETE FROM sessions WHERE ended_at IS NOT NULL AND ended_at < ?1",
-                [&cutoff],
+                "DELETE FROM sessions
+                 WHERE workspace = ?1 AND ended_at IS NOT NULL AND ended_at < ?2",
+                params![self.workspace, cutoff],
             )
             .map_err(|e| self.io(e))?;
         tx.commit().map_err(|e| self.io(e))?;
@@ -655,6 +788,77 @@ mod tests {
         }
         let s = SqliteStore::open(&p).unwrap();
         assert_eq!(s.version().unwrap(), SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn a_version_2_file_migrates_in_place_into_workspace_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("state.db");
+        {
+            // The file as the previous release left it.
+            let conn = Connection::open(&p).unwrap();
+            for sql in &MIGRATIONS[..2] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 2).unwrap();
+            let t = serde_json::json!({
+                "session": { "session_id": "s1", "created_at": "2026-01-02T03:04:05Z" },
+                "cursor": 7, "recent": [], "fired": []
+            });
+            conn.execute_batch(&format!(
+                "INSERT INTO meta (key, value) VALUES ('baselined', '2026-01-02T00:00:00.000000Z');
+                 INSERT INTO sessions (session_id, tracked, ended_at) VALUES ('s1', '{t}', NULL);
+                 INSERT INTO memory (session_id, rule, value) VALUES ('s1', 'greet', '{{\"greeted\":true}}');
+                 INSERT INTO actions (key, at, rule, session_id, event, action, outcome)
+                     VALUES ('s1|visitor_message|m1|greet|0', '2026-01-02T03:04:06.000000Z',
+                             'greet', 's1', 'visitor_message', 'reply', 'taken');
+                 INSERT INTO journal (key, session_id, event, context)
+                     VALUES ('k', 's1', 'not json', 'not json');"
+            ))
+            .unwrap();
+        }
+        let s = SqliteStore::open(&p).unwrap();
+        assert_eq!(s.version().unwrap(), SCHEMA_VERSION);
+        let loaded = s.load().unwrap();
+        assert!(loaded.baselined);
+        assert_eq!(loaded.sessions["s1"].cursor, 7);
+        assert_eq!(s.memory("s1").unwrap()["greet"]["greeted"], true);
+        let audit = s.audit(&AuditFilter::default()).unwrap();
+        assert_eq!(audit.len(), 1);
+        assert_eq!(audit[0].rule, "greet");
+        assert_eq!(s.location(), p.display().to_string());
+        // Ids carry on after the copied rows.
+        assert_eq!(s.begin_action(&intent("k2"), None).unwrap(), Begin::New);
+        let ids: Vec<i64> = s
+            .conn()
+            .prepare("SELECT id FROM actions ORDER BY id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(ids, vec![1, 2]);
+
+        let other = s.workspace("other");
+        let loaded = other.load().unwrap();
+        assert!(!loaded.baselined);
+        assert!(loaded.sessions.is_empty());
+        assert!(other.memory("s1").unwrap().is_empty());
+        assert!(other.audit(&AuditFilter::default()).unwrap().is_empty());
+        assert!(other.latest_action_at().unwrap().is_none());
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("state.db");
+        Connection::open(&p)
+            .unwrap()
+            .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        let e = SqliteStore::open(&p).unwrap_err();
+        assert!(matches!(e, StoreError::TooNew { .. }), "{e}");
+        assert!(e.to_string().contains("upgrade skyrules"), "{e}");
     }
 
     #[test]
