@@ -9,7 +9,7 @@ use comfy_table::{presets, ContentArrangement, Table};
 
 use super::UserError;
 use crate::config::{parse_duration, Config};
-use crate::store::{AuditFilter, SqliteStore, Store};
+use crate::store::AuditFilter;
 
 /// Flags of `skyrules audit`.
 #[derive(Debug, Args)]
@@ -43,18 +43,18 @@ pub async fn run(config: Config, a: AuditArgs) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
-    let path = a.state_path.unwrap_or(config.engine.state_path);
+    let path = a
+        .state_path
+        .unwrap_or_else(|| config.engine.state_path.clone());
     let filter = AuditFilter {
         session_id: a.session_id,
         rule: a.rule,
         since,
     };
-    let entries = tokio::task::spawn_blocking(move || {
-        let store = SqliteStore::open_read_only(&path)?;
-        store.audit(&filter)
-    })
-    .await
-    .context("reading the audit log crashed")??;
+    let store = crate::store::open_read_only(&path, config.state_url()?.as_deref()).await?;
+    let entries = tokio::task::spawn_blocking(move || store.audit(&filter))
+        .await
+        .context("reading the audit log crashed")??;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&entries)?);
         return Ok(ExitCode::SUCCESS);

@@ -15,7 +15,6 @@ use crate::engine::{Engine, EngineOptions};
 use crate::executor::Guard;
 use crate::rules::reload::log_report;
 use crate::rules::{Runtime, World};
-use crate::store::SqliteStore;
 
 /// Engine flags shared by `run` and `demo`; each beats the config file.
 #[derive(Debug, Args, Clone, Default)]
@@ -83,10 +82,8 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
     let calendars = config.calendars()?;
     let http_token = config.http_token()?;
     let metrics = crate::telemetry::metrics::install();
-    let path = config.engine.state_path.clone();
-    let store = tokio::task::spawn_blocking(move || SqliteStore::open(&path))
-        .await
-        .context("opening the state file crashed")??;
+    let store =
+        crate::store::open(&config.engine.state_path, config.state_url()?.as_deref()).await?;
     let shutdown = CancellationToken::new();
     if let Some(handle) = &metrics {
         crate::telemetry::metrics::keep_up(handle.clone(), shutdown.clone());
@@ -108,7 +105,7 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
         max_rule_memory: config.engine.max_rule_memory as usize,
     };
     let (mut engine, report) =
-        Engine::with_world(api.clone(), Arc::new(store), opts.clone(), world).await?;
+        Engine::with_world(api.clone(), store.clone(), opts.clone(), world).await?;
     engine.set_retention(config.engine.retention);
     log_report(&report);
     let running = engine.runtime().rules().rules.len();
@@ -118,7 +115,7 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
         rules_dir = %opts.rules_dir.display(),
         poll_interval = %humantime::format_duration(opts.poll_interval),
         dry_run = opts.dry_run,
-        state = %config.engine.state_path.display(),
+        state = %store.location(),
         "skyrules running"
     );
     if running == 0 {

@@ -15,6 +15,7 @@ mod logging;
 mod replay_cmd;
 mod sim_cmd;
 mod sla_cmd;
+mod state_cmd;
 mod test_cmd;
 
 use std::path::PathBuf;
@@ -87,6 +88,9 @@ enum Command {
     Sla(sla_cmd::SlaArgs),
     /// Load benchmark: simulator and engine with N live chats
     Bench(bench_cmd::BenchArgs),
+    /// Manage the state database: copy a SQLite file into PostgreSQL
+    #[command(subcommand)]
+    State(state_cmd::StateCmd),
 }
 
 /// Parses the command line, runs the command, and turns the outcome into an
@@ -167,6 +171,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Defs(a) => defs_cmd::run(load_config(g, Overrides::default())?, a).await,
         Command::Audit(a) => audit_cmd::run(load_config(g, Overrides::default())?, a).await,
         Command::Sim(args) => sim_cmd::run(args).await,
+        Command::State(cmd) => state_cmd::run(cmd).await,
         Command::Sessions(cmd) => {
             api_cmds::sessions(load_config(g, Overrides::default())?, cmd).await
         }
@@ -191,7 +196,7 @@ fn exit_code(e: &anyhow::Error) -> u8 {
             return if api.is_user_error() { 1 } else { 2 };
         }
         if let Some(s) = cause.downcast_ref::<StoreError>() {
-            return if matches!(s, StoreError::Io { .. }) {
+            return if matches!(s, StoreError::Io { .. } | StoreError::Unavailable { .. }) {
                 2
             } else {
                 1

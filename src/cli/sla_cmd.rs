@@ -11,7 +11,6 @@ use super::UserError;
 use crate::api::Timestamp;
 use crate::config::{parse_duration, Config};
 use crate::report::sla::{build_report, render_html, render_text, BreachCount, SlaRecord};
-use crate::store::{SqliteStore, Store};
 use crate::tracking::Tracked;
 
 /// Flags of `skyrules sla`.
@@ -55,9 +54,11 @@ pub async fn run(config: Config, a: SlaArgs) -> anyhow::Result<ExitCode> {
         parse_duration(&a.agent_silence).map_err(|e| UserError(format!("--agent-silence: {e}")))?;
     let span = chrono::Duration::from_std(since)
         .map_err(|_| UserError(format!("--since {:?} is too long", a.since)))?;
-    let path = a.state_path.unwrap_or(config.engine.state_path);
+    let path = a
+        .state_path
+        .unwrap_or_else(|| config.engine.state_path.clone());
+    let store = crate::store::open_read_only(&path, config.state_url()?.as_deref()).await?;
     let (from, until, sessions, breaches) = tokio::task::spawn_blocking(move || {
-        let store = SqliteStore::open_read_only(&path)?;
         let sessions = store.sessions_since(chrono::DateTime::<chrono::Utc>::MIN_UTC)?;
         let until = state_now(&sessions, store.latest_action_at()?);
         let from = until - span;
