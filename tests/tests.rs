@@ -22,3 +22,4 @@ mod replay;
 mod scenarios;
 mod sim_http;
 mod sla_report;
+mod store_contract;

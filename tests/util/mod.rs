@@ -165,3 +165,103 @@ pub fn wait_until(limit: std::time::Duration, mut cond: impl FnMut() -> bool) ->
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// The variable naming the PostgreSQL server of the tests (a role that may
+/// create databases).
+const POSTGRES_URL_VAR: &str = "SKYRULES_TEST_POSTGRES_URL";
+
+/// The tests' PostgreSQL server, from `SKYRULES_TEST_POSTGRES_URL`. Unset,
+/// the Postgres tests skip themselves (one line says so), except in CI,
+/// which must provide one.
+pub fn postgres_url() -> Option<String> {
+    if let Ok(url) = std::env::var(POSTGRES_URL_VAR) {
+        if !url.trim().is_empty() {
+            return Some(url.trim().to_string());
+        }
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("{POSTGRES_URL_VAR} is not set: CI must provide a PostgreSQL server (.ci/run starts one)");
+    }
+    static SAID: std::sync::Once = std::sync::Once::new();
+    SAID.call_once(|| {
+        eprintln!(
+            "postgres tests skipped: set {POSTGRES_URL_VAR}=postgres://user:password@localhost/dbname to run them"
+        )
+    });
+    None
+}
+
+/// A new, empty database on the tests' server, its URL; one per call
+/// (named after this process and a counter), so tests running at once
+/// never share state. Databases left by test processes that are gone are
+/// dropped first. The server URL's `sslmode` must allow a plain connection
+/// (`prefer`, the default, or `disable`).
+pub fn fresh_postgres_database() -> Option<String> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    static SWEPT: std::sync::Once = std::sync::Once::new();
+    let admin = postgres_url()?;
+    let pid = std::process::id();
+    let name = format!(
+        "skyrules_test_{pid}_{}",
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to {POSTGRES_URL_VAR}: {e}"));
+        let driver = tokio::spawn(conn);
+        let mut stale = Vec::new();
+        SWEPT.call_once(|| stale.push(()));
+        if !stale.is_empty() {
+            let rows = client
+                .query(
+                    "SELECT datname FROM pg_database WHERE datname LIKE 'skyrules\\_test\\_%'",
+                    &[],
+                )
+                .await
+                .expect("list test databases");
+            for row in rows {
+                let db: String = row.get(0);
+                let owner = db.split('_').nth(2).and_then(|p| p.parse::<u32>().ok());
+                let gone = owner.is_some_and(|p| {
+                    p != pid && !std::path::Path::new(&format!("/proc/{p}")).exists()
+                });
+                if gone {
+                    let _ = client
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+                        .await;
+                }
+            }
+        }
+        client
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .await
+            .expect("drop an old test database");
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap_or_else(|e| panic!("create the test database {name}: {e}"));
+        drop(client);
+        let _ = driver.await;
+    });
+    Some(with_database(&admin, &name))
+}
+
+/// `url` naming database `name` instead of its own.
+pub fn with_database(url: &str, name: &str) -> String {
+    let (scheme, rest) = url.split_once("://").expect("a postgres:// URL");
+    let (target, query) = match rest.split_once('?') {
+        Some((t, q)) => (t, Some(q)),
+        None => (rest, None),
+    };
+    let authority = target.split('/').next().unwrap_or_default();
+    match query {
+        Some(q) => format!("{scheme}://{authority}/{name}?{q}"),
+        None => format!("{scheme}://{authority}/{name}"),
+    }
+}
