@@ -10,8 +10,7 @@
 
 use crate::util;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -156,48 +155,6 @@ fn wait_exit(child: &mut Child, limit: Duration) -> Option<std::process::ExitSta
     }
 }
 
-/// A plain HTTP/1.1 GET: status and body.
-fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let chunked = head.lines().any(|l| {
-        l.to_ascii_lowercase()
-            .starts_with("transfer-encoding: chunked")
-    });
-    let body = if chunked {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
-    Ok((status, body))
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = rest[n..].trim_start_matches("\r\n");
-    }
-    out
-}
-
 /// Runs Chromium headless on `url` with `extra` flags; its stdout.
 fn run_chromium(chromium: &Path, profile: &Path, extra: &[String], url: &str) -> String {
     let out = profile.with_extension("out");
@@ -240,11 +197,12 @@ fn run_chromium(chromium: &Path, profile: &Path, extra: &[String], url: &str) ->
 
 /// Session ids and action names on the board right now.
 fn board(addr: &str) -> Option<(Vec<String>, Vec<String>)> {
-    let (status, body) = http_get(addr, "/status.json").ok()?;
+    let (status, body) = util::http_get(addr, "/status.json").ok()?;
     if status != 200 {
         return None;
     }
-    let v: Value = serde_json::from_str(&body).ok()?;
+    let all: Value = serde_json::from_str(&body).ok()?;
+    let v = &all["workspaces"][0];
     let ids = v["sessions"]
         .as_array()?
         .iter()

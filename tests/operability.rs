@@ -168,7 +168,7 @@ impl Ops {
         let http_stop = CancellationToken::new();
         tokio::spawn(skyrules::telemetry::http::serve(
             listener,
-            engine.board(),
+            vec![engine.board()],
             Some(metrics),
             None,
             http_stop.clone(),
@@ -781,7 +781,9 @@ async fn metrics_count_events_actions_and_errors_exactly() {
     // The board agrees.
     let (status, body) = ops.get("/status.json").await;
     assert_eq!(status, 200);
-    let board: Value = serde_json::from_str(&body).expect("status json");
+    let status_json: Value = serde_json::from_str(&body).expect("status json");
+    assert_eq!(status_json["workspaces"][0]["workspace"], "default");
+    let board = &status_json["workspaces"][0];
     assert!(
         board["sessions"]
             .as_array()
@@ -844,7 +846,11 @@ async fn readyz_flips_when_the_api_fails_or_disappears_and_back() {
     assert_eq!(status, 200);
     let board: Value = serde_json::from_str(&body).expect("status json");
     assert_eq!(board["ready"], false, "{board}");
-    assert!(board["not_ready_because"].is_string(), "{board}");
+    assert_eq!(board["workspaces"][0]["ready"], false, "{board}");
+    assert!(
+        board["workspaces"][0]["not_ready_because"].is_string(),
+        "{board}"
+    );
     assert_eq!(ops.get("/healthz").await.0, 200, "alive while not ready");
     let during = ops.scrape().await;
     let d =
@@ -972,7 +978,7 @@ async fn the_token_guards_everything_but_healthz() {
     let board = Arc::new(RwLock::new(Board::default()));
     let server = tokio::spawn(skyrules::telemetry::http::serve(
         listener,
-        board,
+        vec![board],
         Some(metrics),
         Some(TOKEN.to_string()),
         stop.clone(),

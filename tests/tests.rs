@@ -23,3 +23,4 @@ mod scenarios;
 mod sim_http;
 mod sla_report;
 mod store_contract;
+mod workspaces;

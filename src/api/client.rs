@@ -130,6 +130,11 @@ pub struct ClientConfig {
     /// Largest response body read, in bytes; a larger one is an error like
     /// a malformed body, and no more of it is held in memory.
     pub max_body: usize,
+    /// The workspace (SkyLight account) this client speaks for: the
+    /// `workspace` label of its metrics and field of its logs.
+    pub workspace: String,
+    /// Where the key came from, for the error when SkyLight refuses it.
+    pub key_source: String,
 }
 
 impl ClientConfig {
@@ -142,6 +147,8 @@ impl ClientConfig {
             retry: RetryPolicy::default(),
             max_requests_per_second: None,
             max_body: DEFAULT_MAX_BODY,
+            workspace: crate::config::DEFAULT_WORKSPACE.to_string(),
+            key_source: "SKYLIGHT_API_KEY or `api.api_key_file` in the config".to_string(),
         }
     }
 }
@@ -255,11 +262,14 @@ pub struct Client {
     clock: Arc<ServerClock>,
     limiter: Option<Arc<DefaultDirectRateLimiter>>,
     max_body: usize,
+    workspace: Arc<str>,
+    key_source: Arc<str>,
 }
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
+            .field("workspace", &self.workspace)
             .field("base", &self.base.as_str())
             .finish_non_exhaustive()
     }
@@ -318,12 +328,19 @@ impl Client {
             clock: Arc::new(ServerClock::default()),
             limiter,
             max_body: config.max_body,
+            workspace: config.workspace.into(),
+            key_source: config.key_source.into(),
         })
     }
 
     /// The server's clock, as learned from its responses.
     pub fn clock(&self) -> &Arc<ServerClock> {
         &self.clock
+    }
+
+    /// The workspace this client speaks for.
+    pub fn workspace(&self) -> &Arc<str> {
+        &self.workspace
     }
 
     /// The base URL (contains no secret).
@@ -603,7 +620,7 @@ impl Client {
     }
 
     async fn pause(&self, t: &Transient, attempt: u32, what: &str, endpoint: &'static str) {
-        crate::telemetry::metrics::api_retry(endpoint, t.reason());
+        crate::telemetry::metrics::api_retry(&self.workspace, endpoint, t.reason());
         let delay = match t {
             Transient::RateLimited {
                 retry_after: Some(d),
@@ -688,7 +705,12 @@ impl Client {
         }
         let endpoint = endpoint_of(&url);
         let resp = req.send().await.map_err(|e| {
-            crate::telemetry::metrics::api_request(endpoint, None, started.elapsed());
+            crate::telemetry::metrics::api_request(
+                &self.workspace,
+                endpoint,
+                None,
+                started.elapsed(),
+            );
             Fail::Retry(transport(&e))
         })?;
         let status = resp.status();
@@ -697,10 +719,20 @@ impl Client {
         let body = crate::net::read_body(resp, self.max_body)
             .await
             .map_err(|e| {
-                crate::telemetry::metrics::api_request(endpoint, None, started.elapsed());
+                crate::telemetry::metrics::api_request(
+                    &self.workspace,
+                    endpoint,
+                    None,
+                    started.elapsed(),
+                );
                 Fail::Retry(transport(&e))
             })?;
-        crate::telemetry::metrics::api_request(endpoint, Some(status.as_u16()), started.elapsed());
+        crate::telemetry::metrics::api_request(
+            &self.workspace,
+            endpoint,
+            Some(status.as_u16()),
+            started.elapsed(),
+        );
         if !body.complete {
             return Err(Fail::Retry(Transient::TooLarge {
                 limit: self.max_body,
@@ -730,6 +762,7 @@ impl Client {
                 Fail::Final(ApiError::Unauthorized {
                     status: status.as_u16(),
                     message,
+                    key_source: self.key_source.to_string(),
                 })
             }
             StatusCode::NOT_FOUND => Fail::Final(ApiError::NotFound {

@@ -11,12 +11,14 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     /// 401/403: the key is wrong, revoked or lacks access.
-    #[error("SkyLight rejected the API key (HTTP {status}: {message}); check SKYLIGHT_API_KEY or `api.api_key_file` in the config")]
+    #[error("SkyLight rejected the API key (HTTP {status}: {message}); check {key_source}")]
     Unauthorized {
         /// 401 or 403.
         status: u16,
         /// The server's explanation.
         message: String,
+        /// Where the key came from, as the user configured it.
+        key_source: String,
     },
     /// 404: the session (or endpoint) does not exist.
     #[error("not found: {what} (HTTP 404: {message})")]

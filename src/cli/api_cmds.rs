@@ -90,13 +90,17 @@ pub(crate) struct AnalyticsArgs {
     json: bool,
 }
 
-fn client(config: &Config) -> anyhow::Result<Client> {
-    Ok(Client::new(config.client_config()?)?)
+fn client(config: &Config, workspace: Option<&str>) -> anyhow::Result<Client> {
+    Ok(Client::new(config.workspace(workspace)?.client_config()?)?)
 }
 
 /// Runs a `sessions` subcommand.
-pub async fn sessions(config: Config, cmd: SessionsCmd) -> anyhow::Result<ExitCode> {
-    let api = client(&config)?;
+pub async fn sessions(
+    config: Config,
+    workspace: Option<&str>,
+    cmd: SessionsCmd,
+) -> anyhow::Result<ExitCode> {
+    let api = client(&config, workspace)?;
     match cmd {
         SessionsCmd::List(a) => list(&api, a).await,
         SessionsCmd::Show(a) => {
@@ -171,8 +175,12 @@ async fn list(api: &Client, a: ListArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Runs `analytics`.
-pub async fn analytics(config: Config, a: AnalyticsArgs) -> anyhow::Result<ExitCode> {
-    let api = client(&config)?;
+pub async fn analytics(
+    config: Config,
+    workspace: Option<&str>,
+    a: AnalyticsArgs,
+) -> anyhow::Result<ExitCode> {
+    let api = client(&config, workspace)?;
     let an = api.analytics(a.period).await?;
     if a.json {
         print_json(&an)?;

@@ -33,7 +33,11 @@ pub(crate) struct AuditArgs {
 
 /// Prints the audit log. Reads the state file without locking it, so it
 /// works while the engine runs.
-pub async fn run(config: Config, a: AuditArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(
+    config: Config,
+    workspace: Option<&str>,
+    a: AuditArgs,
+) -> anyhow::Result<ExitCode> {
     let since = match &a.since {
         Some(s) => {
             let d = parse_duration(s).map_err(|e| UserError(format!("--since: {e}")))?;
@@ -43,15 +47,16 @@ pub async fn run(config: Config, a: AuditArgs) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
-    let path = a
-        .state_path
-        .unwrap_or_else(|| config.engine.state_path.clone());
+    let name = config.workspace(workspace)?.name;
+    let path = a.state_path.unwrap_or(config.engine.state_path.clone());
+    let store = crate::store::open_read_only(&path, config.state_url()?.as_deref())
+        .await?
+        .workspace(&name);
     let filter = AuditFilter {
         session_id: a.session_id,
         rule: a.rule,
         since,
     };
-    let store = crate::store::open_read_only(&path, config.state_url()?.as_deref()).await?;
     let entries = tokio::task::spawn_blocking(move || store.audit(&filter))
         .await
         .context("reading the audit log crashed")??;

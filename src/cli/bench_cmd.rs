@@ -7,7 +7,7 @@ use clap::Args;
 
 use super::UserError;
 use crate::config::parse_duration;
-use crate::tools::bench::{render, run as run_bench, BenchOptions};
+use crate::tools::bench::{render, render_fleet, run as run_bench, run_fleet, BenchOptions};
 
 /// Flags of `skyrules bench`.
 #[derive(Debug, Args)]
@@ -34,6 +34,11 @@ pub(crate) struct BenchArgs {
     /// Traffic seed
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// SkyLight accounts, each its own simulator with --sessions chats, run
+    /// by one process on one state (PostgreSQL when SKYRULES_STATE_URL is
+    /// set, else SQLite)
+    #[arg(long, default_value_t = 1)]
+    workspaces: usize,
     /// Also write the results as JSON to FILE
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -60,14 +65,24 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
         poll_interval: dur("--poll-interval", &a.poll_interval)?,
         seed: a.seed,
     };
+    if a.workspaces == 0 {
+        return Err(UserError("--workspaces must be at least 1".into()).into());
+    }
     eprintln!(
-        "creating {} sessions and measuring for {}…",
+        "creating {} × {} sessions and measuring for {}…",
+        a.workspaces,
         opts.sessions,
         humantime::format_duration(opts.duration)
     );
-    let report = run_bench(opts).await?;
-    print!("{}", render(&report));
-    let json = serde_json::to_string_pretty(&report)?;
+    let json = if a.workspaces > 1 {
+        let report = run_fleet(opts, a.workspaces).await?;
+        print!("{}", render_fleet(&report));
+        serde_json::to_string_pretty(&report)?
+    } else {
+        let report = run_bench(opts).await?;
+        print!("{}", render(&report));
+        serde_json::to_string_pretty(&report)?
+    };
     if let Some(path) = a.json {
         std::fs::write(&path, &json)
             .map_err(|e| UserError(format!("cannot write {}: {e}", path.display())))?;

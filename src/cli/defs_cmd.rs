@@ -17,12 +17,13 @@ pub(crate) struct DefsArgs {
 }
 
 /// Writes the definition files and says where.
-pub async fn run(config: Config, a: DefsArgs) -> anyhow::Result<ExitCode> {
-    let dir = a
-        .dir
-        .unwrap_or(config.engine.rules_dir)
-        .join(".rhai")
-        .join("definitions");
+pub async fn run(config: Config, workspace: Option<&str>, a: DefsArgs) -> anyhow::Result<ExitCode> {
+    let dir = match a.dir {
+        Some(d) => d,
+        None => config.workspace(workspace)?.engine.rules_dir,
+    }
+    .join(".rhai")
+    .join("definitions");
     let target = dir.clone();
     tokio::task::spawn_blocking(move || {
         std::fs::create_dir_all(&target)?;

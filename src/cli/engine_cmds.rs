@@ -10,11 +10,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::UserError;
 use crate::api::Client;
-use crate::config::{Config, Overrides};
+use crate::config::{Config, Overrides, Workspace};
 use crate::engine::{Engine, EngineOptions};
 use crate::executor::Guard;
 use crate::rules::reload::log_report;
 use crate::rules::{Runtime, World};
+use tracing::Instrument;
 
 /// Engine flags shared by `run` and `demo`; each beats the config file.
 #[derive(Debug, Args, Clone, Default)]
@@ -58,32 +59,47 @@ pub(crate) struct CheckArgs {
     dir: Option<PathBuf>,
 }
 
-/// Engine options from a loaded config.
-pub fn engine_options(config: &Config) -> EngineOptions {
+/// Engine options of one workspace.
+pub fn engine_options(ws: &Workspace) -> EngineOptions {
     EngineOptions {
-        rules_dir: config.engine.rules_dir.clone(),
-        poll_interval: config.engine.poll_interval,
-        dry_run: config.engine.dry_run,
-        max_concurrency: config.engine.max_concurrency,
+        rules_dir: ws.engine.rules_dir.clone(),
+        poll_interval: ws.engine.poll_interval,
+        dry_run: ws.engine.dry_run,
+        max_concurrency: ws.engine.max_concurrency,
         guard: Guard {
-            max_replies: config.guard.max_replies,
-            window: config.guard.window,
+            max_replies: ws.guard.max_replies,
+            window: ws.guard.window,
         },
     }
 }
 
-/// Runs the engine against the configured API until Ctrl-C or SIGTERM.
-pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
-    let api = Client::new(config.client_config()?)?;
-    let opts = engine_options(&config);
-    ensure_rules_dir(&opts.rules_dir)?;
-    // Every secret and setting is checked before the state file is touched.
+/// Runs one engine per workspace (or only `only`) against the configured
+/// API until Ctrl-C or SIGTERM. The store, the notifier and the HTTP
+/// listener are shared; each workspace has its own poll loop, rules,
+/// executor and guard, so that one's trouble never holds up another.
+pub async fn run(config: Config, only: Option<&str>) -> anyhow::Result<ExitCode> {
+    let workspaces = match only {
+        Some(name) => vec![config.workspace(Some(name))?],
+        None => config.workspaces(),
+    };
+    let several = workspaces.len() > 1;
+    // Every secret and setting is checked before the state is touched.
+    let mut clients = Vec::new();
+    for ws in &workspaces {
+        ensure_rules_dir(&ws.engine.rules_dir).map_err(|e| named(ws, several, e.into()))?;
+        let api = ws
+            .client_config()
+            .map_err(anyhow::Error::from)
+            .and_then(|c| Ok(Client::new(c)?))
+            .map_err(|e| named(ws, several, e))?;
+        clients.push(api);
+    }
     let channels = crate::notifications::Channels::from_config(&config.notify)?;
     let calendars = config.calendars()?;
     let http_token = config.http_token()?;
+    let state_url = config.state_url()?;
     let metrics = crate::telemetry::metrics::install();
-    let store =
-        crate::store::open(&config.engine.state_path, config.state_url()?.as_deref()).await?;
+    let store = crate::store::open(&config.engine.state_path, state_url.as_deref()).await?;
     let shutdown = CancellationToken::new();
     if let Some(handle) = &metrics {
         crate::telemetry::metrics::keep_up(handle.clone(), shutdown.clone());
@@ -98,28 +114,44 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
     if let Some(n) = &notifier {
         log_deliveries(n);
     }
-    let world = World {
-        calendars,
-        channels: names,
-        notifier,
-        max_rule_memory: config.engine.max_rule_memory as usize,
-    };
-    let (mut engine, report) =
-        Engine::with_world(api.clone(), store.clone(), opts.clone(), world).await?;
-    engine.set_retention(config.engine.retention);
-    log_report(&report);
-    let running = engine.runtime().rules().rules.len();
-    tracing::info!(
-        base_url = api.base_url(),
-        rules = running,
-        rules_dir = %opts.rules_dir.display(),
-        poll_interval = %humantime::format_duration(opts.poll_interval),
-        dry_run = opts.dry_run,
-        state = %store.location(),
-        "skyrules running"
-    );
-    if running == 0 {
-        tracing::warn!(rules_dir = %opts.rules_dir.display(), "no rule loaded; add *.rhai files (they are picked up without a restart)");
+    let mut engines = Vec::new();
+    let mut boards = Vec::new();
+    for (ws, api) in workspaces.iter().zip(clients) {
+        let span = tracing::info_span!("workspace", workspace = %ws.name);
+        let world = World {
+            calendars: calendars.clone(),
+            channels: names.clone(),
+            notifier: notifier.clone(),
+            max_rule_memory: ws.engine.max_rule_memory as usize,
+        };
+        let opts = engine_options(ws);
+        let (mut engine, report) =
+            Engine::with_world(api.clone(), store.workspace(&ws.name), opts.clone(), world)
+                .instrument(span.clone())
+                .await
+                .map_err(|e| named(ws, several, e.into()))?;
+        engine.set_retention(ws.engine.retention);
+        if several {
+            engine.keep_trying_when_refused();
+        }
+        span.in_scope(|| {
+            log_report(&report);
+            let running = engine.runtime().rules().rules.len();
+            tracing::info!(
+                base_url = api.base_url(),
+                rules = running,
+                rules_dir = %opts.rules_dir.display(),
+                poll_interval = %humantime::format_duration(opts.poll_interval),
+                dry_run = opts.dry_run,
+                state = %store.location(),
+                "skyrules running"
+            );
+            if running == 0 {
+                tracing::warn!(rules_dir = %opts.rules_dir.display(), "no rule loaded; add *.rhai files (they are picked up without a restart)");
+            }
+        });
+        boards.push(engine.board());
+        engines.push((ws.name.clone(), engine, span));
     }
     let server = match config.http.listen {
         Some(addr) => {
@@ -129,7 +161,7 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
             tracing::info!(address = %shown, "status page, /metrics, /healthz and /readyz at http://{shown}/");
             Some(tokio::spawn(crate::telemetry::http::serve(
                 listener,
-                engine.board(),
+                boards,
                 metrics,
                 token,
                 shutdown.clone(),
@@ -143,13 +175,46 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
         tracing::info!("shutting down");
         stop.cancel();
     });
-    let result = engine.run(shutdown.clone()).await;
+    let mut running = tokio::task::JoinSet::new();
+    for (name, engine, span) in engines {
+        let stop = shutdown.clone();
+        running.spawn(async move { (name, engine.run(stop).await) }.instrument(span));
+    }
+    let mut failed = None;
+    while let Some(done) = running.join_next().await {
+        match done {
+            Ok((_, Ok(()))) => {}
+            // Alone, a workspace that cannot run is the process's error.
+            Ok((_, Err(e))) if !several => {
+                failed = Some(anyhow::Error::from(e));
+                shutdown.cancel();
+            }
+            // Next to others, it is logged and they carry on.
+            Ok((name, Err(e))) => {
+                tracing::error!(workspace = %name, error = %e, "workspace stopped; the other workspaces carry on");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "a workspace's engine task failed");
+            }
+        }
+    }
     shutdown.cancel();
     if let Some(server) = server {
         let _ = server.await;
     }
-    result?;
-    Ok(ExitCode::SUCCESS)
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// Puts the workspace's name in front of an error, when there are several.
+fn named(ws: &Workspace, several: bool, e: anyhow::Error) -> anyhow::Error {
+    if several {
+        e.context(format!("workspace {}", ws.name))
+    } else {
+        e
+    }
 }
 
 fn ensure_rules_dir(dir: &Path) -> Result<(), UserError> {
@@ -164,8 +229,15 @@ fn ensure_rules_dir(dir: &Path) -> Result<(), UserError> {
 }
 
 /// Loads every rule and prints each error with its source line and a caret.
-pub async fn check(config: Config, a: CheckArgs) -> anyhow::Result<ExitCode> {
-    let dir = a.dir.unwrap_or(config.engine.rules_dir.clone());
+pub async fn check(
+    config: Config,
+    workspace: Option<&str>,
+    a: CheckArgs,
+) -> anyhow::Result<ExitCode> {
+    let dir = match a.dir {
+        Some(d) => d,
+        None => config.workspace(workspace)?.engine.rules_dir,
+    };
     ensure_rules_dir(&dir)?;
     let files = crate::rules::rule_files(&dir).map_err(|e| UserError(e.to_string()))?;
     let world = World {

@@ -53,6 +53,10 @@ struct GlobalArgs {
     /// SkyLight API base URL (overrides `api.base_url`)
     #[arg(long, global = true, env = "SKYRULES_BASE_URL", value_name = "URL")]
     base_url: Option<String>,
+    /// The workspace to act on, with several `[workspaces.*]` in the config
+    /// (`run`: only this one)
+    #[arg(long, global = true, env = "SKYRULES_WORKSPACE", value_name = "NAME")]
+    workspace: Option<String>,
     /// Log level or RUST_LOG-style filter, e.g. `debug` or `skyrules=trace`
     #[arg(long, global = true, value_name = "FILTER")]
     log_level: Option<String>,
@@ -153,30 +157,30 @@ pub fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let g = &cli.global;
+    let ws = g.workspace.as_deref();
     match cli.command {
         Command::Run(a) => {
-            engine_cmds::run(engine_cmds::load(
-                g.config.as_deref(),
-                g.base_url.clone(),
-                &a,
-            )?)
+            engine_cmds::run(
+                engine_cmds::load(g.config.as_deref(), g.base_url.clone(), &a)?,
+                ws,
+            )
             .await
         }
-        Command::Check(a) => engine_cmds::check(load_config(g, Overrides::default())?, a).await,
+        Command::Check(a) => engine_cmds::check(load_config(g, Overrides::default())?, ws, a).await,
         Command::Demo(a) => demo_cmd::run(a).await,
-        Command::Test(a) => test_cmd::run(load_config(g, Overrides::default())?, a).await,
+        Command::Test(a) => test_cmd::run(load_config(g, Overrides::default())?, ws, a).await,
         Command::Bench(a) => bench_cmd::run(a).await,
-        Command::Sla(a) => sla_cmd::run(load_config(g, Overrides::default())?, a).await,
-        Command::Replay(a) => replay_cmd::run(load_config(g, Overrides::default())?, a).await,
-        Command::Defs(a) => defs_cmd::run(load_config(g, Overrides::default())?, a).await,
-        Command::Audit(a) => audit_cmd::run(load_config(g, Overrides::default())?, a).await,
+        Command::Sla(a) => sla_cmd::run(load_config(g, Overrides::default())?, ws, a).await,
+        Command::Replay(a) => replay_cmd::run(load_config(g, Overrides::default())?, ws, a).await,
+        Command::Defs(a) => defs_cmd::run(load_config(g, Overrides::default())?, ws, a).await,
+        Command::Audit(a) => audit_cmd::run(load_config(g, Overrides::default())?, ws, a).await,
         Command::Sim(args) => sim_cmd::run(args).await,
         Command::State(cmd) => state_cmd::run(cmd).await,
         Command::Sessions(cmd) => {
-            api_cmds::sessions(load_config(g, Overrides::default())?, cmd).await
+            api_cmds::sessions(load_config(g, Overrides::default())?, ws, cmd).await
         }
         Command::Analytics(args) => {
-            api_cmds::analytics(load_config(g, Overrides::default())?, args).await
+            api_cmds::analytics(load_config(g, Overrides::default())?, ws, args).await
         }
     }
 }

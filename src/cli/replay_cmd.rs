@@ -69,9 +69,14 @@ impl Progress for Shown {
 }
 
 /// Reads the history and prints what each rule would have done.
-pub async fn run(config: Config, a: ReplayArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(
+    config: Config,
+    workspace: Option<&str>,
+    a: ReplayArgs,
+) -> anyhow::Result<ExitCode> {
     let since = parse_duration(&a.since).map_err(|e| UserError(format!("--since: {e}")))?;
-    let rules_dir = a.rules_dir.unwrap_or(config.engine.rules_dir.clone());
+    let ws = config.workspace(workspace)?;
+    let rules_dir = a.rules_dir.unwrap_or(ws.engine.rules_dir.clone());
     if !rules_dir.is_dir() {
         return Err(UserError(format!(
             "rules directory {} does not exist",
@@ -79,7 +84,7 @@ pub async fn run(config: Config, a: ReplayArgs) -> anyhow::Result<ExitCode> {
         ))
         .into());
     }
-    let api = Client::new(config.client_config()?)?;
+    let api = Client::new(ws.client_config()?)?;
     let bar = std::io::stderr().is_terminal().then(|| {
         let bar = indicatif::ProgressBar::new(0);
         if let Ok(style) =

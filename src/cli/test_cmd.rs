@@ -24,8 +24,11 @@ pub(crate) struct TestArgs {
 }
 
 /// Runs every scenario; exit 1 if any fails.
-pub async fn run(config: Config, a: TestArgs) -> anyhow::Result<ExitCode> {
-    let dir = a.dir.clone().unwrap_or(config.engine.rules_dir.clone());
+pub async fn run(config: Config, workspace: Option<&str>, a: TestArgs) -> anyhow::Result<ExitCode> {
+    let dir = match a.dir.clone() {
+        Some(d) => d,
+        None => config.workspace(workspace)?.engine.rules_dir,
+    };
     if !dir.is_dir() {
         return Err(UserError(format!("rules directory {} does not exist", dir.display())).into());
     }

@@ -60,7 +60,7 @@ impl ActionFinished<'_> {
                 tracing::error!(rule, session_id, event = event_name, action = name, error = %why, "action failed")
             }
         }
-        crate::telemetry::metrics::action(rule, name, outcome.name());
+        crate::telemetry::metrics::action(engine.api.workspace(), rule, name, outcome.name());
         engine
             .board
             .write()
@@ -101,7 +101,7 @@ impl HandlerFailed<'_> {
             event,
             error,
         } = self;
-        crate::telemetry::metrics::handler_run(rule, true);
+        crate::telemetry::metrics::handler_run(engine.api.workspace(), rule, true);
         tracing::error!(rule, session_id, event = event.name(), error = %error, "rule handler failed; other rules carry on");
         let _ = engine.notes.send(Note::RuleFailed {
             rule: rule.to_string(),
@@ -122,7 +122,7 @@ impl EventDispatched<'_> {
     pub(super) fn emit(self, engine: &Engine) {
         let EventDispatched { event, visitor } = self;
         let text = event.message.as_ref().map(|m| m.text());
-        crate::telemetry::metrics::event(event.kind.name());
+        crate::telemetry::metrics::event(engine.api.workspace(), event.kind.name());
         // Message texts are personal data: debug level only (SPEC §6).
         tracing::debug!(session_id = %event.session_id, event = %event.kind, text = ?text, "event");
         let _ = engine.notes.send(Note::Event {

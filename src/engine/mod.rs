@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::api::{ApiError, Client, Timestamp};
 use crate::executor::{Executor, Guard, Outcome};
@@ -59,6 +60,17 @@ pub struct EngineOptions {
     pub max_concurrency: usize,
     /// The reply-loop guard.
     pub guard: Guard,
+}
+
+/// The longest wait between two tries of a refused key.
+const REFUSED_BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// How long to wait after the `n`th refusal in a row: doubling from one
+/// poll interval up to [`REFUSED_BACKOFF_MAX`].
+fn refused_backoff(interval: Duration, n: u32) -> Duration {
+    interval
+        .saturating_mul(1u32 << n.saturating_sub(1).min(16))
+        .min(REFUSED_BACKOFF_MAX.max(interval))
 }
 
 /// Default retention of ended sessions' state (SPEC §6).
@@ -183,6 +195,12 @@ pub struct Engine {
     // next one: its sessions, memory and handled events are not dropped,
     // and the rules read its memory meanwhile.
     unsaved: std::sync::Mutex<Batch>,
+    // Whether a key refused at the first poll is retried (next to other
+    // workspaces) rather than ending `run` (alone).
+    keep_trying: bool,
+    // Set when the store came back after failing: the events journaled
+    // meanwhile are handled before the next poll.
+    journal_waiting: std::sync::atomic::AtomicBool,
 }
 
 impl Engine {
@@ -223,11 +241,12 @@ impl Engine {
             Arc::new(Executor::new(api.clone(), opts.dry_run, opts.guard).with_notifier(notifier));
         let (notes, _) = broadcast::channel(4096);
         let board: SharedBoard = Arc::new(std::sync::RwLock::new(Board {
+            workspace: api.workspace().to_string(),
             poll_interval: opts.poll_interval,
             dry_run: opts.dry_run,
             ..Board::default()
         }));
-        reloads::refresh_rules(&board, &reloader, &report);
+        reloads::refresh_rules(api.workspace(), &board, &reloader, &report);
         Ok((
             Engine {
                 api,
@@ -241,6 +260,8 @@ impl Engine {
                 board,
                 board_watched: std::sync::atomic::AtomicBool::new(false),
                 unsaved: std::sync::Mutex::new(Batch::default()),
+                keep_trying: false,
+                journal_waiting: std::sync::atomic::AtomicBool::new(false),
             },
             report,
         ))
@@ -249,6 +270,13 @@ impl Engine {
     /// How long ended sessions' snapshots, messages and memory are kept.
     pub(crate) fn set_retention(&mut self, retention: Duration) {
         self.retention = retention;
+    }
+
+    /// Retries a key or address refused at the first poll, with backoff,
+    /// instead of returning the error from [`Engine::run`]: one workspace
+    /// of several must not stop the others.
+    pub(crate) fn keep_trying_when_refused(&mut self) {
+        self.keep_trying = true;
     }
 
     /// The status board (readiness, sessions, timers, actions, rules).
@@ -281,14 +309,19 @@ impl Engine {
         let reload_notes = self.notes.clone();
         let reloader = self.reloader.clone();
         let reload_stop = shutdown.child_token();
-        let reload_task = tokio::spawn(reloads::watch_rules(
-            reloader,
-            reload_stop.clone(),
-            reload_notes,
-            self.board.clone(),
-        ));
+        let reload_task = tokio::spawn(
+            reloads::watch_rules(
+                self.api.workspace().clone(),
+                reloader,
+                reload_stop.clone(),
+                reload_notes,
+                self.board.clone(),
+            )
+            .in_current_span(),
+        );
 
         let mut polled_once = false;
+        let mut refused: u32 = 0;
         let mut tick = tokio::time::interval(self.opts.poll_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -300,17 +333,41 @@ impl Engine {
                 self.purge().await;
                 last_purge = Some(std::time::Instant::now());
             }
+            if self
+                .journal_waiting
+                .swap(false, std::sync::atomic::Ordering::Relaxed)
+            {
+                self.handle_waiting_journal().await;
+            }
             match self.cycle(&mut watcher, &shutdown).await {
-                Ok(CycleEnd::Done) => polled_once = true,
+                Ok(CycleEnd::Done) => {
+                    polled_once = true;
+                    refused = 0;
+                }
                 Ok(CycleEnd::Interrupted) => break,
                 // A wrong key or address at start is a config error to fix,
-                // not an outage to wait out.
+                // not an outage to wait out: alone, the process stops on it.
                 Err(e @ (ApiError::Unauthorized { .. } | ApiError::Redirected { .. }))
-                    if !polled_once =>
+                    if !polled_once && !self.keep_trying =>
                 {
                     reload_stop.cancel();
                     let _ = reload_task.await;
                     return Err(e.into());
+                }
+                // Next to other workspaces, a refused key must not stop
+                // them: it is retried, less and less often, until fixed.
+                Err(e @ (ApiError::Unauthorized { .. } | ApiError::Redirected { .. })) => {
+                    refused = refused.saturating_add(1);
+                    let wait = refused_backoff(self.opts.poll_interval, refused);
+                    tracing::error!(error = %e, retry_in = %humantime::format_duration(wait), "the SkyLight API refused this workspace; fix its key or base_url (other workspaces carry on)");
+                    let _ = self.notes.send(Note::PollFailed {
+                        error: e.to_string(),
+                    });
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                    tick.reset();
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "poll failed; retrying next interval");
@@ -341,7 +398,7 @@ impl Engine {
                 crate::api::HandledBy::Other(_) => other += 1,
             }
         }
-        crate::telemetry::metrics::sessions(ai, human, pending, other);
+        crate::telemetry::metrics::sessions(self.api.workspace(), ai, human, pending, other);
         let watched = self
             .board_watched
             .load(std::sync::atomic::Ordering::Relaxed);
@@ -424,7 +481,7 @@ impl Engine {
             None => return Ok(CycleEnd::Interrupted),
             Some(Ok(c)) => c,
             Some(Err(e)) => {
-                crate::telemetry::metrics::poll(false, started.elapsed());
+                crate::telemetry::metrics::poll(self.api.workspace(), false, started.elapsed());
                 self.board
                     .write()
                     .unwrap_or_else(|p| p.into_inner())
@@ -450,7 +507,7 @@ impl Engine {
                 "first start: open sessions taken as a baseline (no events for their history)"
             );
         }
-        crate::telemetry::metrics::poll(true, started.elapsed());
+        crate::telemetry::metrics::poll(self.api.workspace(), true, started.elapsed());
         let _ = self.notes.send(Note::Cycle {
             listed: cycle.listed,
             details_read: cycle.details_read,
@@ -526,12 +583,15 @@ impl Engine {
             return 0;
         }
         batch.at = self.api.clock().now();
-        let saved = store_io::write(&self.store, "commit", move |s| {
+        let saved = store_io::write(&self.store, self.api.workspace(), "commit", move |s| {
             Ok((s.commit(&batch), batch))
         })
         .await;
         let (error, batch) = match saved {
-            Ok((Ok(()), _)) => return 1,
+            Ok((Ok(()), _)) => {
+                self.store_trouble(None);
+                return 1;
+            }
             Ok((Err(e), batch)) => (e.to_string(), batch),
             Err(e) => {
                 // The batch went down with the task; its sessions are
@@ -541,11 +601,26 @@ impl Engine {
             }
         };
         tracing::error!(error = %error, sessions = batch.sessions.len() + batch.ended.len(), "cannot save this cycle's state; kept in memory and written with the next commit");
+        self.store_trouble(Some(error));
         let mut unsaved = self.unsaved.lock().unwrap_or_else(|p| p.into_inner());
         let later = std::mem::take(&mut *unsaved);
         *unsaved = batch;
         unsaved.append(later);
         0
+    }
+
+    /// Shows a failing state store on the board (and `/readyz`), or that
+    /// it works again.
+    fn store_trouble(&self, error: Option<String>) {
+        let mut board = self.board.write().unwrap_or_else(|p| p.into_inner());
+        if board.store_error.is_some() && error.is_none() {
+            tracing::info!("the state store works again; the state kept in memory is saved");
+            // Sessions whose rules could not run meanwhile were journaled:
+            // they are handled now, not at the next start.
+            self.journal_waiting
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        board.store_error = error;
     }
 
     async fn purge(&self) {

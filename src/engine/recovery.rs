@@ -47,6 +47,25 @@ impl Engine {
         ))
     }
 
+    /// Handles the events journaled while the store was failing (their
+    /// rules could not read their memory), once it works again.
+    pub(super) async fn handle_waiting_journal(&self) {
+        match store_io::read(&self.store, |s| s.pending_events()).await {
+            Ok(pending) if pending.is_empty() => {}
+            Ok(pending) => {
+                tracing::info!(
+                    sessions = pending.len(),
+                    "handling the events that waited while the state store was failing"
+                );
+                let now = self.api.clock().now();
+                self.handle_journaled(pending, now).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the journal; its events are handled at the next start");
+            }
+        }
+    }
+
     /// Runs the events a previous run journaled but did not handle,
     /// sessions concurrently up to the bound, before the first poll, and
     /// takes them off the journal in one commit.

@@ -6,16 +6,22 @@ use std::sync::Arc;
 
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::Note;
 use crate::rules::reload::{log_report, ReloadReport, Reloader};
 use crate::telemetry::status::{RuleView, SharedBoard};
 
 /// Puts the rules' load status on the board and in the metrics.
-pub(super) fn refresh_rules(board: &SharedBoard, reloader: &Reloader, report: &ReloadReport) {
+pub(super) fn refresh_rules(
+    workspace: &str,
+    board: &SharedBoard,
+    reloader: &Reloader,
+    report: &ReloadReport,
+) {
     let status = reloader.status();
     let running = status.iter().filter(|r| r.running).count();
-    crate::telemetry::metrics::reload(report.errors.is_empty(), running);
+    crate::telemetry::metrics::reload(workspace, report.errors.is_empty(), running);
     let views = status
         .into_iter()
         .map(|r| RuleView {
@@ -28,6 +34,7 @@ pub(super) fn refresh_rules(board: &SharedBoard, reloader: &Reloader, report: &R
 }
 
 pub(super) async fn watch_rules(
+    workspace: Arc<str>,
     reloader: Arc<Reloader>,
     shutdown: CancellationToken,
     notes: broadcast::Sender<Note>,
@@ -37,7 +44,8 @@ pub(super) async fn watch_rules(
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let observer = reloader.clone();
     let stop = shutdown.clone();
-    let watch = tokio::spawn(async move { observer.watch_with(stop, Some(tx)).await });
+    let watch =
+        tokio::spawn(async move { observer.watch_with(stop, Some(tx)).await }.in_current_span());
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -45,7 +53,7 @@ pub(super) async fn watch_rules(
                 Some(report) => {
                     let report: ReloadReport = report;
                     log_report(&report);
-                    refresh_rules(&board, &reloader, &report);
+                    refresh_rules(&workspace, &board, &reloader, &report);
                     let _ = notes.send(Note::Reloaded {
                         loaded: report.loaded,
                         removed: report.removed,

@@ -161,7 +161,7 @@ impl Engine {
                     .emit(self);
                     continue;
                 }
-                crate::telemetry::metrics::handler_run(&run.rule, false);
+                crate::telemetry::metrics::handler_run(self.api.workspace(), &run.rule, false);
                 if let Some(m) = run.memory {
                     writes.insert(run.rule.clone(), m);
                 }
@@ -231,7 +231,7 @@ impl Engine {
     ) -> Option<Outcome> {
         let written = intent.clone();
         let with_journal = journal.is_some();
-        let begin = store_io::write(&self.store, "intent", move |s| {
+        let begin = store_io::write(&self.store, self.api.workspace(), "intent", move |s| {
             s.begin_action(&written, journal.as_ref())
         })
         .await;
@@ -253,6 +253,7 @@ impl Engine {
                 // No intent, no action: it could not be told from a new one
                 // after a crash.
                 tracing::error!(session_id = %intent.session_id, rule = %intent.rule, error = %e, "cannot record the action before taking it; not taking it");
+                self.store_trouble(Some(e.to_string()));
                 return Some(Outcome::Failed(format!("state store: {e}")));
             }
         };
@@ -266,7 +267,7 @@ impl Engine {
         let key = key.to_string();
         let name = outcome.name();
         let detail = outcome.detail().map(str::to_string);
-        let done = store_io::write(&self.store, "outcome", move |s| {
+        let done = store_io::write(&self.store, self.api.workspace(), "outcome", move |s| {
             s.finish_action(&key, name, detail.as_deref())
         })
         .await;

@@ -32,9 +32,10 @@ where
 }
 
 /// Like [`read`], timing the call as the store write `what` (`commit`,
-/// `intent`, `outcome`) in the metrics.
+/// `intent`, `outcome`) of `workspace` in the metrics.
 pub(super) async fn write<T, F>(
     store: &Arc<dyn Store>,
+    workspace: &Arc<str>,
     what: &'static str,
     f: F,
 ) -> Result<T, StoreError>
@@ -42,10 +43,11 @@ where
     T: Send + 'static,
     F: FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
 {
+    let workspace = workspace.clone();
     read(store, move |s| {
         let started = Instant::now();
         let r = f(s);
-        crate::telemetry::metrics::store_write(what, started.elapsed());
+        crate::telemetry::metrics::store_write(&workspace, what, started.elapsed());
         r
     })
     .await

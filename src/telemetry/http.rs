@@ -40,7 +40,7 @@ pub enum HttpError {
 
 #[derive(Clone)]
 struct AppState {
-    board: SharedBoard,
+    boards: Vec<SharedBoard>,
     metrics: Option<PrometheusHandle>,
     token: Option<String>,
 }
@@ -58,13 +58,13 @@ pub async fn bind(addr: SocketAddr, token: Option<&str>) -> Result<TcpListener, 
 /// Serves until `shutdown`.
 pub async fn serve(
     listener: TcpListener,
-    board: SharedBoard,
+    boards: Vec<SharedBoard>,
     metrics: Option<PrometheusHandle>,
     token: Option<String>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let state = AppState {
-        board,
+        boards,
         metrics,
         token,
     };
@@ -113,13 +113,29 @@ fn read(board: &SharedBoard) -> std::sync::RwLockReadGuard<'_, Board> {
 }
 
 async fn readyz(State(s): State<AppState>) -> Response {
-    match read(&s.board).readiness() {
-        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
-        Err(why) => (
+    let several = s.boards.len() > 1;
+    let why: Vec<String> = s
+        .boards
+        .iter()
+        .filter_map(|b| {
+            let b = read(b);
+            b.readiness().err().map(|why| {
+                if several {
+                    format!("workspace {}: {why}", b.workspace)
+                } else {
+                    why
+                }
+            })
+        })
+        .collect();
+    if why.is_empty() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {why}\n"),
+            format!("not ready: {}\n", why.join("; ")),
         )
-            .into_response(),
+            .into_response()
     }
 }
 
@@ -142,16 +158,24 @@ async fn metrics_text(State(s): State<AppState>) -> Response {
 }
 
 async fn status_json(State(s): State<AppState>) -> Response {
-    let b = read(&s.board);
-    let body = serde_json::json!({
-        "ready": b.readiness().is_ok(),
-        "not_ready_because": b.readiness().err(),
-        "dry_run": b.dry_run,
-        "sessions": b.sessions,
-        "actions": b.actions,
-        "rules": b.rules,
-    });
-    axum::Json(body).into_response()
+    let workspaces: Vec<serde_json::Value> = s
+        .boards
+        .iter()
+        .map(|b| {
+            let b = read(b);
+            serde_json::json!({
+                "workspace": b.workspace,
+                "ready": b.readiness().is_ok(),
+                "not_ready_because": b.readiness().err(),
+                "dry_run": b.dry_run,
+                "sessions": b.sessions,
+                "actions": b.actions,
+                "rules": b.rules,
+            })
+        })
+        .collect();
+    let ready = workspaces.iter().all(|w| w["ready"] == true);
+    axum::Json(serde_json::json!({ "ready": ready, "workspaces": workspaces })).into_response()
 }
 
 fn dur(secs: u64) -> String {
@@ -159,7 +183,7 @@ fn dur(secs: u64) -> String {
 }
 
 const STYLE: &str = "body{font:15px/1.4 system-ui,sans-serif;margin:0;padding:12px;background:#f6f7f9;color:#1d2330}
-h1{font-size:20px;margin:0 0 4px}h2{font-size:16px;margin:20px 0 6px}
+h1{font-size:20px;margin:0 0 4px}h2{font-size:18px;margin:24px 0 4px;border-top:1px solid #d5d9e0;padding-top:12px}h3{font-size:16px;margin:20px 0 6px}
 .muted{color:#667}.ok{color:#167c3a}.bad{color:#b3261e}.warn{color:#8a5a00}
 table{border-collapse:collapse;width:100%;background:#fff;border-radius:6px;overflow:hidden}
 th,td{text-align:left;padding:6px 8px;border-bottom:1px solid #e6e8ec;vertical-align:top}
@@ -169,20 +193,39 @@ th{background:#eef0f4;font-weight:600;font-size:13px}
 code{font-size:13px}
 @media (max-width:640px){.hide-sm{display:none}td,th{padding:5px}}";
 
-/// The status page for people: sessions and their timers, recent actions, rules.
-///
-/// Long on purpose: the page is written top to bottom in one place, in the order a reader sees it; every value goes through `escape::html`.
+/// The status page for people: per workspace, sessions and their timers,
+/// recent actions, rules.
 async fn page(State(s): State<AppState>) -> Html<String> {
-    let b = read(&s.board);
     let mut h = String::new();
     let _ = write!(
         h,
-        "<!doctype html><html lang=en><head><meta charset=utf-8><meta name=viewport content=\"width=device-width,initial-scale=1\"><meta http-equiv=refresh content=5><title>skyrules</title><style>{STYLE}</style></head><body>"
+        "<!doctype html><html lang=en><head><meta charset=utf-8><meta name=viewport content=\"width=device-width,initial-scale=1\"><meta http-equiv=refresh content=5><title>skyrules</title><style>{STYLE}</style></head><body><h1>skyrules</h1>"
     );
+    let several = s.boards.len() > 1;
+    for board in &s.boards {
+        let b = read(board);
+        let heading = if several {
+            format!("<h2 id=\"ws-{0}\">Workspace {0}</h2>", esc(&b.workspace))
+        } else {
+            String::new()
+        };
+        workspace_section(&mut h, &b, &heading);
+    }
+    let _ = write!(
+        h,
+        "<p class=muted>Refreshes every 5 s · <a href=/metrics>metrics</a> · <a href=/status.json>json</a></p></body></html>"
+    );
+    Html(h)
+}
+
+/// One workspace's part of the page.
+///
+/// Long on purpose: written top to bottom in one place, in the order a reader sees it; every value goes through `escape::html`.
+fn workspace_section(h: &mut String, b: &Board, heading: &str) {
     let ready = b.readiness();
     let _ = write!(
         h,
-        "<h1>skyrules</h1><div>{} · {} session(s) tracked · {} rule(s) running{}</div>",
+        "{heading}<div>{} · {} session(s) tracked · {} rule(s) running{}</div>",
         match &ready {
             Ok(()) => "<span class=ok>● ready</span>".to_string(),
             Err(why) => format!("<span class=bad>● not ready: {}</span>", esc(why)),
@@ -196,7 +239,7 @@ async fn page(State(s): State<AppState>) -> Html<String> {
         }
     );
 
-    let _ = write!(h, "<h2>Active sessions</h2>");
+    let _ = write!(h, "<h3>Active sessions</h3>");
     if b.sessions.is_empty() {
         let _ = write!(h, "<p class=muted>No active sessions.</p>");
     } else {
@@ -245,7 +288,7 @@ async fn page(State(s): State<AppState>) -> Html<String> {
         }
     }
 
-    let _ = write!(h, "<h2>Last actions</h2>");
+    let _ = write!(h, "<h3>Last actions</h3>");
     if b.actions.is_empty() {
         let _ = write!(h, "<p class=muted>No action yet.</p>");
     } else {
@@ -279,7 +322,7 @@ async fn page(State(s): State<AppState>) -> Html<String> {
 
     let _ = write!(
         h,
-        "<h2>Rules</h2><table><tr><th>Rule</th><th>Status</th></tr>"
+        "<h3>Rules</h3><table><tr><th>Rule</th><th>Status</th></tr>"
     );
     for r in &b.rules {
         let status = match (&r.error, r.running) {
@@ -293,11 +336,7 @@ async fn page(State(s): State<AppState>) -> Html<String> {
         };
         let _ = write!(h, "<tr><td>{}</td><td>{status}</td></tr>", esc(&r.id));
     }
-    let _ = write!(
-        h,
-        "</table><p class=muted>Refreshes every 5 s · <a href=/metrics>metrics</a> · <a href=/status.json>json</a></p></body></html>"
-    );
-    Html(h)
+    let _ = write!(h, "</table>");
 }
 
 #[cfg(test)]

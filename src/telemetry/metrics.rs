@@ -176,7 +176,12 @@ fn unix_now() -> f64 {
 }
 
 /// One API request finished (`status` None: no response).
-pub(crate) fn api_request(endpoint: &'static str, status: Option<u16>, took: Duration) {
+pub(crate) fn api_request(
+    workspace: &str,
+    endpoint: &'static str,
+    status: Option<u16>,
+    took: Duration,
+) {
     let class = match status {
         Some(s) => match s / 100 {
             2 => "2xx",
@@ -187,73 +192,79 @@ pub(crate) fn api_request(endpoint: &'static str, status: Option<u16>, took: Dur
         },
         None => "error",
     };
-    counter!(API_REQUESTS, "endpoint" => endpoint, "status" => class).increment(1);
-    histogram!(API_DURATION, "endpoint" => endpoint).record(took.as_secs_f64());
+    counter!(API_REQUESTS, "workspace" => workspace.to_string(), "endpoint" => endpoint, "status" => class).increment(1);
+    histogram!(API_DURATION, "workspace" => workspace.to_string(), "endpoint" => endpoint)
+        .record(took.as_secs_f64());
 }
 
 /// An API request is being retried.
-pub(crate) fn api_retry(endpoint: &'static str, reason: &'static str) {
-    counter!(API_RETRIES, "endpoint" => endpoint, "reason" => reason).increment(1);
+pub(crate) fn api_retry(workspace: &str, endpoint: &'static str, reason: &'static str) {
+    counter!(API_RETRIES, "workspace" => workspace.to_string(), "endpoint" => endpoint, "reason" => reason).increment(1);
 }
 
 /// A poll cycle ended.
-pub fn poll(ok: bool, took: Duration) {
-    counter!(POLL_CYCLES, "result" => if ok { "ok" } else { "error" }).increment(1);
+pub fn poll(workspace: &str, ok: bool, took: Duration) {
+    counter!(POLL_CYCLES, "workspace" => workspace.to_string(), "result" => if ok { "ok" } else { "error" }).increment(1);
     if ok {
-        histogram!(POLL_DURATION).record(took.as_secs_f64());
-        gauge!(LAST_POLL).set(unix_now());
+        histogram!(POLL_DURATION, "workspace" => workspace.to_string()).record(took.as_secs_f64());
+        gauge!(LAST_POLL, "workspace" => workspace.to_string()).set(unix_now());
     }
 }
 
 /// Sessions tracked now, per handler (all tracked sessions are active).
-pub fn sessions(ai: usize, human: usize, pending: usize, other: usize) {
+pub fn sessions(workspace: &str, ai: usize, human: usize, pending: usize, other: usize) {
     for (h, n) in [
         ("ai", ai),
         ("human", human),
         ("pending", pending),
         ("other", other),
     ] {
-        gauge!(SESSIONS, "status" => "active", "handled_by" => h).set(n as f64);
+        gauge!(SESSIONS, "workspace" => workspace.to_string(), "status" => "active", "handled_by" => h).set(n as f64);
     }
 }
 
 /// An event went to the rules.
-pub fn event(kind: &'static str) {
-    counter!(EVENTS, "kind" => kind).increment(1);
+pub fn event(workspace: &str, kind: &'static str) {
+    counter!(EVENTS, "workspace" => workspace.to_string(), "kind" => kind).increment(1);
 }
 
 /// A rule's handlers ran for an event; `failed` if one errored.
-pub(crate) fn handler_run(rule: &str, failed: bool) {
-    counter!(HANDLER_RUNS, "rule" => rule.to_string()).increment(1);
+pub(crate) fn handler_run(workspace: &str, rule: &str, failed: bool) {
+    counter!(HANDLER_RUNS, "workspace" => workspace.to_string(), "rule" => rule.to_string())
+        .increment(1);
     if failed {
-        counter!(HANDLER_ERRORS, "rule" => rule.to_string()).increment(1);
+        counter!(HANDLER_ERRORS, "workspace" => workspace.to_string(), "rule" => rule.to_string())
+            .increment(1);
     }
 }
 
 /// An action ended with `outcome`.
-pub fn action(rule: &str, action: &'static str, outcome: &'static str) {
-    counter!(ACTIONS, "rule" => rule.to_string(), "action" => action, "outcome" => outcome)
+pub fn action(workspace: &str, rule: &str, action: &'static str, outcome: &'static str) {
+    counter!(ACTIONS, "workspace" => workspace.to_string(), "rule" => rule.to_string(), "action" => action, "outcome" => outcome)
         .increment(1);
 }
 
 /// A rescan of the rules directory changed something.
-pub fn reload(ok: bool, rules_loaded: usize) {
-    counter!(RELOADS, "result" => if ok { "ok" } else { "error" }).increment(1);
-    gauge!(LAST_RELOAD_OK).set(if ok { 1.0 } else { 0.0 });
-    gauge!(LAST_RELOAD_TIME).set(unix_now());
-    gauge!(RULES_LOADED).set(rules_loaded as f64);
+pub fn reload(workspace: &str, ok: bool, rules_loaded: usize) {
+    let ws = || workspace.to_string();
+    counter!(RELOADS, "workspace" => ws(), "result" => if ok { "ok" } else { "error" })
+        .increment(1);
+    gauge!(LAST_RELOAD_OK, "workspace" => ws()).set(if ok { 1.0 } else { 0.0 });
+    gauge!(LAST_RELOAD_TIME, "workspace" => ws()).set(unix_now());
+    gauge!(RULES_LOADED, "workspace" => ws()).set(rules_loaded as f64);
 }
 
 /// A state-store write took `took`.
-pub(crate) fn store_write(op: &'static str, took: Duration) {
-    histogram!(STORE_WRITE, "op" => op).record(took.as_secs_f64());
+pub(crate) fn store_write(workspace: &str, op: &'static str, took: Duration) {
+    histogram!(STORE_WRITE, "workspace" => workspace.to_string(), "op" => op)
+        .record(took.as_secs_f64());
 }
 
 /// New SLA facts of a session since the last poll.
-pub fn sla(before: &crate::tracking::SlaState, after: &crate::tracking::SlaState) {
+pub fn sla(workspace: &str, before: &crate::tracking::SlaState, after: &crate::tracking::SlaState) {
     if before.first_response_secs.is_none() {
         if let Some(s) = after.first_response_secs {
-            histogram!(SLA_FIRST_RESPONSE).record(s);
+            histogram!(SLA_FIRST_RESPONSE, "workspace" => workspace.to_string()).record(s);
         }
     }
     for s in after
@@ -261,14 +272,14 @@ pub fn sla(before: &crate::tracking::SlaState, after: &crate::tracking::SlaState
         .iter()
         .skip(before.human_wait_secs.len())
     {
-        histogram!(SLA_HUMAN_WAIT).record(*s);
+        histogram!(SLA_HUMAN_WAIT, "workspace" => workspace.to_string()).record(*s);
     }
     for s in after
         .agent_response_secs
         .iter()
         .skip(before.agent_response_secs.len())
     {
-        histogram!(SLA_AGENT_RESPONSE).record(*s);
+        histogram!(SLA_AGENT_RESPONSE, "workspace" => workspace.to_string()).record(*s);
     }
 }
 

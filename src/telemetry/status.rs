@@ -59,6 +59,8 @@ pub struct RuleView {
 /// Everything on the board.
 #[derive(Debug, Default)]
 pub struct Board {
+    /// The workspace this board is of.
+    pub workspace: String,
     /// When the last poll succeeded (monotonic).
     pub last_poll_ok: Option<Instant>,
     /// The last poll error, cleared by a success.
@@ -73,6 +75,9 @@ pub struct Board {
     pub rules: Vec<RuleView>,
     /// Whether actions are only logged.
     pub dry_run: bool,
+    /// The state store's last failure, cleared by a successful write: the
+    /// engine then keeps the cycle's state in memory and starts no action.
+    pub store_error: Option<String>,
 }
 
 impl Board {
@@ -84,6 +89,11 @@ impl Board {
 
     /// `Ok` when ready to act; else why not, for `/readyz`.
     pub fn readiness(&self) -> Result<(), String> {
+        if let Some(e) = &self.store_error {
+            return Err(format!(
+                "the state store is failing (state kept in memory, no action started): {e}"
+            ));
+        }
         if !self.rules.iter().any(|r| r.running) {
             return Err("no rule is loaded".into());
         }

@@ -231,7 +231,7 @@ async fn serve_status(
             }
             Ok(Some(tokio::spawn(crate::telemetry::http::serve(
                 l,
-                engine.board(),
+                vec![engine.board()],
                 metrics,
                 None,
                 stop.clone(),

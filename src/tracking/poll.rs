@@ -45,8 +45,8 @@ impl Watcher {
     /// very first start).
     pub fn new(api: Client, tracked: HashMap<String, Tracked>, baselined: bool) -> Watcher {
         Watcher {
+            tracker: Tracker::new(tracked, baselined).in_workspace(api.workspace().clone()),
             api,
-            tracker: Tracker::new(tracked, baselined),
         }
     }
 

@@ -39,6 +39,8 @@ pub struct SessionCycle {
 pub struct Tracker {
     tracked: TrackedMap,
     baselined: bool,
+    // The `workspace` label of the SLA metrics.
+    workspace: std::sync::Arc<str>,
 }
 
 impl Tracker {
@@ -48,7 +50,14 @@ impl Tracker {
         Tracker {
             tracked: tracked.into_iter().map(|(k, v)| (k, Box::new(v))).collect(),
             baselined,
+            workspace: crate::config::DEFAULT_WORKSPACE.into(),
         }
+    }
+
+    /// Labels the SLA metrics with `workspace`.
+    pub(crate) fn in_workspace(mut self, workspace: std::sync::Arc<str>) -> Tracker {
+        self.workspace = workspace;
+        self
     }
 
     /// Whether the first-start baseline has been taken.
@@ -115,7 +124,7 @@ impl Tracker {
         };
         let before = prev.map(|p| p.sla.clone()).unwrap_or_default();
         let (mut t, mut events) = diff(prev, detail, !self.baselined);
-        crate::telemetry::metrics::sla(&before, &t.sla);
+        crate::telemetry::metrics::sla(&self.workspace, &before, &t.sla);
         events.extend(due_timers_in(&mut t, timers, now, calendars));
         let finished = t.session.status == SessionStatus::Ended;
         if finished {

@@ -30,6 +30,9 @@ use crate::engine::{Engine, EngineOptions, Note};
 use crate::executor::Guard;
 use crate::store::SqliteStore;
 
+mod fleet;
+pub use fleet::{render as render_fleet, run as run_fleet, FleetReport};
+
 /// Load benchmark settings.
 #[derive(Debug, Clone)]
 pub struct BenchOptions {

@@ -11,7 +11,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-use crate::api::{ApiKey, DEFAULT_BASE_URL};
+use crate::api::DEFAULT_BASE_URL;
+
+mod workspace;
+pub use workspace::{GuardOverride, Workspace, WorkspaceConfig, DEFAULT_WORKSPACE};
 
 /// The config file looked for when `--config` is not given.
 const DEFAULT_CONFIG_FILE: &str = "skyrules.toml";
@@ -184,9 +187,25 @@ pub struct Config {
     /// `[notify.NAME]`: channels rules may notify (secrets in files or the
     /// environment, resolved only by `run`).
     pub notify: std::collections::BTreeMap<String, crate::notifications::ChannelConfig>,
+    /// `[workspaces.NAME]`: several SkyLight accounts (SPEC §7); none
+    /// means one workspace, `default`, described by `[api]` and `[engine]`.
+    pub workspaces: std::collections::BTreeMap<String, WorkspaceConfig>,
     /// The file the settings came from, if any.
     #[serde(skip)]
     pub source: Option<PathBuf>,
+    /// Which settings a flag or variable gave: those beat a workspace's
+    /// own key too.
+    #[serde(skip)]
+    flags: Flags,
+}
+
+/// The overrides that were given, so workspaces do not hide them.
+#[derive(Debug, Clone, Copy, Default)]
+struct Flags {
+    base_url: bool,
+    rules_dir: bool,
+    poll_interval: bool,
+    dry_run: bool,
 }
 
 /// Settings from flags or `SKYRULES_*` variables, which beat the file.
@@ -252,6 +271,12 @@ impl Config {
     }
 
     fn apply(&mut self, o: &Overrides) -> Result<(), ConfigError> {
+        self.flags = Flags {
+            base_url: o.base_url.is_some(),
+            rules_dir: o.rules_dir.is_some(),
+            poll_interval: o.poll_interval.is_some(),
+            dry_run: o.dry_run,
+        };
         if let Some(u) = &o.base_url {
             self.api.base_url = u.clone();
         }
@@ -287,13 +312,7 @@ impl Config {
             .map(|p| format!(" in {}", p.display()))
             .unwrap_or_default();
         let bad = |key: &str, why: &str| ConfigError::Invalid(format!("`{key}`{file}: {why}"));
-        let url = self.api.base_url.trim();
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(bad(
-                "api.base_url",
-                &format!("{url:?} must start with http:// or https://"),
-            ));
-        }
+        check_url(&self.api.base_url, "api.base_url", &bad)?;
         if self.engine.poll_interval < Duration::from_millis(100) {
             return Err(bad("engine.poll_interval", "must be at least 100ms"));
         }
@@ -324,6 +343,7 @@ impl Config {
             return Err(bad("guard.window", "must be more than zero"));
         }
         self.calendars()?;
+        self.validate_workspaces(&bad)?;
         if let Some(addr) = self.http.listen {
             if !addr.ip().is_loopback() && self.http.token_file.is_none() {
                 return Err(bad(
@@ -333,36 +353,6 @@ impl Config {
             }
         }
         Ok(())
-    }
-
-    /// The API key: from `api.api_key_file` if set, else `SKYLIGHT_API_KEY`.
-    pub fn api_key(&self) -> Result<ApiKey, ConfigError> {
-        if let Some(file) = &self.api.api_key_file {
-            let text = std::fs::read_to_string(file).map_err(|e| {
-                ConfigError::Invalid(format!(
-                    "cannot read the API key file {} (`api.api_key_file`): {e}",
-                    file.display()
-                ))
-            })?;
-            let key = ApiKey::new(text);
-            if key.is_empty() {
-                return Err(ConfigError::Invalid(format!(
-                    "the API key file {} (`api.api_key_file`) is empty",
-                    file.display()
-                )));
-            }
-            return Ok(key);
-        }
-        match std::env::var(API_KEY_ENV) {
-            Ok(k) if !k.trim().is_empty() => Ok(ApiKey::new(k)),
-            _ => Err(ConfigError::Invalid(format!(
-                "no SkyLight API key: set {API_KEY_ENV}, or `api.api_key_file` in {}",
-                self.source
-                    .as_ref()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_else(|| DEFAULT_CONFIG_FILE.to_string())
-            ))),
-        }
     }
 
     /// The business-hours calendars, parsed; errors name the key and file.
@@ -392,7 +382,10 @@ impl Config {
                     })?;
                     (
                         text,
-                        format!("the state URL file {} (`engine.state_url_file`)", file.display()),
+                        format!(
+                            "the state URL file {} (`engine.state_url_file`)",
+                            file.display()
+                        ),
                     )
                 }
             },
@@ -426,15 +419,22 @@ impl Config {
         }
         Ok(Some(token))
     }
+}
 
-    /// The client settings this config describes.
-    pub(crate) fn client_config(&self) -> Result<crate::api::ClientConfig, ConfigError> {
-        let mut c = crate::api::ClientConfig::new(self.api.base_url.trim(), self.api_key()?);
-        c.timeout = self.api.timeout;
-        c.retry.max_attempts = self.api.max_attempts;
-        c.max_requests_per_second = self.api.max_requests_per_second;
-        c.max_body = usize::try_from(self.api.max_body).unwrap_or(usize::MAX);
-        Ok(c)
+/// Checks an API base URL's scheme.
+fn check_url(
+    url: &str,
+    key: &str,
+    bad: &dyn Fn(&str, &str) -> ConfigError,
+) -> Result<(), ConfigError> {
+    let url = url.trim();
+    if url.starts_with("http://") || url.starts_with("https://") {
+        Ok(())
+    } else {
+        Err(bad(
+            key,
+            &format!("{url:?} must start with http:// or https://"),
+        ))
     }
 }
 
@@ -698,11 +698,18 @@ window = "10m"
         };
         let c = parse(&with("")).unwrap();
         assert_eq!(c.api.max_requests_per_second, None, "unlimited by default");
-        assert_eq!(c.client_config().unwrap().max_requests_per_second, None);
+        assert_eq!(
+            c.workspace(None)
+                .unwrap()
+                .client_config()
+                .unwrap()
+                .max_requests_per_second,
+            None
+        );
         for (text, rate) in [("20", 20.0), ("2.5", 2.5)] {
             let c = parse(&with(&format!("max_requests_per_second = {text}"))).unwrap();
             assert_eq!(c.api.max_requests_per_second, Some(rate));
-            let cc = c.client_config().unwrap();
+            let cc = c.workspace(None).unwrap().client_config().unwrap();
             assert_eq!(cc.max_requests_per_second, Some(rate));
             crate::api::Client::new(cc).unwrap();
         }
