@@ -10,6 +10,13 @@
 //! between two actions of its cycle, and the loop guard seeded on an
 //! uncalibrated clock.
 //!
+//! The tests that hold for any state store run twice, on a SQLite file
+//! and on PostgreSQL (`SKYRULES_STATE_URL`, a fresh database each; skipped
+//! without `SKYRULES_TEST_POSTGRES_URL`, required in CI), as
+//! `<test>::sqlite` and `<test>::postgres`; the PostgreSQL runs also check
+//! that no SQLite file was written. The lock-file, empty-file and
+//! garbage-file tests are SQLite's alone.
+//!
 //! The crash test's seed can be replayed with `DURABILITY_SEED=<n>`.
 //!
 //! Tests run one at a time (see [`serial`]): they time real processes and
@@ -49,6 +56,58 @@ fn serial() -> MutexGuard<'static, ()> {
 }
 
 type Sim = util::BlockingSim;
+
+/// Which store a test's engines keep their state in.
+#[derive(Debug, Clone, Copy)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    /// The state to use, or `None` when this backend is not available.
+    fn state(self) -> Option<State> {
+        match self {
+            Backend::Sqlite => Some(State::Sqlite),
+            Backend::Postgres => util::fresh_postgres_database().map(State::Postgres),
+        }
+    }
+}
+
+/// A test's state: the `--state` file, or a database URL given to every
+/// command in `SKYRULES_STATE_URL` (the `--state` flag is then unused).
+enum State {
+    Sqlite,
+    Postgres(String),
+}
+
+/// Runs each test function once per backend, as `<test>::sqlite` and
+/// `<test>::postgres`.
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[test]
+                fn sqlite() {
+                    super::$name(super::Backend::Sqlite)
+                }
+                #[test]
+                fn postgres() {
+                    super::$name(super::Backend::Postgres)
+                }
+            }
+        )*
+    };
+}
+
+on_both_stores!(
+    sigkill_at_random_points_loses_no_event_and_sends_no_reply_twice,
+    a_human_request_made_while_stopped_is_taken_over_once_after_restart,
+    once_is_remembered_across_restarts,
+    sigterm_mid_run_finishes_in_flight_work_and_exits_0,
+    a_due_timer_survives_a_kill_between_the_actions_of_its_cycle,
+    the_loop_guard_seeded_at_restart_uses_the_servers_clock,
+);
 
 /// A simulator on a real-time clock with a silent bot and no generated
 /// traffic: every message in it is the test's or the engine's.
@@ -142,10 +201,11 @@ struct Workdir {
     dir: Option<tempfile::TempDir>,
     base_url: String,
     runs: usize,
+    state_url: Option<String>,
 }
 
 impl Workdir {
-    fn new(base_url: &str, rules: &[(&str, &str)]) -> Workdir {
+    fn new(state: &State, base_url: &str, rules: &[(&str, &str)]) -> Workdir {
         let dir = tempfile::tempdir().expect("tempdir");
         let rules_dir = dir.path().join("rules");
         fs::create_dir(&rules_dir).expect("rules dir");
@@ -163,6 +223,28 @@ impl Workdir {
             dir: Some(dir),
             base_url: base_url.to_string(),
             runs: 0,
+            state_url: match state {
+                State::Sqlite => None,
+                State::Postgres(url) => Some(url.clone()),
+            },
+        }
+    }
+
+    /// Checks the state went where it should: with PostgreSQL, no SQLite
+    /// file (neither `--state` nor the default `skyrules.db`) was written.
+    fn assert_state_in(&self, state: &State) {
+        let files = [
+            self.state(),
+            self.path().join("state.db.lock"),
+            self.path().join("skyrules.db"),
+        ];
+        match state {
+            State::Sqlite => assert!(self.state().exists(), "no state file"),
+            State::Postgres(_) => {
+                for f in files {
+                    assert!(!f.exists(), "{} was written", f.display());
+                }
+            }
         }
     }
 
@@ -175,7 +257,8 @@ impl Workdir {
     }
 
     /// The binary with `args`, in this directory, with a clean environment
-    /// (no `SKYRULES_*`, no `RUST_LOG`) and the key in `SKYLIGHT_API_KEY`;
+    /// (no `SKYRULES_*` but the state URL, no `RUST_LOG`) and the key in
+    /// `SKYLIGHT_API_KEY`;
     /// stdout and stderr go to `logs/<n>-<tag>.{out,err}`.
     fn command(&mut self, tag: &str, args: &[&str]) -> (Command, PathBuf, PathBuf) {
         self.runs += 1;
@@ -183,6 +266,9 @@ impl Workdir {
         let out = logs.join(format!("{:02}-{tag}.out", self.runs));
         let err = logs.join(format!("{:02}-{tag}.err", self.runs));
         let mut cmd = util::skyrules_command();
+        if let Some(url) = &self.state_url {
+            cmd.env("SKYRULES_STATE_URL", url);
+        }
         cmd.env("SKYLIGHT_API_KEY", KEY)
             .current_dir(self.path())
             .arg("--base-url")
@@ -455,9 +541,11 @@ fn traffic(sim: &Sim, seed: u64, stop: &AtomicBool, mut chats: Vec<String>) -> (
     (sent, held_back)
 }
 
-#[test]
-fn sigkill_at_random_points_loses_no_event_and_sends_no_reply_twice() {
+fn sigkill_at_random_points_loses_no_event_and_sends_no_reply_twice(backend: Backend) {
     let _serial = serial();
+    let Some(state) = backend.state() else {
+        return;
+    };
     let t0 = Instant::now();
     let seed: u64 = std::env::var("DURABILITY_SEED")
         .ok()
@@ -467,6 +555,7 @@ fn sigkill_at_random_points_loses_no_event_and_sends_no_reply_twice() {
     let mut rng = StdRng::seed_from_u64(seed);
     let sim = start_sim();
     let mut wd = Workdir::new(
+        &state,
         &sim.base_url(),
         &[("ack.rhai", ACK_RULE), ("idle.rhai", IDLE_RULE)],
     );
@@ -751,17 +840,21 @@ fn sigkill_at_random_points_loses_no_event_and_sends_no_reply_twice() {
         "crash test done in {elapsed:?} (with audit {:?})",
         t0.elapsed()
     );
+    wd.assert_state_in(&state);
 }
 
 // ---------------------------------------------------------------------------
 // 2: a human request made while the engine was down
 // ---------------------------------------------------------------------------
 
-#[test]
-fn a_human_request_made_while_stopped_is_taken_over_once_after_restart() {
+fn a_human_request_made_while_stopped_is_taken_over_once_after_restart(backend: Backend) {
     let _serial = serial();
+    let Some(state) = backend.state() else {
+        return;
+    };
     let sim = start_sim();
     let mut wd = Workdir::new(
+        &state,
         &sim.base_url(),
         &[(
             "escalate.rhai",
@@ -806,17 +899,21 @@ fn a_human_request_made_while_stopped_is_taken_over_once_after_restart() {
     assert_eq!(field(&entries[0], "action"), "take_over");
     assert_eq!(field(&entries[0], "event"), "human_requested");
     assert_eq!(field(&entries[0], "outcome"), "taken");
+    wd.assert_state_in(&state);
 }
 
 // ---------------------------------------------------------------------------
 // 3: `ev.once` survives restarts (graceful and SIGKILL)
 // ---------------------------------------------------------------------------
 
-#[test]
-fn once_is_remembered_across_restarts() {
+fn once_is_remembered_across_restarts(backend: Backend) {
     let _serial = serial();
+    let Some(state) = backend.state() else {
+        return;
+    };
     let sim = start_sim();
     let mut wd = Workdir::new(
+        &state,
         &sim.base_url(),
         &[
             // Runs first (file-name order) and shows each message was handled.
@@ -865,6 +962,7 @@ fn once_is_remembered_across_restarts() {
     for m in [&m1, &m2, &m3] {
         assert_eq!(count_text(&d, &format!("seen {}", m.id)), 1);
     }
+    wd.assert_state_in(&state);
 }
 
 // ---------------------------------------------------------------------------
@@ -875,7 +973,7 @@ fn once_is_remembered_across_restarts() {
 fn a_second_engine_on_the_same_state_file_exits_1() {
     let _serial = serial();
     let sim = start_sim();
-    let mut wd = Workdir::new(&sim.base_url(), &[("ack.rhai", ACK_RULE)]);
+    let mut wd = Workdir::new(&State::Sqlite, &sim.base_url(), &[("ack.rhai", ACK_RULE)]);
     let mut first = start_engine(&mut wd, &sim);
 
     let mut second = wd.spawn_engine();
@@ -916,7 +1014,7 @@ fn an_empty_state_file_is_initialised_and_a_garbage_one_refused_untouched() {
     let sim = start_sim();
 
     // A zero-byte file (e.g. `touch skyrules.db`) becomes a working state file.
-    let mut wd = Workdir::new(&sim.base_url(), &[("ack.rhai", ACK_RULE)]);
+    let mut wd = Workdir::new(&State::Sqlite, &sim.base_url(), &[("ack.rhai", ACK_RULE)]);
     File::create(wd.state()).expect("empty state file");
     let mut engine = start_engine(&mut wd, &sim);
     let id = sim.create(json!({}));
@@ -938,7 +1036,7 @@ fn an_empty_state_file_is_initialised_and_a_garbage_one_refused_untouched() {
 
     // Not SQLite at all: exit 1, one line saying to move it aside, and the
     // file exactly as it was.
-    let mut wd = Workdir::new(&sim.base_url(), &[("ack.rhai", ACK_RULE)]);
+    let mut wd = Workdir::new(&State::Sqlite, &sim.base_url(), &[("ack.rhai", ACK_RULE)]);
     let garbage: Vec<u8> = b"these are someone's notes, not a database\n"
         .iter()
         .copied()
@@ -971,11 +1069,13 @@ fn an_empty_state_file_is_initialised_and_a_garbage_one_refused_untouched() {
 // 6: SIGTERM while an action is in flight
 // ---------------------------------------------------------------------------
 
-#[test]
-fn sigterm_mid_run_finishes_in_flight_work_and_exits_0() {
+fn sigterm_mid_run_finishes_in_flight_work_and_exits_0(backend: Backend) {
     let _serial = serial();
+    let Some(state) = backend.state() else {
+        return;
+    };
     let sim = start_sim();
-    let mut wd = Workdir::new(&sim.base_url(), &[("ack.rhai", ACK_RULE)]);
+    let mut wd = Workdir::new(&state, &sim.base_url(), &[("ack.rhai", ACK_RULE)]);
     let mut engine = start_engine(&mut wd, &sim);
     let id = sim.create(json!({ "visitor_name": "Kai" }));
     // The reply is stored at once but answered 1.5 s later: SIGTERM lands
@@ -1012,6 +1112,7 @@ fn sigterm_mid_run_finishes_in_flight_work_and_exits_0() {
     engine.stop();
     assert_eq!(count_text(&sim.detail(&id), &ack), 1);
     assert_eq!(audit(&mut wd, &[]).len(), 1);
+    wd.assert_state_in(&state);
 }
 
 // ---------------------------------------------------------------------------
@@ -1024,11 +1125,14 @@ fn sigterm_mid_run_finishes_in_flight_work_and_exits_0() {
 /// the newest message), so the timer event is never delivered. Without the
 /// kill, both replies go out. SPEC §2: "no event is fired twice and none is
 /// lost".
-#[test]
-fn a_due_timer_survives_a_kill_between_the_actions_of_its_cycle() {
+fn a_due_timer_survives_a_kill_between_the_actions_of_its_cycle(backend: Backend) {
     let _serial = serial();
+    let Some(state) = backend.state() else {
+        return;
+    };
     let sim = start_sim();
     let mut wd = Workdir::new(
+        &state,
         &sim.base_url(),
         &[
             ("ack.rhai", ACK_RULE),
@@ -1078,6 +1182,7 @@ fn a_due_timer_survives_a_kill_between_the_actions_of_its_cycle() {
     );
     assert_eq!(count_text(&d, "nudge"), 1);
     assert_eq!(count_text(&d, &ack), 1);
+    wd.assert_state_in(&state);
 }
 
 /// The loop guard is seeded at start from the audit log, before any
@@ -1085,11 +1190,13 @@ fn a_due_timer_survives_a_kill_between_the_actions_of_its_cycle() {
 /// of this machine's, replies from well outside the window count as just
 /// sent and cap new replies after a restart (and with it behind, recent
 /// replies would not count at all).
-#[test]
-fn the_loop_guard_seeded_at_restart_uses_the_servers_clock() {
+fn the_loop_guard_seeded_at_restart_uses_the_servers_clock(backend: Backend) {
     let _serial = serial();
+    let Some(state) = backend.state() else {
+        return;
+    };
     let sim = start_sim();
-    let mut wd = Workdir::new(&sim.base_url(), &[("ack.rhai", ACK_RULE)]);
+    let mut wd = Workdir::new(&state, &sim.base_url(), &[("ack.rhai", ACK_RULE)]);
     fs::write(
         wd.path().join("skyrules.toml"),
         "[guard]\nmax_replies = 5\nwindow = \"10m\"\n",
@@ -1120,4 +1227,5 @@ fn the_loop_guard_seeded_at_restart_uses_the_servers_clock() {
     engine.stop();
     let last = audit(&mut wd, &[]).pop();
     assert!(acked, "capped by replies 15 minutes old: {last:#?}");
+    wd.assert_state_in(&state);
 }

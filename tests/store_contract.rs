@@ -1081,3 +1081,57 @@ fn state_copy_moves_every_workspace_into_postgres_once() {
     assert!(stderr.contains("nothing was copied"), "{stderr}");
     assert_eq!(pg.audit(&AuditFilter::default()).unwrap().len(), before);
 }
+
+#[test]
+fn connections_are_encrypted_unless_sslmode_disable() {
+    let Some(url) = util::fresh_postgres_database() else {
+        return;
+    };
+    let server_ssl = pg_rows(&url, "SHOW ssl")[0].get::<_, String>(0) == "on";
+    let db = url.rsplit('/').next().unwrap().split('?').next().unwrap();
+    let rt = pg_runtime();
+    for (mode, encrypted) in [
+        ("prefer", server_ssl),
+        ("require", true),
+        ("disable", false),
+    ] {
+        let with_mode = format!(
+            "{url}{}sslmode={mode}",
+            if url.contains('?') { '&' } else { '?' }
+        );
+        let store = match rt.block_on(PgStore::connect(&with_mode)) {
+            Ok(s) => s,
+            Err(e) => {
+                assert!(mode == "require" && !server_ssl, "sslmode={mode}: {e}");
+                continue;
+            }
+        };
+        store.load().unwrap();
+        let ssl: Vec<bool> = pg_rows(
+            &url,
+            &format!(
+                "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+                 WHERE a.datname = '{db}' AND a.application_name = 'skyrules'"
+            ),
+        )
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+        assert!(!ssl.is_empty(), "sslmode={mode}: no connection seen");
+        assert!(
+            ssl.iter().all(|s| *s == encrypted),
+            "sslmode={mode}: {ssl:?}"
+        );
+        drop(store);
+        // The next mode's connections are the only ones left.
+        assert!(util::wait_until(Duration::from_secs(10), || {
+            pg_rows(
+            &url,
+            &format!(
+                "SELECT 1 FROM pg_stat_activity WHERE datname = '{db}' AND application_name = 'skyrules'"
+            )
+        )
+        .is_empty()
+        }));
+    }
+}

@@ -1,13 +1,15 @@
 //! The engine's one way into the state store: every call runs on tokio's
-//! blocking pool (SQLite reads files and waits for fsync), and a call whose
-//! task died comes back as a store error like any other, never a panic.
+//! blocking pool (SQLite reads files and waits for fsync; PostgreSQL waits
+//! on the network), and a call whose task died comes back as a store error
+//! like any other, never a panic.
 //!
 //! Why the store stays a blocking trait behind this wrapper rather than
 //! becoming async: the SQLite and in-memory stores are synchronous, and the
-//! command line (`audit`, `sla`) and the tests use them synchronously. A
-//! networked store with an async driver (PostgreSQL through tokio-postgres)
-//! plugs in here: its calls are awaited directly instead of being sent to
-//! the blocking pool, and nothing else in the engine changes.
+//! command line (`audit`, `sla`) and the tests use them synchronously. The
+//! PostgreSQL store fits the same trait: its async driver runs each call
+//! with `Handle::block_on` on the runtime it was connected on, which is
+//! allowed here because every call comes from a blocking-pool thread, never
+//! from an async task (there it would panic).
 
 use std::sync::Arc;
 use std::time::Instant;

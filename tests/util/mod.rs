@@ -1,5 +1,6 @@
 //! Helpers shared by the integration tests: a quiet simulator, seeding,
-//! request-log counting and an address nobody listens on.
+//! request-log counting, an address nobody listens on, and a fresh
+//! PostgreSQL database per test.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -185,10 +186,12 @@ pub fn postgres_url() -> Option<String> {
         panic!("{POSTGRES_URL_VAR} is not set: CI must provide a PostgreSQL server (.ci/run starts one)");
     }
     static SAID: std::sync::Once = std::sync::Once::new();
+    // Straight to stderr: the test harness would capture an eprintln!.
     SAID.call_once(|| {
-        eprintln!(
+        let _ = writeln!(
+            std::io::stderr(),
             "postgres tests skipped: set {POSTGRES_URL_VAR}=postgres://user:password@localhost/dbname to run them"
-        )
+        );
     });
     None
 }
