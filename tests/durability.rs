@@ -899,7 +899,21 @@ fn a_human_request_made_while_stopped_is_taken_over_once_after_restart(backend: 
     assert_eq!(field(&entries[0], "action"), "take_over");
     assert_eq!(field(&entries[0], "event"), "human_requested");
     assert_eq!(field(&entries[0], "outcome"), "taken");
+    // The SLA report reads the same state: the one chat, and its wait for
+    // a human (requested while stopped, taken over after the restart).
+    let sla = sla_report(&mut wd);
+    assert_eq!(sla["sessions"], 1, "{sla}");
+    assert_eq!(sla["human_wait"]["count"], 1, "{sla}");
     wd.assert_state_in(&state);
+}
+
+/// `skyrules sla --json` over the work directory's state.
+fn sla_report(wd: &mut Workdir) -> Value {
+    let state = wd.state().display().to_string();
+    let out = wd.run_cli("sla", &["sla", "--state", &state, "--json"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("sla --json is not JSON ({e}): {out:?}"))
 }
 
 // ---------------------------------------------------------------------------

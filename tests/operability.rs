@@ -616,6 +616,14 @@ async fn metrics_count_events_actions_and_errors_exactly() {
     assert_eq!(d(events, &[("kind", "session_started")]), 1.0);
     assert_eq!(d(events, &[("kind", "agent_message")]), 3.0);
     assert_eq!(ds(events, &[]), 7.0, "no other event");
+    // Every engine metric names its workspace (`default`: no tables).
+    assert_eq!(
+        d(
+            events,
+            &[("workspace", "default"), ("kind", "visitor_message")]
+        ),
+        3.0
+    );
 
     // Handler runs and failures, by rule.
     assert_eq!(
@@ -1467,11 +1475,19 @@ mod expo {
     }
 
     impl Exposition {
-        /// The sample with exactly these labels.
+        /// The sample with exactly these labels, besides `workspace` when
+        /// they do not name one (every engine metric has it; these tests
+        /// run one workspace).
         pub fn find(&self, name: &str, labels: &[(&str, &str)]) -> Option<&Sample> {
+            let named = labels.iter().any(|(k, _)| *k == "workspace");
             self.samples.iter().find(|s| {
+                let own = s
+                    .labels
+                    .keys()
+                    .filter(|k| named || k.as_str() != "workspace")
+                    .count();
                 s.name == name
-                    && s.labels.len() == labels.len()
+                    && own == labels.len()
                     && labels
                         .iter()
                         .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
