@@ -15,7 +15,8 @@
 //! without `SKYRULES_TEST_POSTGRES_URL`, required in CI), as
 //! `<test>::sqlite` and `<test>::postgres`; the PostgreSQL runs also check
 //! that no SQLite file was written. The lock-file, empty-file and
-//! garbage-file tests are SQLite's alone.
+//! garbage-file tests are SQLite's alone; the database outage test (a
+//! relay to the server cut and restored) is PostgreSQL's.
 //!
 //! The crash test's seed can be replayed with `DURABILITY_SEED=<n>`.
 //!
@@ -282,22 +283,26 @@ impl Workdir {
 
     /// Starts `skyrules run` on this directory's rules and state.
     fn spawn_engine(&mut self) -> Engine {
+        self.spawn_engine_with(&[])
+    }
+
+    /// Like [`Workdir::spawn_engine`], with more flags of `run`.
+    fn spawn_engine_with(&mut self, extra: &[&str]) -> Engine {
         let rules = self.path().join("rules").display().to_string();
         let state = self.state().display().to_string();
-        let (mut cmd, _, err) = self.command(
+        let mut args = vec![
+            "--log-level",
+            "skyrules=debug",
             "run",
-            &[
-                "--log-level",
-                "skyrules=debug",
-                "run",
-                "--rules",
-                &rules,
-                "--state",
-                &state,
-                "--poll-interval",
-                POLL,
-            ],
-        );
+            "--rules",
+            &rules,
+            "--state",
+            &state,
+            "--poll-interval",
+            POLL,
+        ];
+        args.extend_from_slice(extra);
+        let (mut cmd, _, err) = self.command("run", &args);
         let child = cmd.spawn().expect("spawn skyrules run");
         Engine { child, err }
     }
@@ -1241,5 +1246,169 @@ fn the_loop_guard_seeded_at_restart_uses_the_servers_clock(backend: Backend) {
     engine.stop();
     let last = audit(&mut wd, &[]).pop();
     assert!(acked, "capped by replies 15 minutes old: {last:#?}");
+    wd.assert_state_in(&state);
+}
+
+// ---------------------------------------------------------------------------
+// 8: the state database goes away and comes back (PostgreSQL only)
+// ---------------------------------------------------------------------------
+
+/// A TCP relay to the tests' PostgreSQL server that can be cut (every
+/// connection dropped, new ones refused) and restored: the database
+/// going away, as a restart or a network failure makes it, without
+/// touching the server other tests use.
+struct CuttableProxy {
+    url: String,
+    cut: std::sync::Arc<AtomicBool>,
+    open: std::sync::Arc<Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl CuttableProxy {
+    fn start(url: &str) -> CuttableProxy {
+        use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+        let (scheme, rest) = url.split_once("://").expect("a postgres:// URL");
+        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let (user, host) = authority.rsplit_once('@').unwrap_or(("", authority));
+        let host = if host.contains(':') {
+            host.to_string()
+        } else {
+            format!("{host}:5432")
+        };
+        let target = host
+            .to_socket_addrs()
+            .expect("resolve the PostgreSQL host")
+            .next()
+            .expect("an address");
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
+        let port = listener.local_addr().expect("proxy address").port();
+        let cut = std::sync::Arc::new(AtomicBool::new(false));
+        let open = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let (c, o) = (cut.clone(), open.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if c.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(target) else {
+                    continue;
+                };
+                let pipe = |from: &TcpStream, to: &TcpStream| {
+                    let (mut from, mut to) = (
+                        from.try_clone().expect("clone"),
+                        to.try_clone().expect("clone"),
+                    );
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                };
+                pipe(&client, &server);
+                pipe(&server, &client);
+                let mut held = o.lock().unwrap_or_else(|p| p.into_inner());
+                held.push(client);
+                held.push(server);
+            }
+        });
+        let at = if user.is_empty() {
+            String::new()
+        } else {
+            format!("{user}@")
+        };
+        CuttableProxy {
+            url: format!("{scheme}://{at}127.0.0.1:{port}/{path}"),
+            cut,
+            open,
+        }
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        for s in self
+            .open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn restore(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn a_database_outage_is_reported_and_no_reply_is_lost_or_sent_twice() {
+    let _serial = serial();
+    let Some(url) = util::fresh_postgres_database() else {
+        return;
+    };
+    let proxy = CuttableProxy::start(&url);
+    let sim = start_sim();
+    let state = State::Postgres(proxy.url.clone());
+    let mut wd = Workdir::new(
+        &state,
+        &sim.base_url(),
+        &[(
+            "echo.rhai",
+            r#"on("visitor_message", |ev| { ev.reply("got it: " + ev.message.text); });"#,
+        )],
+    );
+    let listen = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("address").to_string()
+    };
+    let before = sim.list_polls();
+    let mut engine = wd.spawn_engine_with(&["--listen", &listen]);
+    engine.wait_polls(&sim, before, 3);
+    let id = sim.create(json!({ "visitor_name": "Olga" }));
+    let replied = |text: &str| count_text(&sim.detail(&id), &format!("got it: {text}"));
+    sim.say(&id, "one");
+    wait_for("the first reply", WAIT_LIMIT, || replied("one") == 1);
+    let readyz = || util::http_get(&listen, "/readyz").unwrap_or((0, String::new()));
+
+    proxy.cut();
+    sim.say(&id, "two");
+    wait_for("/readyz to report the state store", WAIT_LIMIT, || {
+        engine.assert_running();
+        let (status, why) = readyz();
+        status == 503 && why.contains("state store")
+    });
+    let before = sim.list_polls();
+    engine.wait_polls(&sim, before, 2);
+    assert_eq!(
+        replied("two"),
+        0,
+        "no action is taken while its intent cannot be written"
+    );
+
+    proxy.restore();
+    wait_for("the reply held back by the outage", WAIT_LIMIT, || {
+        engine.assert_running();
+        replied("two") == 1
+    });
+    wait_for("/readyz to recover", WAIT_LIMIT, || readyz().0 == 200);
+    sim.say(&id, "three");
+    wait_for("a reply after the outage", WAIT_LIMIT, || {
+        replied("three") == 1
+    });
+    let before = sim.list_polls();
+    engine.wait_polls(&sim, before, 3);
+    let stderr = engine.stop();
+    assert!(
+        stderr.contains("state store works again"),
+        "the recovery is logged: {stderr}"
+    );
+    for text in ["one", "two", "three"] {
+        assert_eq!(replied(text), 1, "one reply to {text:?}");
+    }
+    let entries = audit(&mut wd, &[]);
+    assert_eq!(entries.len(), 3, "{entries:#?}");
+    assert!(
+        entries.iter().all(|e| field(e, "outcome") == "taken"),
+        "{entries:#?}"
+    );
     wd.assert_state_in(&state);
 }
