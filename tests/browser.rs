@@ -23,7 +23,8 @@ const TRAFFIC_WAIT: Duration = Duration::from_secs(120);
 /// Longest a Chromium run or the demo's exit may take.
 const PROCESS_WAIT: Duration = Duration::from_secs(90);
 
-fn chromium() -> Option<PathBuf> {
+/// Chromium's path, if installed (`CHROMIUM` beats the usual places).
+pub(crate) fn chromium() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("CHROMIUM") {
         let p = PathBuf::from(p);
         return p.is_file().then_some(p);
@@ -156,7 +157,7 @@ fn wait_exit(child: &mut Child, limit: Duration) -> Option<std::process::ExitSta
 }
 
 /// Runs Chromium headless on `url` with `extra` flags; its stdout.
-fn run_chromium(chromium: &Path, profile: &Path, extra: &[String], url: &str) -> String {
+pub(crate) fn run_chromium(chromium: &Path, profile: &Path, extra: &[String], url: &str) -> String {
     let out = profile.with_extension("out");
     let err = profile.with_extension("err");
     let mut child = Command::new(chromium)

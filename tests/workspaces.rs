@@ -214,6 +214,35 @@ fn each_chat_is_handled_by_its_own_workspace_and_a_refused_key_stops_neither() {
         .filter_map(|w| w["workspace"].as_str())
         .collect();
     assert_eq!(names, ["acme", "globex", "initech"]);
+    // The page people read, rendered by a real browser: a section per
+    // workspace, the chats under their own.
+    match crate::browser::chromium() {
+        None => eprintln!("chromium not found: the status page was not rendered (CI installs it)"),
+        Some(chromium) => {
+            let profile = dir.path().join("profile");
+            let dom = crate::browser::run_chromium(
+                &chromium,
+                &profile,
+                &["--dump-dom".to_string()],
+                &format!("http://{listen}/"),
+            );
+            let at = |needle: &str| {
+                dom.find(needle)
+                    .unwrap_or_else(|| panic!("{needle:?} is not on the page: {dom}"))
+            };
+            let (a, g, i) = (
+                at("Workspace acme"),
+                at("Workspace globex"),
+                at("Workspace initech"),
+            );
+            assert!(a < at("Ada Acme") && at("Ada Acme") < g, "Ada under acme");
+            assert!(
+                g < at("Gil Globex") && at("Gil Globex") < i,
+                "Gil under globex"
+            );
+            assert!(dom[i..].contains("not ready"), "initech shown not ready");
+        }
+    }
 
     // `sessions list` reads one account, named when there are several.
     let list = |args: &[&str]| {
