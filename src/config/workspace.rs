@@ -339,6 +339,16 @@ window = "1m"
 "#;
 
     #[test]
+    fn the_shipped_workspaces_example_loads() {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/workspaces.toml");
+        let c = Config::load(Some(&p), &Overrides::default()).unwrap();
+        assert_eq!(c.workspace_names(), ["acme", "globex"]);
+        let globex = c.workspace(Some("globex")).unwrap();
+        assert_eq!(globex.guard.max_replies, 3);
+        assert_eq!(globex.engine.poll_interval, Duration::from_secs(2));
+    }
+
+    #[test]
     fn a_config_without_workspaces_is_one_named_default() {
         let c = parse("[engine]\nrules_dir = \"r\"\n").unwrap();
         let all = c.workspaces();
