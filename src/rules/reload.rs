@@ -226,9 +226,7 @@ type Watcher = notify_debouncer_full::Debouncer<
 fn start_watcher(dir: &Path, tx: tokio::sync::mpsc::UnboundedSender<()>) -> Option<Watcher> {
     let handler = move |res: notify_debouncer_full::DebounceEventResult| match res {
         Ok(events) => {
-            let relevant = events
-                .iter()
-                .any(|e| e.paths.iter().any(|p| is_rule_file(p)));
+            let relevant = events.iter().any(|e| changes_a_rule(e));
             if relevant {
                 let _ = tx.send(());
             }
@@ -254,8 +252,43 @@ fn start_watcher(dir: &Path, tx: tokio::sync::mpsc::UnboundedSender<()>) -> Opti
     Some(debouncer)
 }
 
+/// Whether a watcher event may have changed a rule file. Reading one is an
+/// event too (inotify's open and close): counted, every rescan would cause
+/// the next, and engines sharing a directory (workspaces with one rules
+/// directory) would wake each other for ever — 90% of their CPU in the
+/// many-workspace benchmark.
+fn changes_a_rule(e: &notify::Event) -> bool {
+    !matches!(e.kind, notify::EventKind::Access(_)) && e.paths.iter().any(|p| is_rule_file(p))
+}
+
 fn hash(s: &str) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     s.hash(&mut h);
     h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::changes_a_rule;
+    use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind};
+    use notify::{Event, EventKind};
+
+    fn event(kind: EventKind, path: &str) -> Event {
+        Event::new(kind).add_path(path.into())
+    }
+
+    #[test]
+    fn reading_a_rule_is_not_a_change_but_writing_one_is() {
+        let read = EventKind::Access(AccessKind::Close(AccessMode::Read));
+        let opened = EventKind::Access(AccessKind::Open(AccessMode::Any));
+        assert!(!changes_a_rule(&event(read, "/r/a.rhai")));
+        assert!(!changes_a_rule(&event(opened, "/r/a.rhai")));
+        let written = EventKind::Modify(ModifyKind::Any);
+        assert!(changes_a_rule(&event(written, "/r/a.rhai")));
+        assert!(changes_a_rule(&event(
+            EventKind::Create(CreateKind::File),
+            "/r/b.rhai"
+        )));
+        assert!(!changes_a_rule(&event(written, "/r/notes.txt")));
+    }
 }

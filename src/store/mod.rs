@@ -55,7 +55,7 @@ pub use sqlite::SqliteStore;
 
 /// The workspace of a single-workspace configuration, and of every row an
 /// older (version 2) SQLite file held.
-pub(crate) const DEFAULT_WORKSPACE: &str = "default";
+pub(crate) use crate::config::DEFAULT_WORKSPACE;
 
 /// A state-store failure; the message says what to do.
 #[derive(Debug, thiserror::Error)]
