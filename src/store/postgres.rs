@@ -116,6 +116,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const POOL_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest one store call may take before it counts as unreachable.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Sessions in a commit past which its connection is closed afterwards
+/// rather than pooled: 9.1 → 4.3 KiB resident per tracked chat at 10
+/// workspaces × 1,000 chats (BENCHMARKS.md, "Many workspaces").
+const LARGE_COMMIT: usize = 200;
 /// Connections kept: one per workspace busy at once is plenty.
 const POOL_SIZE: usize = 16;
 
@@ -469,11 +473,19 @@ impl Store for PgStore {
 
     fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
         let rows = self.rows_of(batch)?;
+        let large = batch.sessions.len() + batch.ended.len() > LARGE_COMMIT;
         self.call(async {
             let mut client = self.client().await?;
             let tx = client.transaction().await.map_err(|e| self.pg(e))?;
             self.write_in(&tx, &rows).await.map_err(|e| self.pg(e))?;
-            tx.commit().await.map_err(|e| self.pg(e))
+            tx.commit().await.map_err(|e| self.pg(e))?;
+            if large {
+                // The connection's buffers keep the size of the largest
+                // message it sent (a baseline's thousand sessions, some
+                // MiB) for as long as it lives: closed, not pooled.
+                drop(deadpool_postgres::Object::take(client));
+            }
+            Ok(())
         })
     }
 

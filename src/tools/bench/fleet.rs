@@ -51,8 +51,11 @@ pub struct FleetReport {
     pub state_commits_per_workspace_cycle: f64,
     /// Latency of the store's cycle commits.
     pub commit_ms: Millis,
-    /// Resident memory of the process after the baselines, minus before
-    /// the engines started, per tracked chat, KiB.
+    /// Resident memory one workspace's engine takes before it tracks a
+    /// chat (rules, client, channels), MiB.
+    pub rss_per_workspace_mib: f64,
+    /// Resident memory after every workspace's baseline, minus with the
+    /// engines built and no chat tracked, per tracked chat, KiB.
     pub rss_per_chat_kib: f64,
     /// Resident memory at the end, MiB.
     pub rss_mib: f64,
@@ -175,7 +178,7 @@ pub async fn run(opts: BenchOptions, workspaces: usize) -> anyhow::Result<FleetR
     let me = std::process::id().to_string();
     let rss_before = memory_mib(&me, "VmRSS:");
     let mut notes = Vec::new();
-    let mut tasks = Vec::new();
+    let mut engines = Vec::new();
     for (w, sim) in sims.iter().enumerate() {
         let name = format!("bench-{run_id}-{w}");
         let mut config = ClientConfig::new(sim.base.clone(), ApiKey::new(BENCH_KEY));
@@ -198,12 +201,19 @@ pub async fn run(opts: BenchOptions, workspaces: usize) -> anyhow::Result<FleetR
         .await?;
         engine.keep_trying_when_refused();
         notes.push(engine.subscribe());
-        tasks.push(tokio::spawn(engine.run(stop.clone())));
+        engines.push(engine);
     }
-    // Every workspace's baseline first.
+    let rss_engines = memory_mib(&me, "VmRSS:");
+    let tasks: Vec<_> = engines
+        .into_iter()
+        .map(|e| tokio::spawn(e.run(stop.clone())))
+        .collect();
+    // Every workspace's baseline first, and the memory they freed given
+    // back (jemalloc returns freed pages after a second).
     for rx in &mut notes {
         first_cycle(rx).await?;
     }
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_after_baseline = memory_mib(&me, "VmRSS:");
     if let Ok(mut c) = commits.lock() {
         c.clear();
@@ -243,6 +253,8 @@ pub async fn run(opts: BenchOptions, workspaces: usize) -> anyhow::Result<FleetR
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     traffic_stop.cancel();
+    // Human requests of the last interval are answered by the next poll.
+    tokio::time::sleep(opts.poll_interval * 2).await;
     let mut asked = 0;
     for t in traffic {
         asked += t.await.map(|t| t.asked.len()).unwrap_or(0);
@@ -291,7 +303,8 @@ pub async fn run(opts: BenchOptions, workspaces: usize) -> anyhow::Result<FleetR
         worst_workspace_p99_ms: worst,
         state_commits_per_workspace_cycle: state_commits as f64 / cycles.max(1) as f64,
         commit_ms,
-        rss_per_chat_kib: (rss_after_baseline - rss_before).max(0.0) * 1024.0 / chats,
+        rss_per_workspace_mib: (rss_engines - rss_before).max(0.0) / workspaces.max(1) as f64,
+        rss_per_chat_kib: (rss_after_baseline - rss_engines).max(0.0) * 1024.0 / chats,
         rss_mib: rss,
         cpu_ms_per_workspace_cycle: cpu * 1000.0 / cycles.max(1) as f64,
         human_requests: asked,
@@ -322,6 +335,7 @@ pub fn render(r: &FleetReport) -> String {
          state commits per ws-cycle  {commits:.2}   (target ≤ 1: {m2})\n\
          store commit p50 / p99      {c50:.2} / {c99:.2} ms\n\
          resident per tracked chat   {kib:.2} KiB   (target ≤ 6 KiB: {m3})\n\
+         resident per workspace      {wmib:.2} MiB before its first chat\n\
          resident at the end         {rss:.1} MiB\n\
          CPU per workspace-cycle     {cpu:.2} ms\n\
          human requests / take-overs {asked} / {t}\n",
@@ -341,6 +355,7 @@ pub fn render(r: &FleetReport) -> String {
         c50 = r.commit_ms.p50,
         c99 = r.commit_ms.p99,
         kib = r.rss_per_chat_kib,
+        wmib = r.rss_per_workspace_mib,
         m3 = mark(per_chat_ok),
         rss = r.rss_mib,
         cpu = r.cpu_ms_per_workspace_cycle,
