@@ -279,3 +279,48 @@ fn each_chat_is_handled_by_its_own_workspace_and_a_refused_key_stops_neither() {
     );
     drop(engine);
 }
+
+#[test]
+fn check_without_a_workspace_checks_every_workspaces_rules() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (name, source) in [
+        ("acme", rule("Acme")),
+        (
+            "globex",
+            "on(\"human_requested\", |ev| { ev.take_over( });\n".to_string(),
+        ),
+    ] {
+        let rules = dir.path().join("rules").join(name);
+        fs::create_dir_all(&rules).expect("rules dir");
+        fs::write(rules.join("escalate.rhai"), source).expect("rule");
+    }
+    fs::write(
+        dir.path().join("skyrules.toml"),
+        "[workspaces.acme]\napi_key_env = \"A\"\nrules_dir = \"rules/acme\"\n\
+         [workspaces.globex]\napi_key_env = \"G\"\nrules_dir = \"rules/globex\"\n",
+    )
+    .expect("config");
+    let check = |args: &[&str]| {
+        util::skyrules_command()
+            .current_dir(dir.path())
+            .arg("check")
+            .args(args)
+            .output()
+            .expect("run skyrules check")
+    };
+    let all = check(&[]);
+    let out = String::from_utf8_lossy(&all.stdout);
+    assert_eq!(all.status.code(), Some(1), "globex's rule is broken: {out}");
+    assert!(
+        out.contains("rules/acme") && out.contains("rules/globex"),
+        "{out}"
+    );
+    assert!(String::from_utf8_lossy(&all.stderr).contains("escalate.rhai"));
+    let acme = check(&["--workspace", "acme"]);
+    assert_eq!(
+        acme.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&acme.stdout)
+    );
+}

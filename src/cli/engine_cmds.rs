@@ -228,23 +228,51 @@ fn ensure_rules_dir(dir: &Path) -> Result<(), UserError> {
     }
 }
 
-/// Loads every rule and prints each error with its source line and a caret.
+/// Loads every rule and prints each error with its source line and a caret:
+/// the rules of `dir`, of the workspace named, or of every workspace.
 pub async fn check(
     config: Config,
     workspace: Option<&str>,
     a: CheckArgs,
 ) -> anyhow::Result<ExitCode> {
-    let dir = match a.dir {
-        Some(d) => d,
-        None => config.workspace(workspace)?.engine.rules_dir,
+    // Without a directory or a workspace named, every workspace's rules.
+    let dirs: Vec<(PathBuf, usize)> = match (a.dir, workspace) {
+        (Some(d), _) => vec![(d, config.engine.max_rule_memory as usize)],
+        (None, Some(_)) => {
+            let ws = config.workspace(workspace)?;
+            vec![(ws.engine.rules_dir, ws.engine.max_rule_memory as usize)]
+        }
+        (None, None) => {
+            let mut dirs: Vec<(PathBuf, usize)> = Vec::new();
+            for ws in config.workspaces() {
+                if !dirs.iter().any(|(d, _)| *d == ws.engine.rules_dir) {
+                    dirs.push((ws.engine.rules_dir, ws.engine.max_rule_memory as usize));
+                }
+            }
+            dirs
+        }
     };
-    ensure_rules_dir(&dir)?;
-    let files = crate::rules::rule_files(&dir).map_err(|e| UserError(e.to_string()))?;
+    let mut failed = false;
+    for (dir, max_rule_memory) in dirs {
+        failed |= !check_dir(&config, &dir, max_rule_memory).await?;
+    }
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Checks one rules directory and prints what it found; whether every
+/// rule loaded.
+async fn check_dir(config: &Config, dir: &Path, max_rule_memory: usize) -> anyhow::Result<bool> {
+    ensure_rules_dir(dir)?;
+    let files = crate::rules::rule_files(dir).map_err(|e| UserError(e.to_string()))?;
     let world = World {
         calendars: config.calendars()?,
         channels: config.notify.keys().cloned().collect(),
         notifier: None,
-        max_rule_memory: config.engine.max_rule_memory as usize,
+        max_rule_memory,
     };
     let result = tokio::task::spawn_blocking(move || {
         let runtime = Runtime::with_world(world);
@@ -278,11 +306,7 @@ pub async fn check(
         warnings.len(),
         dir.display()
     );
-    Ok(if errors.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(errors.is_empty())
 }
 
 /// Loads the config for an engine command.
