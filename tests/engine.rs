@@ -1583,6 +1583,10 @@ struct Watched {
     lose_commits: AtomicBool,
     /// Commits fail, as on a full disk.
     fail_commits: AtomicBool,
+    /// Intents fail (and are counted), as when the database drops between
+    /// a session's memory read and its first action.
+    fail_intents: AtomicBool,
+    failed_intents: AtomicUsize,
 }
 
 impl Watched {
@@ -1629,6 +1633,13 @@ impl Store for Watched {
         intent: &store::Intent,
         journal: Option<&store::Batch>,
     ) -> Result<store::Begin, StoreError> {
+        if self.fail_intents.load(SeqCst) {
+            self.failed_intents.fetch_add(1, SeqCst);
+            return Err(StoreError::Unavailable {
+                location: "postgres://test@db/state".into(),
+                message: "connection closed".into(),
+            });
+        }
         self.intents.fetch_add(1, SeqCst);
         if journal.is_some() {
             self.journaled.fetch_add(1, SeqCst);
@@ -1915,4 +1926,72 @@ async fn a_failed_commit_is_kept_and_written_with_the_next() {
     sim.visitor_message("a", "third").expect("message");
     one_cycle(&second, &mut watcher).await;
     assert_eq!(welcomes(), 1, "still one welcome after the restart");
+}
+
+/// An intent that cannot be written (the database gone between a chat's
+/// memory read and its action) takes no action and loses no event: the
+/// chat's events wait in the journal and are handled, once, as soon as the
+/// store works again, by the running engine (no restart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_intent_that_cannot_be_written_is_taken_once_when_the_store_is_back() {
+    let sim = live_sim().await;
+    let rules = tempfile::tempdir().expect("tempdir");
+    write_rule(
+        rules.path(),
+        "echo.rhai",
+        r#"on("visitor_message", |ev| { ev.reply("got it: " + ev.message.text); });"#,
+    );
+    let store = Arc::new(Watched::default());
+    let engine = engine_on(&sim, store.clone(), rules.path()).await;
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(engine.run(stop.clone()));
+    let lists = || {
+        sim.requests()
+            .iter()
+            .filter(|r| r.method == "GET" && r.path.ends_with("/web-chat/sessions"))
+            .count()
+    };
+    eventually("the baseline", || lists() >= 3).await;
+    sim.create_session(json!({"session_id": "o"}))
+        .expect("create");
+    let replies = |text: &str| {
+        texts(&sim, "o", SenderType::Agent)
+            .iter()
+            .filter(|t| *t == &format!("got it: {text}"))
+            .count()
+    };
+    sim.visitor_message("o", "one").expect("message");
+    eventually("the first reply", || replies("one") == 1).await;
+
+    store.fail_intents.store(true, SeqCst);
+    sim.visitor_message("o", "two").expect("message");
+    eventually("an intent that fails", || {
+        store.failed_intents.load(SeqCst) >= 1
+    })
+    .await;
+    let polls = lists();
+    eventually("two more polls", || lists() >= polls + 2).await;
+    assert_eq!(replies("two"), 0, "no action without its intent");
+
+    store.fail_intents.store(false, SeqCst);
+    eventually("the reply that waited", || replies("two") == 1).await;
+    sim.visitor_message("o", "three").expect("message");
+    eventually("the next reply", || replies("three") == 1).await;
+    let polls = lists();
+    eventually("three more polls", || lists() >= polls + 3).await;
+    stop.cancel();
+    task.await.expect("engine task").expect("engine ran");
+    for text in ["one", "two", "three"] {
+        assert_eq!(replies(text), 1, "one reply to {text:?}");
+    }
+}
+
+/// Waits (without blocking a worker) until `cond` holds; fails the test
+/// naming `what` after 30 s.
+async fn eventually(what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
 }

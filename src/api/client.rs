@@ -339,7 +339,7 @@ impl Client {
     }
 
     /// The workspace this client speaks for.
-    pub fn workspace(&self) -> &Arc<str> {
+    pub(crate) fn workspace(&self) -> &Arc<str> {
         &self.workspace
     }
 

@@ -35,8 +35,8 @@ pub(crate) struct BenchArgs {
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// SkyLight accounts, each its own simulator with --sessions chats, run
-    /// by one process on one state (PostgreSQL when SKYRULES_STATE_URL is
-    /// set, else SQLite)
+    /// by one process on one state (PostgreSQL when SKYRULES_BENCH_STATE_URL
+    /// names a database to spare, else SQLite)
     #[arg(long, default_value_t = 1)]
     workspaces: usize,
     /// Also write the results as JSON to FILE

@@ -86,7 +86,8 @@ pub async fn run(config: Config, only: Option<&str>) -> anyhow::Result<ExitCode>
     // Every secret and setting is checked before the state is touched.
     let mut clients = Vec::new();
     for ws in &workspaces {
-        ensure_rules_dir(&ws.engine.rules_dir).map_err(|e| named(ws, several, e.into()))?;
+        ensure_rules_dir(&ws.engine.rules_dir, &ws.rules_dir_key())
+            .map_err(|e| named(ws, several, e.into()))?;
         let api = ws
             .client_config()
             .map_err(anyhow::Error::from)
@@ -217,12 +218,13 @@ fn named(ws: &Workspace, several: bool, e: anyhow::Error) -> anyhow::Error {
     }
 }
 
-fn ensure_rules_dir(dir: &Path) -> Result<(), UserError> {
+/// Checks a rules directory exists; the error names `key`, where it is set.
+fn ensure_rules_dir(dir: &Path, key: &str) -> Result<(), UserError> {
     if dir.is_dir() {
         Ok(())
     } else {
         Err(UserError(format!(
-            "rules directory {} does not exist; create it or set `engine.rules_dir` / --rules",
+            "rules directory {} does not exist; create it or set `{key}` / --rules",
             dir.display()
         )))
     }
@@ -266,7 +268,7 @@ pub async fn check(
 /// Checks one rules directory and prints what it found; whether every
 /// rule loaded.
 async fn check_dir(config: &Config, dir: &Path, max_rule_memory: usize) -> anyhow::Result<bool> {
-    ensure_rules_dir(dir)?;
+    ensure_rules_dir(dir, "engine.rules_dir")?;
     let files = crate::rules::rule_files(dir).map_err(|e| UserError(e.to_string()))?;
     let world = World {
         calendars: config.calendars()?,

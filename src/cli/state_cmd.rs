@@ -55,13 +55,7 @@ async fn copy(a: CopyArgs) -> anyhow::Result<ExitCode> {
             .into())
         }
     };
-    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-        return Err(UserError(format!(
-            "{}: expected a PostgreSQL URL such as postgres://user:password@host/dbname",
-            a.to_env
-        ))
-        .into());
-    }
+    let url = crate::config::postgres_url(&url, &a.to_env)?;
     // Opening would create a missing file; a typo must not copy nothing.
     if !a.from.is_file() {
         return Err(UserError(format!("{}: no such state file", a.from.display())).into());

@@ -313,9 +313,12 @@ impl Config {
             .unwrap_or_default();
         let bad = |key: &str, why: &str| ConfigError::Invalid(format!("`{key}`{file}: {why}"));
         check_url(&self.api.base_url, "api.base_url", &bad)?;
-        if self.engine.poll_interval < Duration::from_millis(100) {
-            return Err(bad("engine.poll_interval", "must be at least 100ms"));
-        }
+        check_timing(
+            self.engine.poll_interval,
+            self.guard.window,
+            ("engine.poll_interval", "guard.window"),
+            &bad,
+        )?;
         if self.api.timeout.is_zero() {
             return Err(bad("api.timeout", "must be more than zero"));
         }
@@ -338,9 +341,6 @@ impl Config {
         }
         if self.engine.max_concurrency == 0 {
             return Err(bad("engine.max_concurrency", "must be at least 1"));
-        }
-        if self.guard.window.is_zero() {
-            return Err(bad("guard.window", "must be more than zero"));
         }
         self.calendars()?;
         self.validate_workspaces(&bad)?;
@@ -368,7 +368,7 @@ impl Config {
     /// The PostgreSQL URL the state lives at, if any: `SKYRULES_STATE_URL`,
     /// else the contents of `engine.state_url_file`. `None` means the
     /// SQLite file `engine.state_path`.
-    pub fn state_url(&self) -> Result<Option<String>, ConfigError> {
+    pub(crate) fn state_url(&self) -> Result<Option<String>, ConfigError> {
         let (url, from) = match std::env::var(STATE_URL_ENV) {
             Ok(u) if !u.trim().is_empty() => (u, STATE_URL_ENV.to_string()),
             _ => match &self.engine.state_url_file {
@@ -390,13 +390,7 @@ impl Config {
                 }
             },
         };
-        let url = url.trim().to_string();
-        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-            return Err(ConfigError::Invalid(format!(
-                "{from}: expected a PostgreSQL URL such as postgres://user:password@host/dbname"
-            )));
-        }
-        Ok(Some(url))
+        postgres_url(&url, &from).map(Some)
     }
 
     /// The bearer token of the HTTP listener, if `[http] token_file` is set.
@@ -419,6 +413,36 @@ impl Config {
         }
         Ok(Some(token))
     }
+}
+
+/// A PostgreSQL URL read from `from` (a variable or a file), trimmed; an
+/// error naming `from` (never the URL: it holds a password) otherwise.
+pub(crate) fn postgres_url(value: &str, from: &str) -> Result<String, ConfigError> {
+    let url = value.trim();
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(url.to_string())
+    } else {
+        Err(ConfigError::Invalid(format!(
+            "{from}: expected a PostgreSQL URL such as postgres://user:password@host/dbname"
+        )))
+    }
+}
+
+/// The checks of a workspace's poll interval and guard window, for the
+/// shared defaults (`engine.`, `guard.`) and each workspace's own.
+fn check_timing(
+    poll_interval: Duration,
+    window: Duration,
+    keys: (&str, &str),
+    bad: &dyn Fn(&str, &str) -> ConfigError,
+) -> Result<(), ConfigError> {
+    if poll_interval < Duration::from_millis(100) {
+        return Err(bad(keys.0, "must be at least 100ms"));
+    }
+    if window.is_zero() {
+        return Err(bad(keys.1, "must be more than zero"));
+    }
+    Ok(())
 }
 
 /// Checks an API base URL's scheme.

@@ -78,7 +78,7 @@ pub struct Workspace {
 
 impl Workspace {
     /// The API key: from the key file if set, else the key variable.
-    pub fn api_key(&self) -> Result<ApiKey, ConfigError> {
+    pub(crate) fn api_key(&self) -> Result<ApiKey, ConfigError> {
         let prefix = &self.prefix;
         if let Some(file) = &self.api.api_key_file {
             let text = std::fs::read_to_string(file).map_err(|e| {
@@ -115,6 +115,16 @@ impl Workspace {
         }
     }
 
+    /// The key its rules directory is set with: `engine.rules_dir`, or
+    /// `workspaces.NAME.rules_dir`.
+    pub(crate) fn rules_dir_key(&self) -> String {
+        if self.prefix == "api." {
+            "engine.rules_dir".into()
+        } else {
+            format!("{}rules_dir", self.prefix)
+        }
+    }
+
     /// The client settings of this workspace.
     pub(crate) fn client_config(&self) -> Result<crate::api::ClientConfig, ConfigError> {
         let mut c = crate::api::ClientConfig::new(self.api.base_url.trim(), self.api_key()?);
@@ -144,7 +154,7 @@ impl Workspace {
 impl Config {
     /// Every workspace, in name order: the `[workspaces.*]` tables, or the
     /// one `default` that `[api]` and `[engine]` describe.
-    pub fn workspaces(&self) -> Vec<Workspace> {
+    pub(crate) fn workspaces(&self) -> Vec<Workspace> {
         if self.workspaces.is_empty() {
             return vec![Workspace {
                 name: DEFAULT_WORKSPACE.to_string(),
@@ -162,18 +172,21 @@ impl Config {
             .collect()
     }
 
-    /// Whether the config names more than one workspace (commands then
-    /// need `--workspace`).
-    pub fn workspace_names(&self) -> Vec<String> {
-        self.workspaces().into_iter().map(|w| w.name).collect()
+    /// The workspaces' names, in order (as errors list them).
+    pub(crate) fn workspace_names(&self) -> Vec<String> {
+        if self.workspaces.is_empty() {
+            vec![DEFAULT_WORKSPACE.to_string()]
+        } else {
+            self.workspaces.keys().cloned().collect()
+        }
     }
 
     /// The workspace a command acts on: `name`, or the only one. An
     /// unknown name, or none when there are several, is an error listing
     /// the configured ones.
-    pub fn workspace(&self, name: Option<&str>) -> Result<Workspace, ConfigError> {
+    pub(crate) fn workspace(&self, name: Option<&str>) -> Result<Workspace, ConfigError> {
         let mut all = self.workspaces();
-        let names = || all_names(&self.workspace_names());
+        let names = || self.workspace_names().join(", ");
         match name {
             None if all.len() == 1 => Ok(all.remove(0)),
             None => Err(ConfigError::Invalid(format!(
@@ -281,19 +294,15 @@ impl Config {
             keys.push((source, name));
             let ws = self.resolve(name, w);
             super::check_url(&ws.api.base_url, &key("base_url"), bad)?;
-            if ws.engine.poll_interval < Duration::from_millis(100) {
-                return Err(bad(&key("poll_interval"), "must be at least 100ms"));
-            }
-            if ws.guard.window.is_zero() {
-                return Err(bad(&key("guard.window"), "must be more than zero"));
-            }
+            super::check_timing(
+                ws.engine.poll_interval,
+                ws.guard.window,
+                (&key("poll_interval"), &key("guard.window")),
+                bad,
+            )?;
         }
         Ok(())
     }
-}
-
-fn all_names(names: &[String]) -> String {
-    names.join(", ")
 }
 
 /// `[a-z0-9][a-z0-9-]*` (SPEC §7): safe in a log field, a metric label, a

@@ -304,7 +304,10 @@ impl Engine {
     /// Runs until `shutdown`: polls every interval, never stops on API
     /// errors, and reloads rules as their files change.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), EngineError> {
-        let mut watcher = self.resume().await?;
+        let mut watcher = match self.resume_or_wait(&shutdown).await? {
+            Some(w) => w,
+            None => return Ok(()),
+        };
         let mut last_purge: Option<std::time::Instant> = None;
         let reload_notes = self.notes.clone();
         let reloader = self.reloader.clone();
@@ -380,6 +383,37 @@ impl Engine {
         reload_stop.cancel();
         let _ = reload_task.await;
         Ok(())
+    }
+
+    /// [`Engine::resume`]; next to other workspaces, a state store that
+    /// cannot be read yet is waited for (with backoff, shown on the board)
+    /// rather than ending this workspace. `None`: shut down meanwhile.
+    async fn resume_or_wait(
+        &self,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<Watcher>, EngineError> {
+        let mut tries: u32 = 0;
+        loop {
+            match self.resume().await {
+                Ok(w) => {
+                    if tries > 0 {
+                        self.store_trouble(None);
+                    }
+                    return Ok(Some(w));
+                }
+                Err(EngineError::Store(e)) if self.keep_trying => {
+                    tries = tries.saturating_add(1);
+                    let wait = refused_backoff(self.opts.poll_interval, tries);
+                    tracing::error!(error = %e, retry_in = %humantime::format_duration(wait), "cannot read this workspace's state; retrying (other workspaces carry on)");
+                    self.store_trouble(Some(e.to_string()));
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(None),
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// After a successful poll: readiness, sessions and their timers.
@@ -583,6 +617,7 @@ impl Engine {
             return 0;
         }
         batch.at = self.api.clock().now();
+        let journals = !batch.events.is_empty();
         let saved = store_io::write(&self.store, self.api.workspace(), "commit", move |s| {
             Ok((s.commit(&batch), batch))
         })
@@ -590,6 +625,13 @@ impl Engine {
         let (error, batch) = match saved {
             Ok((Ok(()), _)) => {
                 self.store_trouble(None);
+                if journals {
+                    // Events whose rules could not run (a store read that
+                    // failed) are in the journal now: handled before the
+                    // next poll, not at the next start.
+                    self.journal_waiting
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                }
                 return 1;
             }
             Ok((Err(e), batch)) => (e.to_string(), batch),
@@ -611,12 +653,16 @@ impl Engine {
 
     /// Shows a failing state store on the board (and `/readyz`), or that
     /// it works again.
+    ///
+    /// A failure also means a session's rules could not finish: its events
+    /// wait in the journal, which is tried again before every poll until
+    /// the store works (and then handled, not left for the next start).
     fn store_trouble(&self, error: Option<String>) {
         let mut board = self.board.write().unwrap_or_else(|p| p.into_inner());
         if board.store_error.is_some() && error.is_none() {
             tracing::info!("the state store works again; the state kept in memory is saved");
-            // Sessions whose rules could not run meanwhile were journaled:
-            // they are handled now, not at the next start.
+        }
+        if error.is_some() || board.store_error.is_some() {
             self.journal_waiting
                 .store(true, std::sync::atomic::Ordering::Relaxed);
         }

@@ -61,7 +61,8 @@ impl Engine {
                 self.handle_journaled(pending, now).await;
             }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot read the journal; its events are handled at the next start");
+                tracing::warn!(error = %e, "cannot read the journal; trying again before the next poll");
+                self.store_trouble(Some(e.to_string()));
             }
         }
     }

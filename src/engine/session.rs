@@ -14,7 +14,7 @@ use super::{emit, store_io, CycleEnd, Engine, COMMIT_AT};
 use crate::api::{Session, Timestamp};
 use crate::executor::Outcome;
 use crate::rules::{Action, EventData, Memory};
-use crate::store::{Batch, Begin, Done, Intent, Pending};
+use crate::store::{Batch, Begin, Done, Intent, Pending, StoreError};
 use crate::tracking::Event;
 use crate::tracking::SessionCycle;
 
@@ -139,7 +139,10 @@ impl Engine {
             let data = Arc::new(EventData::new(event.clone(), &effective, &history, now));
             let runtime = self.runtime.clone();
             // Rhai is CPU work: off the async workers.
+            // A rule's `log()` lines carry the workspace too.
+            let span = tracing::Span::current();
             let evaluated = tokio::task::spawn_blocking(move || {
+                let _entered = span.enter();
                 let runs = runtime.evaluate(&rules, &data, &mut memory);
                 (runs, memory)
             })
@@ -171,6 +174,15 @@ impl Engine {
                     let taken = self
                         .take_action(&mut effective, action, intent, journal, &mut journaled)
                         .await;
+                    let Ok(taken) = taken else {
+                        // Its intent could not be written: neither this
+                        // action nor any later one is taken now. The
+                        // session's events stay journaled and are handled
+                        // again, under the same intent keys, once the store
+                        // works (what was done already is not repeated).
+                        w.journaled = journaled;
+                        return (w, None);
+                    };
                     if let Some(outcome) = taken {
                         emit::ActionFinished {
                             rule: &run.rule,
@@ -202,7 +214,8 @@ impl Engine {
         let mut memory = match store_io::read(&self.store, move |s| s.memory(&sid)).await {
             Ok(m) => m,
             Err(e) => {
-                tracing::error!(session_id = %id, error = %e, "cannot read rule memory; this session's events stay journaled until the next start");
+                tracing::error!(session_id = %id, error = %e, "cannot read rule memory; this session's events wait in the journal until the state store works");
+                self.store_trouble(Some(e.to_string()));
                 return None;
             }
         };
@@ -217,7 +230,8 @@ impl Engine {
 
     /// Records the intent, takes (or reconciles, or skips) the action, and
     /// records the outcome. `None` when the action was already taken before
-    /// a restart and nothing was done now.
+    /// a restart and nothing was done now; an error, and nothing done, when
+    /// the intent could not be written.
     ///
     /// `journal`, the session's state and events, is written with the
     /// intent; `journaled` is set once it has been.
@@ -228,7 +242,7 @@ impl Engine {
         intent: Intent,
         journal: Option<Batch>,
         journaled: &mut bool,
-    ) -> Option<Outcome> {
+    ) -> Result<Option<Outcome>, StoreError> {
         let written = intent.clone();
         let with_journal = journal.is_some();
         let begin = store_io::write(&self.store, self.api.workspace(), "intent", move |s| {
@@ -247,18 +261,18 @@ impl Engine {
             }
             Ok(Begin::Done { outcome }) => {
                 tracing::debug!(key = %intent.key, %outcome, "action already handled before a restart");
-                return None;
+                return Ok(None);
             }
             Err(e) => {
                 // No intent, no action: it could not be told from a new one
                 // after a crash.
-                tracing::error!(session_id = %intent.session_id, rule = %intent.rule, error = %e, "cannot record the action before taking it; not taking it");
+                tracing::error!(session_id = %intent.session_id, rule = %intent.rule, error = %e, "cannot record the action before taking it; not taking it now: it is taken when the state store works again");
                 self.store_trouble(Some(e.to_string()));
-                return Some(Outcome::Failed(format!("state store: {e}")));
+                return Err(e);
             }
         };
         self.finish(&intent.key, &outcome).await;
-        Some(outcome)
+        Ok(Some(outcome))
     }
 
     /// Records an action's outcome; one that cannot be recorded is

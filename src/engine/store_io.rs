@@ -23,7 +23,10 @@ where
     F: FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
 {
     let store = store.clone();
-    tokio::task::spawn_blocking(move || f(store.as_ref()))
+    // The blocking pool's threads have no span: the store's own log lines
+    // keep the workspace's.
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(|| f(store.as_ref())))
         .await
         .unwrap_or_else(|e| {
             Err(StoreError::Io {

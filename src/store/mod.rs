@@ -75,7 +75,7 @@ pub enum StoreError {
         message: String,
     },
     /// The file was written by a newer skyrules.
-    #[error("state file {path} has schema version {found}, newer than this skyrules understands ({known}); upgrade skyrules or point --state elsewhere")]
+    #[error("state {path} has schema version {found}, newer than this skyrules understands ({known}); upgrade skyrules, or point --state / SKYRULES_STATE_URL elsewhere")]
     TooNew {
         /// The state file.
         path: String,
@@ -104,7 +104,7 @@ pub enum StoreError {
         workspaces: String,
     },
     /// Any other read or write failure.
-    #[error("state file {path}: {message}")]
+    #[error("state {path}: {message}")]
     Io {
         /// The state file.
         path: String,

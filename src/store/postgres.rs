@@ -633,16 +633,16 @@ impl Store for PgStore {
             .map_err(|e| self.pg(e))?;
             Ok(found
                 .iter()
-                .map(|r| AuditEntry {
-                    at: rows::ts_col(r.get(0)),
-                    rule: r.get(1),
-                    session_id: r.get(2),
-                    event: r.get(3),
-                    action: r.get(4),
-                    outcome: r
-                        .get::<_, Option<String>>(5)
-                        .unwrap_or_else(|| "pending".into()),
-                    detail: r.get(6),
+                .map(|r| {
+                    rows::audit_entry(
+                        r.get(0),
+                        r.get(1),
+                        r.get(2),
+                        r.get(3),
+                        r.get(4),
+                        r.get(5),
+                        r.get(6),
+                    )
                 })
                 .collect())
         })
@@ -879,7 +879,9 @@ async fn schema_version(c: &impl GenericClient) -> Result<Option<i64>, tokio_pos
 /// Parses the URL and fills in the timeouts it does not set; returns it
 /// with the location shown in messages.
 fn parse_url(url: &str) -> Result<(tokio_postgres::Config, String), StoreError> {
-    let shown = redact(url);
+    // Before the URL is parsed its password cannot be told from the rest
+    // (it may hold '/', '@' or '?'), so these errors name no part of it.
+    let shown = "the state URL (SKYRULES_STATE_URL or engine.state_url_file)".to_string();
     if let Some(mode) = query_param(url, "sslmode") {
         if !matches!(mode, "disable" | "prefer" | "require") {
             return Err(StoreError::Io {
@@ -939,25 +941,6 @@ fn location_of(config: &tokio_postgres::Config) -> String {
     format!("postgres://{user}{}/{db}", hosts.join(","))
 }
 
-/// The URL as typed, less the password and the parameters: for a URL
-/// too broken to parse.
-fn redact(url: &str) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap_or(("postgres", url));
-    let rest = rest.split(['?', '#']).next().unwrap_or_default();
-    let (authority, path) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    let authority = match authority.rsplit_once('@') {
-        Some((user, host)) => {
-            let user = user.split(':').next().unwrap_or_default();
-            format!("{user}@{host}")
-        }
-        None => authority.to_string(),
-    };
-    format!("{scheme}://{authority}{path}")
-}
-
 /// A query parameter of the URL, as written.
 fn query_param<'a>(url: &'a str, name: &str) -> Option<&'a str> {
     let (_, query) = url.split_once('?')?;
@@ -980,7 +963,9 @@ fn chain(e: &dyn std::error::Error) -> String {
         }
         cause = c.source();
     }
-    out
+    // The server's DETAIL and HINT come on lines of their own; a log line
+    // and the `/readyz` body keep to one.
+    out.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// Why the pool gave no connection.
@@ -1076,9 +1061,12 @@ mod tests {
         assert_eq!(loc, "postgres://sky@db.example:6543/state");
         let (_, loc) = parse_url("postgresql://sky:s3cret@localhost/skyrules").unwrap();
         assert_eq!(loc, "postgres://sky@localhost/skyrules");
-        assert_eq!(
-            redact("postgres://sky:s3cret@host:5/db?password=x"),
-            "postgres://sky@host:5/db"
+        // A password with '/', '@' and '?' in it, unencoded: a URL that
+        // cannot be parsed names none of it.
+        let e = parse_url("postgres://sky:a/b@c?d@host/db?sslmode=verify-full").unwrap_err();
+        assert!(
+            !e.to_string().contains("a/b") && !e.to_string().contains("c?d"),
+            "{e}"
         );
         let e = parse_url("postgres://sky:s3cret@host/db?sslmode=verify-full").unwrap_err();
         let text = e.to_string();

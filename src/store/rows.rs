@@ -95,6 +95,28 @@ impl BatchRows {
 
 /// A stored timestamp; an unreadable one reads as the epoch rather than
 /// failing the whole read.
+/// One audit row as the audit log shows it: an intent without an outcome
+/// is `pending`.
+pub(super) fn audit_entry(
+    at: &str,
+    rule: String,
+    session_id: String,
+    event: String,
+    action: String,
+    outcome: Option<String>,
+    detail: Option<String>,
+) -> super::AuditEntry {
+    super::AuditEntry {
+        at: ts_col(at),
+        rule,
+        session_id,
+        event,
+        action,
+        outcome: outcome.unwrap_or_else(|| "pending".into()),
+        detail,
+    }
+}
+
 pub(super) fn ts_col(s: &str) -> Timestamp {
     parse_ts(s).unwrap_or_default()
 }

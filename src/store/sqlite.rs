@@ -668,17 +668,15 @@ impl Store for SqliteStore {
             .query_map(
                 params![self.workspace, filter.session_id, filter.rule, since],
                 |r| {
-                    Ok(AuditEntry {
-                        at: rows::ts_col(&r.get::<_, String>(0)?),
-                        rule: r.get(1)?,
-                        session_id: r.get(2)?,
-                        event: r.get(3)?,
-                        action: r.get(4)?,
-                        outcome: r
-                            .get::<_, Option<String>>(5)?
-                            .unwrap_or_else(|| "pending".into()),
-                        detail: r.get(6)?,
-                    })
+                    Ok(rows::audit_entry(
+                        &r.get::<_, String>(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                        r.get(6)?,
+                    ))
                 },
             )
             .map_err(|e| self.io(e))?;

@@ -1,6 +1,6 @@
 //! `skyrules bench --workspaces N`: many SkyLight accounts in one process
 //! (SPEC §7), each its own simulator with its own chats, all on one state
-//! store (SQLite, or PostgreSQL when `SKYRULES_STATE_URL` is set).
+//! store (SQLite, or PostgreSQL when `SKYRULES_BENCH_STATE_URL` is set).
 //!
 //! Owns: starting N simulators and N engines as `skyrules run` does for N
 //! `[workspaces.*]` tables, and measuring per workspace-cycle what decides
@@ -26,6 +26,10 @@ use crate::store::{
     AuditEntry, AuditFilter, Batch, Begin, Intent, Loaded, Pending, Store, StoreError,
 };
 use crate::tracking::Tracked;
+
+/// The variable naming a PostgreSQL database for the benchmark's state
+/// (one to spare: it is written to, and not cleaned up).
+pub(crate) const BENCH_STATE_URL_ENV: &str = "SKYRULES_BENCH_STATE_URL";
 
 /// What a many-workspace run measured.
 #[derive(Debug, Clone, Serialize)]
@@ -156,7 +160,11 @@ pub async fn run(opts: BenchOptions, workspaces: usize) -> anyhow::Result<FleetR
     let scratch = super::tempdir()?;
     let rules = scratch.path().join("rules");
     crate::tools::embedded_rules::write(&rules)?;
-    let url = crate::config::Config::default().state_url()?;
+    // Its own variable, never SKYRULES_STATE_URL: the benchmark writes its
+    // workspaces into the database it is given.
+    let url = std::env::var(BENCH_STATE_URL_ENV)
+        .ok()
+        .filter(|u| !u.trim().is_empty());
     let kind = if url.is_some() { "postgres" } else { "sqlite" };
     let store = crate::store::open(&scratch.path().join("bench.db"), url.as_deref())
         .await

@@ -31,7 +31,7 @@ use crate::executor::Guard;
 use crate::store::SqliteStore;
 
 mod fleet;
-pub use fleet::{render as render_fleet, run as run_fleet, FleetReport};
+pub(crate) use fleet::{render as render_fleet, run as run_fleet};
 
 /// Load benchmark settings.
 #[derive(Debug, Clone)]
