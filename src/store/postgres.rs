@@ -537,8 +537,10 @@ impl Store for PgStore {
             } else {
                 let found = query(
                     &tx,
-                    "SELECT at, rule, session_id, event, action, text, outcome FROM actions
-                     WHERE workspace = $1 AND key = $2",
+                    &format!(
+                        "SELECT {} FROM actions WHERE workspace = $1 AND key = $2",
+                        rows::ACTION_COLUMNS
+                    ),
                     &[&self.workspace, &intent.key],
                 )
                 .await
@@ -550,20 +552,7 @@ impl Store for PgStore {
                         self.workspace, intent.key
                     ),
                 })?;
-                rows::existing(
-                    &intent.key,
-                    ActionRow {
-                        key: intent.key.clone(),
-                        at: r.get(0),
-                        rule: r.get(1),
-                        session_id: r.get(2),
-                        event: r.get(3),
-                        action: r.get(4),
-                        text: r.get(5),
-                        outcome: r.get(6),
-                        detail: None,
-                    },
-                )
+                rows::existing(action_row(r))
             };
             tx.commit().await.map_err(|e| self.pg(e))?;
             Ok(result)
@@ -595,24 +584,15 @@ impl Store for PgStore {
             let client = self.client().await?;
             let found = query(
                 &client,
-                "SELECT key, at, rule, session_id, event, action, text FROM actions
-                 WHERE workspace = $1 AND outcome IS NULL ORDER BY id",
+                &format!(
+                    "SELECT {} FROM actions WHERE workspace = $1 AND outcome IS NULL ORDER BY id",
+                    rows::ACTION_COLUMNS
+                ),
                 &[&self.workspace],
             )
             .await
             .map_err(|e| self.pg(e))?;
-            Ok(found
-                .iter()
-                .map(|r| Intent {
-                    key: r.get(0),
-                    at: rows::ts_col(r.get(1)),
-                    rule: r.get(2),
-                    session_id: r.get(3),
-                    event: r.get(4),
-                    action: r.get(5),
-                    text: r.get(6),
-                })
-                .collect())
+            Ok(found.iter().map(|r| action_row(r).into_intent()).collect())
         })
     }
 
@@ -622,28 +602,21 @@ impl Store for PgStore {
             let client = self.client().await?;
             let found = query(
                 &client,
-                "SELECT at, rule, session_id, event, action, outcome, detail FROM actions
-                 WHERE workspace = $1
-                   AND ($2::text IS NULL OR session_id = $2) AND ($3::text IS NULL OR rule = $3)
-                   AND ($4::text IS NULL OR at >= $4)
-                 ORDER BY id",
+                &format!(
+                    "SELECT {} FROM actions
+                     WHERE workspace = $1
+                       AND ($2::text IS NULL OR session_id = $2) AND ($3::text IS NULL OR rule = $3)
+                       AND ($4::text IS NULL OR at >= $4)
+                     ORDER BY id",
+                    rows::ACTION_COLUMNS
+                ),
                 &[&self.workspace, &filter.session_id, &filter.rule, &since],
             )
             .await
             .map_err(|e| self.pg(e))?;
             Ok(found
                 .iter()
-                .map(|r| {
-                    rows::audit_entry(
-                        r.get(0),
-                        r.get(1),
-                        r.get(2),
-                        r.get(3),
-                        r.get(4),
-                        r.get(5),
-                        r.get(6),
-                    )
-                })
+                .map(|r| action_row(r).into_audit_entry())
                 .collect())
         })
     }
@@ -949,6 +922,21 @@ fn query_param<'a>(url: &'a str, name: &str) -> Option<&'a str> {
         .filter_map(|kv| kv.split_once('='))
         .find(|(k, _)| *k == name)
         .map(|(_, v)| v)
+}
+
+/// An [`ActionRow`] from a row of [`rows::ACTION_COLUMNS`].
+fn action_row(r: &tokio_postgres::Row) -> ActionRow {
+    ActionRow {
+        key: r.get(0),
+        at: r.get(1),
+        rule: r.get(2),
+        session_id: r.get(3),
+        event: r.get(4),
+        action: r.get(5),
+        text: r.get(6),
+        outcome: r.get(7),
+        detail: r.get(8),
+    }
 }
 
 /// An error with its causes, on one line.

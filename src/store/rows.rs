@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use super::{Batch, Begin, Intent, JournalRow, Pending};
+use super::{ActionRow, AuditEntry, Batch, Begin, Intent, JournalRow, Pending};
 use crate::api::{format_ts, parse_ts, Timestamp};
 use crate::rules::Memory;
 use crate::tracking::{Event, Tracked};
@@ -93,30 +93,42 @@ impl BatchRows {
     }
 }
 
-/// A stored timestamp; an unreadable one reads as the epoch rather than
-/// failing the whole read.
-/// One audit row as the audit log shows it: an intent without an outcome
-/// is `pending`.
-pub(super) fn audit_entry(
-    at: &str,
-    rule: String,
-    session_id: String,
-    event: String,
-    action: String,
-    outcome: Option<String>,
-    detail: Option<String>,
-) -> super::AuditEntry {
-    super::AuditEntry {
-        at: ts_col(at),
-        rule,
-        session_id,
-        event,
-        action,
-        outcome: outcome.unwrap_or_else(|| "pending".into()),
-        detail,
+/// The columns of `actions` an [`ActionRow`] is read from, in its fields'
+/// order: every read of an action selects these.
+pub(super) const ACTION_COLUMNS: &str =
+    "key, at, rule, session_id, event, action, text, outcome, detail";
+
+impl ActionRow {
+    /// The intent it records (its outcome aside).
+    pub(super) fn into_intent(self) -> Intent {
+        Intent {
+            key: self.key,
+            at: ts_col(&self.at),
+            rule: self.rule,
+            session_id: self.session_id,
+            event: self.event,
+            action: self.action,
+            text: self.text,
+        }
+    }
+
+    /// The entry the audit log shows: an intent without an outcome is
+    /// `pending`.
+    pub(super) fn into_audit_entry(self) -> AuditEntry {
+        AuditEntry {
+            at: ts_col(&self.at),
+            rule: self.rule,
+            session_id: self.session_id,
+            event: self.event,
+            action: self.action,
+            outcome: self.outcome.unwrap_or_else(|| "pending".into()),
+            detail: self.detail,
+        }
     }
 }
 
+/// A stored timestamp; an unreadable one reads as the epoch rather than
+/// failing the whole read.
 pub(super) fn ts_col(s: &str) -> Timestamp {
     parse_ts(s).unwrap_or_default()
 }
@@ -191,18 +203,10 @@ pub(super) fn pending(rows: impl IntoIterator<Item = (String, String, String)>) 
 }
 
 /// What an existing action row says to a new `begin_action` of its key.
-pub(super) fn existing(key: &str, row: super::ActionRow) -> Begin {
-    match row.outcome {
+pub(super) fn existing(mut row: ActionRow) -> Begin {
+    match row.outcome.take() {
         Some(outcome) => Begin::Done { outcome },
-        None => Begin::Pending(Intent {
-            key: key.to_string(),
-            at: ts_col(&row.at),
-            rule: row.rule,
-            session_id: row.session_id,
-            event: row.event,
-            action: row.action,
-            text: row.text,
-        }),
+        None => Begin::Pending(row.into_intent()),
     }
 }
 

@@ -286,26 +286,16 @@ impl SqliteStore {
         }
         drop(q);
         let mut stmt = tx
-            .prepare(
-                "SELECT workspace, key, at, rule, session_id, event, action, text, outcome, detail
-                 FROM actions ORDER BY id",
-            )
+            .prepare(&format!(
+                "SELECT workspace, {} FROM actions ORDER BY id",
+                rows::ACTION_COLUMNS
+            ))
             .map_err(io)?;
         let mut q = stmt.query([]).map_err(io)?;
         while let Some(r) = q.next().map_err(io)? {
             dump_of(&mut by_name, r.get(0).map_err(io)?)
                 .actions
-                .push(ActionRow {
-                    key: r.get(1).map_err(io)?,
-                    at: r.get(2).map_err(io)?,
-                    rule: r.get(3).map_err(io)?,
-                    session_id: r.get(4).map_err(io)?,
-                    event: r.get(5).map_err(io)?,
-                    action: r.get(6).map_err(io)?,
-                    text: r.get(7).map_err(io)?,
-                    outcome: r.get(8).map_err(io)?,
-                    detail: r.get(9).map_err(io)?,
-                });
+                .push(action_row(r, 1).map_err(io)?);
         }
         Ok(Dump {
             workspaces: by_name.into_values().collect(),
@@ -469,6 +459,22 @@ fn take_lock(path: &Path, shown: &str) -> Result<File, StoreError> {
     }
 }
 
+/// An [`ActionRow`] from [`rows::ACTION_COLUMNS`], starting at column
+/// `from`.
+fn action_row(r: &rusqlite::Row<'_>, from: usize) -> rusqlite::Result<ActionRow> {
+    Ok(ActionRow {
+        key: r.get(from)?,
+        at: r.get(from + 1)?,
+        rule: r.get(from + 2)?,
+        session_id: r.get(from + 3)?,
+        event: r.get(from + 4)?,
+        action: r.get(from + 5)?,
+        text: r.get(from + 6)?,
+        outcome: r.get(from + 7)?,
+        detail: r.get(from + 8)?,
+    })
+}
+
 fn corrupt(path: &str, e: &rusqlite::Error) -> StoreError {
     StoreError::Corrupt {
         path: path.to_string(),
@@ -568,27 +574,17 @@ impl Store for SqliteStore {
         }
         let existing = tx
             .query_row(
-                "SELECT at, rule, session_id, event, action, text, outcome FROM actions
-                 WHERE workspace = ?1 AND key = ?2",
+                &format!(
+                    "SELECT {} FROM actions WHERE workspace = ?1 AND key = ?2",
+                    rows::ACTION_COLUMNS
+                ),
                 params![self.workspace, intent.key],
-                |r| {
-                    Ok(ActionRow {
-                        key: intent.key.clone(),
-                        at: r.get(0)?,
-                        rule: r.get(1)?,
-                        session_id: r.get(2)?,
-                        event: r.get(3)?,
-                        action: r.get(4)?,
-                        text: r.get(5)?,
-                        outcome: r.get(6)?,
-                        detail: None,
-                    })
-                },
+                |r| action_row(r, 0),
             )
             .optional()
             .map_err(|e| self.io(e))?;
         let result = match existing {
-            Some(row) => rows::existing(&intent.key, row),
+            Some(row) => rows::existing(row),
             None => {
                 tx.execute(
                     "INSERT INTO actions (workspace, key, at, rule, session_id, event, action, text)
@@ -631,22 +627,14 @@ impl Store for SqliteStore {
     fn pending_actions(&self) -> Result<Vec<Intent>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn
-            .prepare(
-                "SELECT key, at, rule, session_id, event, action, text FROM actions
-                 WHERE workspace = ?1 AND outcome IS NULL ORDER BY id",
-            )
+            .prepare(&format!(
+                "SELECT {} FROM actions WHERE workspace = ?1 AND outcome IS NULL ORDER BY id",
+                rows::ACTION_COLUMNS
+            ))
             .map_err(|e| self.io(e))?;
         let found = stmt
             .query_map([&self.workspace], |r| {
-                Ok(Intent {
-                    key: r.get(0)?,
-                    at: rows::ts_col(&r.get::<_, String>(1)?),
-                    rule: r.get(2)?,
-                    session_id: r.get(3)?,
-                    event: r.get(4)?,
-                    action: r.get(5)?,
-                    text: r.get(6)?,
-                })
+                action_row(r, 0).map(ActionRow::into_intent)
             })
             .map_err(|e| self.io(e))?;
         found.collect::<Result<Vec<_>, _>>().map_err(|e| self.io(e))
@@ -655,29 +643,20 @@ impl Store for SqliteStore {
     fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn
-            .prepare(
-                "SELECT at, rule, session_id, event, action, outcome, detail FROM actions
+            .prepare(&format!(
+                "SELECT {} FROM actions
                  WHERE workspace = ?1
                    AND (?2 IS NULL OR session_id = ?2) AND (?3 IS NULL OR rule = ?3)
                    AND (?4 IS NULL OR at >= ?4)
                  ORDER BY id",
-            )
+                rows::ACTION_COLUMNS
+            ))
             .map_err(|e| self.io(e))?;
         let since = filter.since.as_ref().map(format_ts);
         let found = stmt
             .query_map(
                 params![self.workspace, filter.session_id, filter.rule, since],
-                |r| {
-                    Ok(rows::audit_entry(
-                        &r.get::<_, String>(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                        r.get(6)?,
-                    ))
-                },
+                |r| action_row(r, 0).map(ActionRow::into_audit_entry),
             )
             .map_err(|e| self.io(e))?;
         found.collect::<Result<Vec<_>, _>>().map_err(|e| self.io(e))
