@@ -634,7 +634,8 @@ fn key_at(text: &str, at: usize) -> Option<String> {
 mod tests {
     use super::*;
 
-    fn parse(text: &str) -> Result<Config, ConfigError> {
+    /// Loads `text` as a config file, as `skyrules` would.
+    pub(super) fn parse(text: &str) -> Result<Config, ConfigError> {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("skyrules.toml");
         std::fs::write(&p, text).unwrap();

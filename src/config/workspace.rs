@@ -318,14 +318,8 @@ fn valid_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::tests::parse;
     use crate::config::Overrides;
-
-    fn parse(text: &str) -> Result<Config, ConfigError> {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("skyrules.toml");
-        std::fs::write(&p, text).unwrap();
-        Config::load(Some(&p), &Overrides::default())
-    }
 
     const TWO: &str = r#"
 [api]

@@ -335,17 +335,9 @@ pub async fn open(
     state_path: &Path,
     state_url: Option<&str>,
 ) -> Result<Arc<dyn Store>, StoreError> {
-    if let Some(url) = state_url {
-        return Ok(Arc::new(PgStore::connect(url).await?));
-    }
-    let path = state_path.to_path_buf();
-    let shown = path.display().to_string();
-    match tokio::task::spawn_blocking(move || SqliteStore::open(&path)).await {
-        Ok(store) => Ok(Arc::new(store?)),
-        Err(e) => Err(StoreError::Io {
-            path: shown,
-            message: format!("opening the state file failed: {e}"),
-        }),
+    match state_url {
+        Some(url) => Ok(Arc::new(PgStore::connect(url).await?)),
+        None => open_file(state_path, SqliteStore::open).await,
     }
 }
 
@@ -356,15 +348,22 @@ pub async fn open_read_only(
     state_path: &Path,
     state_url: Option<&str>,
 ) -> Result<Arc<dyn Store>, StoreError> {
-    if let Some(url) = state_url {
-        return Ok(Arc::new(PgStore::connect_read_only(url).await?));
+    match state_url {
+        Some(url) => Ok(Arc::new(PgStore::connect_read_only(url).await?)),
+        None => open_file(state_path, SqliteStore::open_read_only).await,
     }
-    let path = state_path.to_path_buf();
-    let shown = path.display().to_string();
-    match tokio::task::spawn_blocking(move || SqliteStore::open_read_only(&path)).await {
+}
+
+/// Runs one of SQLite's opens on a blocking thread.
+async fn open_file(
+    path: &Path,
+    open: fn(&Path) -> Result<SqliteStore, StoreError>,
+) -> Result<Arc<dyn Store>, StoreError> {
+    let owned = path.to_path_buf();
+    match tokio::task::spawn_blocking(move || open(&owned)).await {
         Ok(store) => Ok(Arc::new(store?)),
         Err(e) => Err(StoreError::Io {
-            path: shown,
+            path: path.display().to_string(),
             message: format!("opening the state file failed: {e}"),
         }),
     }

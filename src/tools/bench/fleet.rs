@@ -20,8 +20,7 @@ use super::{
     SimProcess, BENCH_KEY,
 };
 use crate::api::{ApiKey, Client, ClientConfig};
-use crate::engine::{Engine, EngineOptions, Note};
-use crate::executor::Guard;
+use crate::engine::{Engine, Note};
 use crate::store::{
     AuditEntry, AuditFilter, Batch, Begin, Intent, Loaded, Pending, Store, StoreError,
 };
@@ -195,16 +194,7 @@ pub async fn run(opts: BenchOptions, workspaces: usize) -> anyhow::Result<FleetR
         let (mut engine, _) = Engine::new(
             api,
             timed.workspace(&name),
-            EngineOptions {
-                rules_dir: rules.clone(),
-                poll_interval: opts.poll_interval,
-                dry_run: false,
-                max_concurrency: 8,
-                guard: Guard {
-                    max_replies: 5,
-                    window: Duration::from_secs(600),
-                },
-            },
+            super::engine_options(&rules, &opts),
         )
         .await?;
         engine.keep_trying_when_refused();

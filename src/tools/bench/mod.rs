@@ -571,19 +571,24 @@ async fn start_engine(sim: &SimProcess, dir: &Path, opts: &BenchOptions) -> anyh
     let (engine, _) = Engine::new(
         api,
         Arc::new(store),
-        EngineOptions {
-            rules_dir: dir.join("rules"),
-            poll_interval: opts.poll_interval,
-            dry_run: false,
-            max_concurrency: 8,
-            guard: Guard {
-                max_replies: 5,
-                window: Duration::from_secs(600),
-            },
-        },
+        engine_options(&dir.join("rules"), opts),
     )
     .await?;
     Ok(engine)
+}
+
+/// The benchmark's engine settings, as `skyrules run` has them by default.
+fn engine_options(rules_dir: &Path, opts: &BenchOptions) -> EngineOptions {
+    EngineOptions {
+        rules_dir: rules_dir.to_path_buf(),
+        poll_interval: opts.poll_interval,
+        dry_run: false,
+        max_concurrency: 8,
+        guard: Guard {
+            max_replies: 5,
+            window: Duration::from_secs(600),
+        },
+    }
 }
 
 /// Waits for the baseline poll; returns (start-up ms, baseline ms).
