@@ -229,74 +229,64 @@ impl SqliteStore {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(|e| self.io(e))?;
         let mut by_name: BTreeMap<String, WorkspaceDump> = BTreeMap::new();
-        let io = |e: rusqlite::Error| self.io(e);
-        let mut stmt = tx
-            .prepare("SELECT workspace, key, value FROM meta ORDER BY workspace, key")
-            .map_err(io)?;
-        let mut q = stmt.query([]).map_err(io)?;
-        while let Some(r) = q.next().map_err(io)? {
-            dump_of(&mut by_name, r.get(0).map_err(io)?)
-                .meta
-                .push((r.get(1).map_err(io)?, r.get(2).map_err(io)?));
-        }
-        drop(q);
-        let mut stmt = tx
-            .prepare(
+        let mut read = || -> rusqlite::Result<()> {
+            each_row(
+                &tx,
+                "SELECT workspace, key, value FROM meta ORDER BY workspace, key",
+                |r| {
+                    let meta = (r.get(1)?, r.get(2)?);
+                    dump_of(&mut by_name, r.get(0)?).meta.push(meta);
+                    Ok(())
+                },
+            )?;
+            each_row(
+                &tx,
                 "SELECT workspace, session_id, tracked, ended_at FROM sessions
                  ORDER BY workspace, session_id",
-            )
-            .map_err(io)?;
-        let mut q = stmt.query([]).map_err(io)?;
-        while let Some(r) = q.next().map_err(io)? {
-            dump_of(&mut by_name, r.get(0).map_err(io)?).sessions.push((
-                r.get(1).map_err(io)?,
-                r.get(2).map_err(io)?,
-                r.get(3).map_err(io)?,
-            ));
-        }
-        drop(q);
-        let mut stmt = tx
-            .prepare(
+                |r| {
+                    let session = (r.get(1)?, r.get(2)?, r.get(3)?);
+                    dump_of(&mut by_name, r.get(0)?).sessions.push(session);
+                    Ok(())
+                },
+            )?;
+            each_row(
+                &tx,
                 "SELECT workspace, session_id, rule, value FROM memory
                  ORDER BY workspace, session_id, rule",
+                |r| {
+                    let memory = (r.get(1)?, r.get(2)?, r.get(3)?);
+                    dump_of(&mut by_name, r.get(0)?).memory.push(memory);
+                    Ok(())
+                },
+            )?;
+            each_row(
+                &tx,
+                "SELECT workspace, key, session_id, event, context FROM journal ORDER BY seq",
+                |r| {
+                    let row = JournalRow {
+                        key: r.get(1)?,
+                        session_id: r.get(2)?,
+                        event: r.get(3)?,
+                        context: r.get(4)?,
+                    };
+                    dump_of(&mut by_name, r.get(0)?).journal.push(row);
+                    Ok(())
+                },
+            )?;
+            each_row(
+                &tx,
+                &format!(
+                    "SELECT workspace, {} FROM actions ORDER BY id",
+                    rows::ACTION_COLUMNS
+                ),
+                |r| {
+                    let row = action_row(r, 1)?;
+                    dump_of(&mut by_name, r.get(0)?).actions.push(row);
+                    Ok(())
+                },
             )
-            .map_err(io)?;
-        let mut q = stmt.query([]).map_err(io)?;
-        while let Some(r) = q.next().map_err(io)? {
-            dump_of(&mut by_name, r.get(0).map_err(io)?).memory.push((
-                r.get(1).map_err(io)?,
-                r.get(2).map_err(io)?,
-                r.get(3).map_err(io)?,
-            ));
-        }
-        drop(q);
-        let mut stmt = tx
-            .prepare("SELECT workspace, key, session_id, event, context FROM journal ORDER BY seq")
-            .map_err(io)?;
-        let mut q = stmt.query([]).map_err(io)?;
-        while let Some(r) = q.next().map_err(io)? {
-            dump_of(&mut by_name, r.get(0).map_err(io)?)
-                .journal
-                .push(JournalRow {
-                    key: r.get(1).map_err(io)?,
-                    session_id: r.get(2).map_err(io)?,
-                    event: r.get(3).map_err(io)?,
-                    context: r.get(4).map_err(io)?,
-                });
-        }
-        drop(q);
-        let mut stmt = tx
-            .prepare(&format!(
-                "SELECT workspace, {} FROM actions ORDER BY id",
-                rows::ACTION_COLUMNS
-            ))
-            .map_err(io)?;
-        let mut q = stmt.query([]).map_err(io)?;
-        while let Some(r) = q.next().map_err(io)? {
-            dump_of(&mut by_name, r.get(0).map_err(io)?)
-                .actions
-                .push(action_row(r, 1).map_err(io)?);
-        }
+        };
+        read().map_err(|e| self.io(e))?;
         Ok(Dump {
             workspaces: by_name.into_values().collect(),
         })
@@ -457,6 +447,20 @@ fn take_lock(path: &Path, shown: &str) -> Result<File, StoreError> {
             message: format!("cannot lock {}: {e}", lock_path.display()),
         }),
     }
+}
+
+/// Runs `sql` and hands each row to `f`, in order.
+fn each_row(
+    tx: &rusqlite::Transaction<'_>,
+    sql: &str,
+    mut f: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<()>,
+) -> rusqlite::Result<()> {
+    let mut stmt = tx.prepare(sql)?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        f(r)?;
+    }
+    Ok(())
 }
 
 /// An [`ActionRow`] from [`rows::ACTION_COLUMNS`], starting at column
