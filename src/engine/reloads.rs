@@ -14,7 +14,7 @@ use crate::telemetry::status::{RuleView, SharedBoard};
 
 /// Puts the rules' load status on the board and in the metrics.
 pub(super) fn refresh_rules(
-    workspace: &str,
+    workspace: &Arc<str>,
     board: &SharedBoard,
     reloader: &Reloader,
     report: &ReloadReport,

@@ -6,6 +6,7 @@
 //! observe things call the small helpers here, so a name is spelled in one
 //! place. Does not own serving them (the `http` module).
 
+use std::sync::Arc;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -177,7 +178,7 @@ fn unix_now() -> f64 {
 
 /// One API request finished (`status` None: no response).
 pub(crate) fn api_request(
-    workspace: &str,
+    workspace: &Arc<str>,
     endpoint: &'static str,
     status: Option<u16>,
     took: Duration,
@@ -192,61 +193,62 @@ pub(crate) fn api_request(
         },
         None => "error",
     };
-    counter!(API_REQUESTS, "workspace" => workspace.to_string(), "endpoint" => endpoint, "status" => class).increment(1);
-    histogram!(API_DURATION, "workspace" => workspace.to_string(), "endpoint" => endpoint)
+    counter!(API_REQUESTS, "workspace" => workspace.clone(), "endpoint" => endpoint, "status" => class).increment(1);
+    histogram!(API_DURATION, "workspace" => workspace.clone(), "endpoint" => endpoint)
         .record(took.as_secs_f64());
 }
 
 /// An API request is being retried.
-pub(crate) fn api_retry(workspace: &str, endpoint: &'static str, reason: &'static str) {
-    counter!(API_RETRIES, "workspace" => workspace.to_string(), "endpoint" => endpoint, "reason" => reason).increment(1);
+pub(crate) fn api_retry(workspace: &Arc<str>, endpoint: &'static str, reason: &'static str) {
+    counter!(API_RETRIES, "workspace" => workspace.clone(), "endpoint" => endpoint, "reason" => reason).increment(1);
 }
 
 /// A poll cycle ended.
-pub fn poll(workspace: &str, ok: bool, took: Duration) {
-    counter!(POLL_CYCLES, "workspace" => workspace.to_string(), "result" => if ok { "ok" } else { "error" }).increment(1);
+pub fn poll(workspace: &Arc<str>, ok: bool, took: Duration) {
+    counter!(POLL_CYCLES, "workspace" => workspace.clone(), "result" => if ok { "ok" } else { "error" }).increment(1);
     if ok {
-        histogram!(POLL_DURATION, "workspace" => workspace.to_string()).record(took.as_secs_f64());
-        gauge!(LAST_POLL, "workspace" => workspace.to_string()).set(unix_now());
+        histogram!(POLL_DURATION, "workspace" => workspace.clone()).record(took.as_secs_f64());
+        gauge!(LAST_POLL, "workspace" => workspace.clone()).set(unix_now());
     }
 }
 
 /// Sessions tracked now, per handler (all tracked sessions are active).
-pub fn sessions(workspace: &str, ai: usize, human: usize, pending: usize, other: usize) {
+pub fn sessions(workspace: &Arc<str>, ai: usize, human: usize, pending: usize, other: usize) {
     for (h, n) in [
         ("ai", ai),
         ("human", human),
         ("pending", pending),
         ("other", other),
     ] {
-        gauge!(SESSIONS, "workspace" => workspace.to_string(), "status" => "active", "handled_by" => h).set(n as f64);
+        gauge!(SESSIONS, "workspace" => workspace.clone(), "status" => "active", "handled_by" => h)
+            .set(n as f64);
     }
 }
 
 /// An event went to the rules.
-pub fn event(workspace: &str, kind: &'static str) {
-    counter!(EVENTS, "workspace" => workspace.to_string(), "kind" => kind).increment(1);
+pub fn event(workspace: &Arc<str>, kind: &'static str) {
+    counter!(EVENTS, "workspace" => workspace.clone(), "kind" => kind).increment(1);
 }
 
 /// A rule's handlers ran for an event; `failed` if one errored.
-pub(crate) fn handler_run(workspace: &str, rule: &str, failed: bool) {
-    counter!(HANDLER_RUNS, "workspace" => workspace.to_string(), "rule" => rule.to_string())
+pub(crate) fn handler_run(workspace: &Arc<str>, rule: &str, failed: bool) {
+    counter!(HANDLER_RUNS, "workspace" => workspace.clone(), "rule" => rule.to_string())
         .increment(1);
     if failed {
-        counter!(HANDLER_ERRORS, "workspace" => workspace.to_string(), "rule" => rule.to_string())
+        counter!(HANDLER_ERRORS, "workspace" => workspace.clone(), "rule" => rule.to_string())
             .increment(1);
     }
 }
 
 /// An action ended with `outcome`.
-pub fn action(workspace: &str, rule: &str, action: &'static str, outcome: &'static str) {
-    counter!(ACTIONS, "workspace" => workspace.to_string(), "rule" => rule.to_string(), "action" => action, "outcome" => outcome)
+pub fn action(workspace: &Arc<str>, rule: &str, action: &'static str, outcome: &'static str) {
+    counter!(ACTIONS, "workspace" => workspace.clone(), "rule" => rule.to_string(), "action" => action, "outcome" => outcome)
         .increment(1);
 }
 
 /// A rescan of the rules directory changed something.
-pub fn reload(workspace: &str, ok: bool, rules_loaded: usize) {
-    let ws = || workspace.to_string();
+pub fn reload(workspace: &Arc<str>, ok: bool, rules_loaded: usize) {
+    let ws = || workspace.clone();
     counter!(RELOADS, "workspace" => ws(), "result" => if ok { "ok" } else { "error" })
         .increment(1);
     gauge!(LAST_RELOAD_OK, "workspace" => ws()).set(if ok { 1.0 } else { 0.0 });
@@ -255,16 +257,20 @@ pub fn reload(workspace: &str, ok: bool, rules_loaded: usize) {
 }
 
 /// A state-store write took `took`.
-pub(crate) fn store_write(workspace: &str, op: &'static str, took: Duration) {
-    histogram!(STORE_WRITE, "workspace" => workspace.to_string(), "op" => op)
+pub(crate) fn store_write(workspace: &Arc<str>, op: &'static str, took: Duration) {
+    histogram!(STORE_WRITE, "workspace" => workspace.clone(), "op" => op)
         .record(took.as_secs_f64());
 }
 
 /// New SLA facts of a session since the last poll.
-pub fn sla(workspace: &str, before: &crate::tracking::SlaState, after: &crate::tracking::SlaState) {
+pub fn sla(
+    workspace: &Arc<str>,
+    before: &crate::tracking::SlaState,
+    after: &crate::tracking::SlaState,
+) {
     if before.first_response_secs.is_none() {
         if let Some(s) = after.first_response_secs {
-            histogram!(SLA_FIRST_RESPONSE, "workspace" => workspace.to_string()).record(s);
+            histogram!(SLA_FIRST_RESPONSE, "workspace" => workspace.clone()).record(s);
         }
     }
     for s in after
@@ -272,14 +278,14 @@ pub fn sla(workspace: &str, before: &crate::tracking::SlaState, after: &crate::t
         .iter()
         .skip(before.human_wait_secs.len())
     {
-        histogram!(SLA_HUMAN_WAIT, "workspace" => workspace.to_string()).record(*s);
+        histogram!(SLA_HUMAN_WAIT, "workspace" => workspace.clone()).record(*s);
     }
     for s in after
         .agent_response_secs
         .iter()
         .skip(before.agent_response_secs.len())
     {
-        histogram!(SLA_AGENT_RESPONSE, "workspace" => workspace.to_string()).record(*s);
+        histogram!(SLA_AGENT_RESPONSE, "workspace" => workspace.clone()).record(*s);
     }
 }
 
