@@ -1356,10 +1356,7 @@ fn a_database_outage_is_reported_and_no_reply_is_lost_or_sent_twice() {
             r#"on("visitor_message", |ev| { ev.reply("got it: " + ev.message.text); });"#,
         )],
     );
-    let listen = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("address").to_string()
-    };
+    let listen = util::free_addr();
     let before = sim.list_polls();
     let mut engine = wd.spawn_engine_with(&["--listen", &listen]);
     engine.wait_polls(&sim, before, 3);

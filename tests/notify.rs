@@ -106,12 +106,6 @@ async fn hanging_receiver() -> SocketAddr {
     addr
 }
 
-/// A loopback address nobody listens on.
-fn closed_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
-}
-
 #[tokio::test]
 async fn slack_payload_and_headers() {
     let server = MockServer::start().await;
@@ -761,7 +755,7 @@ async fn secrets_never_appear_in_logs_or_outcomes() {
     let refused = secret(
         dir.path(),
         "refused",
-        &format!("http://{}/hooks/SECRETDOWN55", closed_port()),
+        &format!("http://{}/hooks/SECRETDOWN55", crate::util::free_addr()),
     );
     let chans = channels(&format!(
         "[notify.team]\nkind = \"slack\"\nurl_file = {slack}\n\

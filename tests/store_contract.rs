@@ -799,19 +799,13 @@ fn password_of(url: &str) -> Option<String> {
     Some(format!(":{pw}@"))
 }
 
-/// A port on loopback nobody listens on.
-fn closed_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
-
 #[test]
 fn an_unreachable_server_is_a_clear_error_without_the_password() {
     // No server needed: nobody listens on the port.
     let rt = pg_runtime();
     let url = format!(
-        "postgres://sky:SeCrEtPw@127.0.0.1:{}/state?connect_timeout=2",
-        closed_port()
+        "postgres://sky:SeCrEtPw@{}/state?connect_timeout=2",
+        util::free_addr()
     );
     let started = Instant::now();
     let e = rt.block_on(PgStore::connect(&url)).unwrap_err();

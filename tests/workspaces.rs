@@ -25,12 +25,6 @@ fn rule(signature: &str) -> String {
     )
 }
 
-/// A free loopback address (bound, then released) for the listener.
-fn free_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").to_string()
-}
-
 struct Running(Child);
 
 impl Drop for Running {
@@ -117,7 +111,7 @@ fn each_chat_is_handled_by_its_own_workspace_and_a_refused_key_stops_neither() {
     let globex = BlockingSim::start(util::quiet("key-globex"));
     let initech = BlockingSim::start(util::quiet("key-initech"));
     let dir = tempfile::tempdir().expect("tempdir");
-    let listen = free_addr();
+    let listen = util::free_addr();
     write_config(dir.path(), &acme, &globex, &initech, &listen);
     let log = dir.path().join("run.err");
     let engine = Running(

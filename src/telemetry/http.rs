@@ -163,10 +163,11 @@ async fn status_json(State(s): State<AppState>) -> Response {
         .iter()
         .map(|b| {
             let b = read(b);
+            let readiness = b.readiness();
             serde_json::json!({
                 "workspace": b.workspace,
-                "ready": b.readiness().is_ok(),
-                "not_ready_because": b.readiness().err(),
+                "ready": readiness.is_ok(),
+                "not_ready_because": readiness.err(),
                 "dry_run": b.dry_run,
                 "sessions": b.sessions,
                 "actions": b.actions,

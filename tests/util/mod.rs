@@ -55,10 +55,14 @@ pub fn count(log: &[RequestRecord], method: &str, suffix: &str) -> usize {
 
 /// A base URL on a loopback port nobody listens on (bound, then released).
 pub fn dead_base_url() -> String {
+    format!("http://{}/api/v1", free_addr())
+}
+
+/// A loopback address nobody listens on now (bound, then released): for a
+/// listener a child process is told to open, or a dead server.
+pub fn free_addr() -> String {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    let port = listener.local_addr().expect("local addr").port();
-    drop(listener);
-    format!("http://127.0.0.1:{port}/api/v1")
+    listener.local_addr().expect("local addr").to_string()
 }
 
 /// The skyrules binary with what configures it from the environment
