@@ -193,3 +193,48 @@ fn bench_reports_cycles_requests_and_reactions() {
         .all(|p| p["rss_mib"].as_f64().unwrap() > 0.0));
     assert!(stdout.contains("engine memory over time"), "{stdout}");
 }
+
+/// `bench --workspaces` runs one engine per simulated account on one store
+/// and reports per workspace-cycle.
+#[test]
+fn bench_runs_many_workspaces_in_one_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("fleet.json");
+    let out = skyrules()
+        .args([
+            "bench",
+            "--workspaces",
+            "2",
+            "--sessions",
+            "50",
+            "--duration",
+            "3s",
+            "--poll-interval",
+            "300ms",
+            "--changed-percent",
+            "10",
+            "--json",
+        ])
+        .arg(&json)
+        .env_remove("SKYRULES_BENCH_STATE_URL")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("worst workspace's p99"), "{stdout}");
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(r["workspaces"], 2, "{r}");
+    assert_eq!(r["store"], "sqlite", "{r}");
+    assert!(
+        r["cycles"].as_u64().unwrap() >= 2,
+        "both workspaces polled: {r}"
+    );
+    let commits = r["state_commits_per_workspace_cycle"].as_f64().unwrap();
+    assert!(commits > 0.0 && commits <= 1.0, "{r}");
+    assert_eq!(r["take_overs"], r["human_requests"], "{r}");
+}
