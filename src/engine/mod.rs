@@ -62,15 +62,14 @@ pub struct EngineOptions {
     pub guard: Guard,
 }
 
-/// The longest wait between two tries of a refused key.
-const REFUSED_BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// The longest wait between two tries of a refused key or an unreadable
+/// state.
+const RETRY_MAX: Duration = Duration::from_secs(300);
 
-/// How long to wait after the `n`th refusal in a row: doubling from one
-/// poll interval up to [`REFUSED_BACKOFF_MAX`].
-fn refused_backoff(interval: Duration, n: u32) -> Duration {
-    interval
-        .saturating_mul(1u32 << n.saturating_sub(1).min(16))
-        .min(REFUSED_BACKOFF_MAX.max(interval))
+/// How long to wait after the `n`th failure in a row: the client's backoff
+/// (doubling, jittered) from one poll interval up to [`RETRY_MAX`].
+fn retry_backoff(interval: Duration, n: u32) -> Duration {
+    crate::net::backoff(interval, RETRY_MAX.max(interval), n)
 }
 
 /// Default retention of ended sessions' state (SPEC §6).
@@ -361,7 +360,7 @@ impl Engine {
                 // them: it is retried, less and less often, until fixed.
                 Err(e @ (ApiError::Unauthorized { .. } | ApiError::Redirected { .. })) => {
                     refused = refused.saturating_add(1);
-                    let wait = refused_backoff(self.opts.poll_interval, refused);
+                    let wait = retry_backoff(self.opts.poll_interval, refused);
                     tracing::error!(error = %e, retry_in = %humantime::format_duration(wait), "the SkyLight API refused this workspace; fix its key or base_url (other workspaces carry on)");
                     let _ = self.notes.send(Note::PollFailed {
                         error: e.to_string(),
@@ -403,7 +402,7 @@ impl Engine {
                 }
                 Err(EngineError::Store(e)) if self.keep_trying => {
                     tries = tries.saturating_add(1);
-                    let wait = refused_backoff(self.opts.poll_interval, tries);
+                    let wait = retry_backoff(self.opts.poll_interval, tries);
                     tracing::error!(error = %e, retry_in = %humantime::format_duration(wait), "cannot read this workspace's state; retrying (other workspaces carry on)");
                     self.store_trouble(Some(e.to_string()));
                     tokio::select! {
