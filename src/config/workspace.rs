@@ -70,27 +70,38 @@ pub struct Workspace {
     pub engine: EngineConfig,
     /// Its reply-loop guard.
     pub guard: GuardConfig,
-    /// Where the key names are, for errors: `api.` or `workspaces.NAME.`.
-    prefix: String,
+    /// Whether it is a `[workspaces.NAME]` table (else `default`, described
+    /// by `[api]` and `[engine]`): where its keys are named in errors.
+    own_table: bool,
     /// The config file, for errors.
     source: Option<PathBuf>,
 }
 
 impl Workspace {
+    /// Where the setting `key` of `table` is for this workspace, for errors:
+    /// `api.api_key_file`, or `workspaces.NAME.api_key_file`.
+    fn key(&self, table: &str, key: &str) -> String {
+        if self.own_table {
+            format!("workspaces.{}.{key}", self.name)
+        } else {
+            format!("{table}.{key}")
+        }
+    }
+
     /// The API key: from the key file if set, else the key variable.
     pub(crate) fn api_key(&self) -> Result<ApiKey, ConfigError> {
-        let prefix = &self.prefix;
+        let file_key = self.key("api", "api_key_file");
         if let Some(file) = &self.api.api_key_file {
             let text = std::fs::read_to_string(file).map_err(|e| {
                 ConfigError::Invalid(format!(
-                    "cannot read the API key file {} (`{prefix}api_key_file`): {e}",
+                    "cannot read the API key file {} (`{file_key}`): {e}",
                     file.display()
                 ))
             })?;
             let key = ApiKey::new(text);
             if key.is_empty() {
                 return Err(ConfigError::Invalid(format!(
-                    "the API key file {} (`{prefix}api_key_file`) is empty",
+                    "the API key file {} (`{file_key}`) is empty",
                     file.display()
                 )));
             }
@@ -99,18 +110,17 @@ impl Workspace {
         let var = &self.api_key_env;
         match std::env::var(var) {
             Ok(k) if !k.trim().is_empty() => Ok(ApiKey::new(k)),
-            _ if self.name == DEFAULT_WORKSPACE && self.prefix == "api." => {
-                Err(ConfigError::Invalid(format!(
-                    "no SkyLight API key: set {var}, or `api.api_key_file` in {}",
-                    self.source
-                        .as_ref()
-                        .map(|p| p.display().to_string())
-                        .unwrap_or_else(|| super::DEFAULT_CONFIG_FILE.to_string())
-                )))
-            }
+            _ if !self.own_table => Err(ConfigError::Invalid(format!(
+                "no SkyLight API key: set {var}, or `api.api_key_file` in {}",
+                self.source
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| super::DEFAULT_CONFIG_FILE.to_string())
+            ))),
             _ => Err(ConfigError::Invalid(format!(
-                "workspace {}: no SkyLight API key: the variable {var} (`{prefix}api_key_env`) is not set",
-                self.name
+                "workspace {}: no SkyLight API key: the variable {var} (`{}`) is not set",
+                self.name,
+                self.key("api", "api_key_env")
             ))),
         }
     }
@@ -118,28 +128,26 @@ impl Workspace {
     /// The key its rules directory is set with: `engine.rules_dir`, or
     /// `workspaces.NAME.rules_dir`.
     pub(crate) fn rules_dir_key(&self) -> String {
-        if self.prefix == "api." {
-            "engine.rules_dir".into()
-        } else {
-            format!("{}rules_dir", self.prefix)
-        }
+        self.key("engine", "rules_dir")
     }
 
     /// The client settings of this workspace.
     pub(crate) fn client_config(&self) -> Result<crate::api::ClientConfig, ConfigError> {
         let mut c = crate::api::ClientConfig::new(self.api.base_url.trim(), self.api_key()?);
         c.workspace = self.name.clone();
-        if self.prefix != "api." {
+        if self.own_table {
             c.key_source = match &self.api.api_key_file {
                 Some(f) => format!(
-                    "workspace {}'s key file {} (`{}api_key_file`)",
+                    "workspace {}'s key file {} (`{}`)",
                     self.name,
                     f.display(),
-                    self.prefix
+                    self.key("api", "api_key_file")
                 ),
                 None => format!(
-                    "workspace {}'s key variable {} (`{}api_key_env`)",
-                    self.name, self.api_key_env, self.prefix
+                    "workspace {}'s key variable {} (`{}`)",
+                    self.name,
+                    self.api_key_env,
+                    self.key("api", "api_key_env")
                 ),
             };
         }
@@ -162,7 +170,7 @@ impl Config {
                 api_key_env: API_KEY_ENV.to_string(),
                 engine: self.engine.clone(),
                 guard: self.guard.clone(),
-                prefix: "api.".into(),
+                own_table: false,
                 source: self.source.clone(),
             }];
         }
@@ -232,7 +240,7 @@ impl Config {
             api_key_env: w.api_key_env.clone().unwrap_or_default(),
             engine,
             guard,
-            prefix: format!("workspaces.{name}."),
+            own_table: true,
             source: self.source.clone(),
         }
     }
