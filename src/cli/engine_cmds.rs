@@ -118,39 +118,15 @@ pub async fn run(config: Config, only: Option<&str>) -> anyhow::Result<ExitCode>
     let mut engines = Vec::new();
     let mut boards = Vec::new();
     for (ws, api) in workspaces.iter().zip(clients) {
-        let span = tracing::info_span!("workspace", workspace = %ws.name);
         let world = World {
             calendars: calendars.clone(),
             channels: names.clone(),
             notifier: notifier.clone(),
             max_rule_memory: ws.engine.max_rule_memory as usize,
         };
-        let opts = engine_options(ws);
-        let (mut engine, report) =
-            Engine::with_world(api.clone(), store.workspace(&ws.name), opts.clone(), world)
-                .instrument(span.clone())
-                .await
-                .map_err(|e| named(ws, several, e.into()))?;
-        engine.set_retention(ws.engine.retention);
-        if several {
-            engine.keep_trying_when_refused();
-        }
-        span.in_scope(|| {
-            log_report(&report);
-            let running = engine.runtime().rules().rules.len();
-            tracing::info!(
-                base_url = api.base_url(),
-                rules = running,
-                rules_dir = %opts.rules_dir.display(),
-                poll_interval = %humantime::format_duration(opts.poll_interval),
-                dry_run = opts.dry_run,
-                state = %store.location(),
-                "skyrules running"
-            );
-            if running == 0 {
-                tracing::warn!(rules_dir = %opts.rules_dir.display(), "no rule loaded; add *.rhai files (they are picked up without a restart)");
-            }
-        });
+        let (engine, span) = start_engine(ws, api, &store, world, several)
+            .await
+            .map_err(|e| named(ws, several, e))?;
         boards.push(engine.board());
         engines.push((ws.name.clone(), engine, span));
     }
@@ -176,6 +152,63 @@ pub async fn run(config: Config, only: Option<&str>) -> anyhow::Result<ExitCode>
         tracing::info!("shutting down");
         stop.cancel();
     });
+    let failed = run_engines(engines, &shutdown, several).await;
+    shutdown.cancel();
+    if let Some(server) = server {
+        let _ = server.await;
+    }
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// One workspace's engine, built inside its log span: its rules loaded and
+/// reported, its state opened.
+async fn start_engine(
+    ws: &Workspace,
+    api: Client,
+    store: &Arc<dyn crate::store::Store>,
+    world: World,
+    several: bool,
+) -> anyhow::Result<(Engine, tracing::Span)> {
+    let span = tracing::info_span!("workspace", workspace = %ws.name);
+    let opts = engine_options(ws);
+    let (mut engine, report) =
+        Engine::with_world(api.clone(), store.workspace(&ws.name), opts.clone(), world)
+            .instrument(span.clone())
+            .await?;
+    engine.set_retention(ws.engine.retention);
+    if several {
+        engine.keep_trying_when_refused();
+    }
+    span.in_scope(|| {
+        log_report(&report);
+        let running = engine.runtime().rules().rules.len();
+        tracing::info!(
+            base_url = api.base_url(),
+            rules = running,
+            rules_dir = %opts.rules_dir.display(),
+            poll_interval = %humantime::format_duration(opts.poll_interval),
+            dry_run = opts.dry_run,
+            state = %store.location(),
+            "skyrules running"
+        );
+        if running == 0 {
+            tracing::warn!(rules_dir = %opts.rules_dir.display(), "no rule loaded; add *.rhai files (they are picked up without a restart)");
+        }
+    });
+    Ok((engine, span))
+}
+
+/// Runs every workspace's engine until `shutdown`. Alone, a workspace
+/// that cannot run is the process's error (returned, the rest stopped);
+/// next to others it is logged and they carry on.
+async fn run_engines(
+    engines: Vec<(String, Engine, tracing::Span)>,
+    shutdown: &CancellationToken,
+    several: bool,
+) -> Option<anyhow::Error> {
     let mut running = tokio::task::JoinSet::new();
     for (name, engine, span) in engines {
         let stop = shutdown.clone();
@@ -185,12 +218,10 @@ pub async fn run(config: Config, only: Option<&str>) -> anyhow::Result<ExitCode>
     while let Some(done) = running.join_next().await {
         match done {
             Ok((_, Ok(()))) => {}
-            // Alone, a workspace that cannot run is the process's error.
             Ok((_, Err(e))) if !several => {
                 failed = Some(anyhow::Error::from(e));
                 shutdown.cancel();
             }
-            // Next to others, it is logged and they carry on.
             Ok((name, Err(e))) => {
                 tracing::error!(workspace = %name, error = %e, "workspace stopped; the other workspaces carry on");
             }
@@ -199,14 +230,7 @@ pub async fn run(config: Config, only: Option<&str>) -> anyhow::Result<ExitCode>
             }
         }
     }
-    shutdown.cancel();
-    if let Some(server) = server {
-        let _ = server.await;
-    }
-    match failed {
-        Some(e) => Err(e),
-        None => Ok(ExitCode::SUCCESS),
-    }
+    failed
 }
 
 /// Puts the workspace's name in front of an error, when there are several.

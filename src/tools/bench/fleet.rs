@@ -230,8 +230,62 @@ pub async fn run(opts: BenchOptions, workspaces: usize) -> anyhow::Result<FleetR
             ))
         })
         .collect();
-    let until = Instant::now() + opts.duration;
-    let mut per_workspace: Vec<Vec<f64>> = vec![Vec::new(); workspaces];
+    let (per_workspace, state_commits) = collect_cycles(&mut notes, opts.duration).await;
+    traffic_stop.cancel();
+    // Human requests of the last interval are answered by the next poll.
+    tokio::time::sleep(opts.poll_interval * 2).await;
+    let mut asked = 0;
+    for t in traffic {
+        asked += t.await.map(|t| t.asked.len()).unwrap_or(0);
+    }
+    let cpu = cpu_seconds(&me) - cpu_before;
+    let rss = memory_mib(&me, "VmRSS:");
+    stop.cancel();
+    for t in tasks {
+        let _ = t.await;
+    }
+    let mut take_overs = 0;
+    for sim in &sims {
+        take_overs += take_overs_sent(&http, sim).await?;
+    }
+    for mut sim in sims {
+        let _ = sim.child.kill().await;
+    }
+    let cycles: usize = per_workspace.iter().map(Vec::len).sum();
+    let worst = per_workspace
+        .iter()
+        .map(|v| Millis::of(v.clone()).p99)
+        .fold(0.0, f64::max);
+    let commit_ms = Millis::of(commits.lock().map(|c| c.clone()).unwrap_or_default());
+    let chats = (workspaces * opts.sessions).max(1) as f64;
+    Ok(FleetReport {
+        workspaces,
+        sessions_per_workspace: opts.sessions,
+        changed_per_cycle: super::changed_per_cycle(&opts),
+        poll_interval_ms: opts.poll_interval.as_millis() as u64,
+        store: kind.to_string(),
+        cycles,
+        cycle_ms: Millis::of(per_workspace.concat()),
+        worst_workspace_p99_ms: worst,
+        state_commits_per_workspace_cycle: state_commits as f64 / cycles.max(1) as f64,
+        commit_ms,
+        rss_per_workspace_mib: (rss_engines - rss_before).max(0.0) / workspaces.max(1) as f64,
+        rss_per_chat_kib: (rss_after_baseline - rss_engines).max(0.0) * 1024.0 / chats,
+        rss_mib: rss,
+        cpu_ms_per_workspace_cycle: cpu * 1000.0 / cycles.max(1) as f64,
+        human_requests: asked,
+        take_overs,
+    })
+}
+
+/// Each workspace's cycle times (ms) and the state commits of all, from
+/// the engines' notes over `duration`.
+async fn collect_cycles(
+    notes: &mut [broadcast::Receiver<Note>],
+    duration: Duration,
+) -> (Vec<Vec<f64>>, usize) {
+    let until = Instant::now() + duration;
+    let mut per_workspace: Vec<Vec<f64>> = vec![Vec::new(); notes.len()];
     let mut state_commits = 0usize;
     while Instant::now() < until {
         for (w, rx) in notes.iter_mut().enumerate() {
@@ -250,64 +304,25 @@ pub async fn run(opts: BenchOptions, workspaces: usize) -> anyhow::Result<FleetR
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    traffic_stop.cancel();
-    // Human requests of the last interval are answered by the next poll.
-    tokio::time::sleep(opts.poll_interval * 2).await;
-    let mut asked = 0;
-    for t in traffic {
-        asked += t.await.map(|t| t.asked.len()).unwrap_or(0);
-    }
-    let cpu = cpu_seconds(&me) - cpu_before;
-    let rss = memory_mib(&me, "VmRSS:");
-    stop.cancel();
-    for t in tasks {
-        let _ = t.await;
-    }
-    let mut take_overs = 0;
-    for sim in &sims {
-        let log = super::get(&http, format!("{}/requests", sim.control)).await?;
-        take_overs += log
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter(|r| {
-                        r["method"] == "POST"
-                            && r["path"]
-                                .as_str()
-                                .is_some_and(|p| p.ends_with("/take-over"))
-                    })
-                    .count()
-            })
-            .unwrap_or(0);
-    }
-    for mut sim in sims {
-        let _ = sim.child.kill().await;
-    }
-    let cycles: usize = per_workspace.iter().map(Vec::len).sum();
-    let worst = per_workspace
-        .iter()
-        .map(|v| Millis::of(v.clone()).p99)
-        .fold(0.0, f64::max);
-    let commit_ms = Millis::of(commits.lock().map(|c| c.clone()).unwrap_or_default());
-    let chats = (workspaces * opts.sessions).max(1) as f64;
-    Ok(FleetReport {
-        workspaces,
-        sessions_per_workspace: opts.sessions,
-        changed_per_cycle: ((opts.sessions as f64 * opts.changed).round() as usize).max(1),
-        poll_interval_ms: opts.poll_interval.as_millis() as u64,
-        store: kind.to_string(),
-        cycles,
-        cycle_ms: Millis::of(per_workspace.concat()),
-        worst_workspace_p99_ms: worst,
-        state_commits_per_workspace_cycle: state_commits as f64 / cycles.max(1) as f64,
-        commit_ms,
-        rss_per_workspace_mib: (rss_engines - rss_before).max(0.0) / workspaces.max(1) as f64,
-        rss_per_chat_kib: (rss_after_baseline - rss_engines).max(0.0) * 1024.0 / chats,
-        rss_mib: rss,
-        cpu_ms_per_workspace_cycle: cpu * 1000.0 / cycles.max(1) as f64,
-        human_requests: asked,
-        take_overs,
-    })
+    (per_workspace, state_commits)
+}
+
+/// Take-over requests a simulator received, from its request log.
+async fn take_overs_sent(http: &reqwest::Client, sim: &SimProcess) -> anyhow::Result<usize> {
+    let log = super::get(http, format!("{}/requests", sim.control)).await?;
+    Ok(log
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|r| {
+                    r["method"] == "POST"
+                        && r["path"]
+                            .as_str()
+                            .is_some_and(|p| p.ends_with("/take-over"))
+                })
+                .count()
+        })
+        .unwrap_or(0))
 }
 
 /// Waits for one engine's baseline poll.
