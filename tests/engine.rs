@@ -1945,12 +1945,7 @@ async fn an_intent_that_cannot_be_written_is_taken_once_when_the_store_is_back()
     let engine = engine_on(&sim, store.clone(), rules.path()).await;
     let stop = CancellationToken::new();
     let task = tokio::spawn(engine.run(stop.clone()));
-    let lists = || {
-        sim.requests()
-            .iter()
-            .filter(|r| r.method == "GET" && r.path.ends_with("/web-chat/sessions"))
-            .count()
-    };
+    let lists = || util::count(&sim.requests(), "GET", "/web-chat/sessions");
     eventually("the baseline", || lists() >= 3).await;
     sim.create_session(json!({"session_id": "o"}))
         .expect("create");
