@@ -144,33 +144,17 @@ fn demo_shows_an_escalation_and_an_idle_close_then_stops_on_ctrl_c() {
 /// is for BENCHMARKS.md, not for tests).
 #[test]
 fn bench_reports_cycles_requests_and_reactions() {
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("bench.json");
-    let out = skyrules()
-        .args([
-            "bench",
-            "--sessions",
-            "200",
-            "--duration",
-            "3s",
-            "--poll-interval",
-            "300ms",
-            "--changed-percent",
-            "5",
-            "--json",
-        ])
-        .arg(&json)
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (stdout, r) = bench(&[
+        "--sessions",
+        "200",
+        "--duration",
+        "3s",
+        "--poll-interval",
+        "300ms",
+        "--changed-percent",
+        "5",
+    ]);
     assert!(stdout.contains("cycle time"), "{stdout}");
-    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     assert_eq!(r["sessions"], 200);
     assert_eq!(r["changed_per_cycle"], 10);
     assert!(r["cycles"].as_u64().unwrap() > 0, "{r}");
@@ -198,36 +182,19 @@ fn bench_reports_cycles_requests_and_reactions() {
 /// and reports per workspace-cycle.
 #[test]
 fn bench_runs_many_workspaces_in_one_process() {
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("fleet.json");
-    let out = skyrules()
-        .args([
-            "bench",
-            "--workspaces",
-            "2",
-            "--sessions",
-            "50",
-            "--duration",
-            "3s",
-            "--poll-interval",
-            "300ms",
-            "--changed-percent",
-            "10",
-            "--json",
-        ])
-        .arg(&json)
-        .env_remove("SKYRULES_BENCH_STATE_URL")
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (stdout, r) = bench(&[
+        "--workspaces",
+        "2",
+        "--sessions",
+        "50",
+        "--duration",
+        "3s",
+        "--poll-interval",
+        "300ms",
+        "--changed-percent",
+        "10",
+    ]);
     assert!(stdout.contains("worst workspace's p99"), "{stdout}");
-    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     assert_eq!(r["workspaces"], 2, "{r}");
     assert_eq!(r["store"], "sqlite", "{r}");
     assert!(
@@ -237,4 +204,28 @@ fn bench_runs_many_workspaces_in_one_process() {
     let commits = r["state_commits_per_workspace_cycle"].as_f64().unwrap();
     assert!(commits > 0.0 && commits <= 1.0, "{r}");
     assert_eq!(r["take_overs"], r["human_requests"], "{r}");
+}
+
+/// Runs `skyrules bench` with `args` (on SQLite, in a directory of its
+/// own) to a successful end; its table and its JSON report.
+fn bench(args: &[&str]) -> (String, serde_json::Value) {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let out = skyrules()
+        .arg("bench")
+        .args(args)
+        .arg("--json")
+        .arg(&json)
+        .env_remove("SKYRULES_BENCH_STATE_URL")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    (stdout, report)
 }
