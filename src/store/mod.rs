@@ -103,6 +103,16 @@ pub enum StoreError {
         /// The workspaces found there, comma-separated.
         workspaces: String,
     },
+    /// A write refused because this replica no longer holds the
+    /// workspace's lease (another took it over): nothing was written, and
+    /// this replica must stop acting on the workspace.
+    #[error("workspace {workspace}: this replica's lease (epoch {epoch}) was taken over by another replica; it no longer acts on this workspace")]
+    Fenced {
+        /// The workspace.
+        workspace: String,
+        /// The epoch this replica held.
+        epoch: i64,
+    },
     /// Any other read or write failure.
     #[error("state {path}: {message}")]
     Io {
