@@ -217,6 +217,12 @@ impl Executor {
         let Some(notifier) = &self.notifier else {
             return Outcome::DryRun;
         };
+        // Like an API action: never handed over once this replica's time
+        // to act on the workspace has run out.
+        if !self.api.may_act() {
+            crate::telemetry::metrics::fenced(self.api.workspace(), "action");
+            return Outcome::Failed("not sent: this replica no longer holds the workspace".into());
+        }
         match notifier.send(Notification {
             channel: channel.to_string(),
             session_id: session_id.to_string(),

@@ -264,6 +264,8 @@ pub struct Client {
     max_body: usize,
     workspace: Arc<str>,
     key_source: Arc<str>,
+    // Set on a replica (SPEC §7): actions leave only while it holds.
+    tenure: Option<Arc<crate::replicas::Tenure>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -330,7 +332,21 @@ impl Client {
             max_body: config.max_body,
             workspace: config.workspace.into(),
             key_source: config.key_source.into(),
+            tenure: None,
         })
+    }
+
+    /// This client, sending actions (every request but a `GET`) only while
+    /// `tenure` lasts: it is checked immediately before each request
+    /// leaves, with no `.await` in between, retries included.
+    pub(crate) fn with_tenure(mut self, tenure: Arc<crate::replicas::Tenure>) -> Client {
+        self.tenure = Some(tenure);
+        self
+    }
+
+    /// Whether this client may act now (always, outside a replica).
+    pub(crate) fn may_act(&self) -> bool {
+        self.tenure.as_ref().is_none_or(|t| t.may_act())
     }
 
     /// The server's clock, as learned from its responses.
@@ -704,6 +720,17 @@ impl Client {
             req = req.json(b);
         }
         let endpoint = endpoint_of(&url);
+        // The last moment an action can still be held back. Between this
+        // check and the request leaving there is no `.await`: a replica
+        // paused after it can still send once (README, "Running more than
+        // one replica"), and nothing else can.
+        if method != Method::GET && !self.may_act() {
+            crate::telemetry::metrics::fenced(&self.workspace, "action");
+            return Err(Fail::Final(ApiError::Fenced {
+                what: what.to_string(),
+                workspace: self.workspace.to_string(),
+            }));
+        }
         let resp = req.send().await.map_err(|e| {
             crate::telemetry::metrics::api_request(
                 &self.workspace,

@@ -53,6 +53,15 @@ pub enum ApiError {
     /// Refused locally, before any request was sent.
     #[error("{0}")]
     Invalid(String),
+    /// Not sent: this replica's time to act on the workspace ran out (its
+    /// lease could not be renewed in time, or another replica took it).
+    #[error("not sent ({what}): this replica no longer holds workspace {workspace}'s lease")]
+    Fenced {
+        /// What was attempted.
+        what: String,
+        /// The workspace.
+        workspace: String,
+    },
     /// Retries ran out on 429, 5xx, timeouts, connection errors or
     /// undecodable bodies.
     #[error("SkyLight API unavailable for {what} after {attempts} attempt(s): {last}")]

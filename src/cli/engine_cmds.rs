@@ -15,6 +15,7 @@ use crate::engine::{Engine, EngineOptions};
 use crate::executor::Guard;
 use crate::rules::reload::log_report;
 use crate::rules::{Runtime, World};
+use crate::telemetry::status::{Board, SharedBoard};
 use tracing::Instrument;
 
 /// Engine flags shared by `run` and `demo`; each beats the config file.
@@ -100,7 +101,6 @@ pub async fn run(config: Config, only: Option<&str>) -> anyhow::Result<ExitCode>
     let http_token = config.http_token()?;
     let state_url = config.state_url()?;
     let metrics = crate::telemetry::metrics::install();
-    let store = crate::store::open(&config.engine.state_path, state_url.as_deref()).await?;
     let shutdown = CancellationToken::new();
     if let Some(handle) = &metrics {
         crate::telemetry::metrics::keep_up(handle.clone(), shutdown.clone());
@@ -115,43 +115,61 @@ pub async fn run(config: Config, only: Option<&str>) -> anyhow::Result<ExitCode>
     if let Some(n) = &notifier {
         log_deliveries(n);
     }
-    let mut engines = Vec::new();
-    let mut boards = Vec::new();
-    for (ws, api) in workspaces.iter().zip(clients) {
-        let world = World {
-            calendars: calendars.clone(),
-            channels: names.clone(),
-            notifier: notifier.clone(),
-            max_rule_memory: ws.engine.max_rule_memory as usize,
-        };
-        let (engine, span) = start_engine(ws, api, &store, world, several)
-            .await
-            .map_err(|e| named(ws, several, e))?;
-        boards.push(engine.board());
-        engines.push((ws.name.clone(), engine, span));
-    }
-    let server = match config.http.listen {
-        Some(addr) => {
-            let token = http_token.clone();
-            let listener = crate::telemetry::http::bind(addr, token.as_deref()).await?;
-            let shown = listener.local_addr().unwrap_or(addr);
-            tracing::info!(address = %shown, "status page, /metrics, /healthz and /readyz at http://{shown}/");
-            Some(tokio::spawn(crate::telemetry::http::serve(
-                listener,
-                boards,
-                metrics,
-                token,
-                shutdown.clone(),
-            )))
-        }
-        None => None,
+    let world = |ws: &Workspace| World {
+        calendars: calendars.clone(),
+        channels: names.clone(),
+        notifier: notifier.clone(),
+        max_rule_memory: ws.engine.max_rule_memory as usize,
     };
+    let parts: Vec<Part> = workspaces
+        .iter()
+        .zip(clients)
+        .map(|(ws, api)| Part {
+            world: world(ws),
+            ws: ws.clone(),
+            api,
+        })
+        .collect();
     let stop = shutdown.clone();
     tokio::spawn(async move {
         crate::shutdown::signal().await;
         tracing::info!("shutting down");
         stop.cancel();
     });
+    if let Some(url) = state_url {
+        let leases = crate::store::open_shared(&url).await?;
+        let replica = replica_options(&config, &workspaces)?;
+        let boards = parts.iter().map(|p| p.board()).collect::<Vec<_>>();
+        let server = serve(&config, &boards, metrics, http_token, &shutdown).await?;
+        let launch = launcher(parts, boards.clone());
+        let named: Vec<(Arc<str>, SharedBoard)> = workspaces
+            .iter()
+            .map(|w| Arc::<str>::from(w.name.as_str()))
+            .zip(boards)
+            .collect();
+        crate::replicas::Coordinator::new(replica, leases, launch, named)
+            .run(shutdown.clone())
+            .await;
+        shutdown.cancel();
+        if let Some(server) = server {
+            let _ = server.await;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let store = crate::store::open(&config.engine.state_path, None).await?;
+    let mut engines = Vec::new();
+    let mut boards = Vec::new();
+    for p in parts {
+        let (mut engine, span) = start_engine(&p.ws, p.api, store.workspace(&p.ws.name), p.world)
+            .await
+            .map_err(|e| named(&p.ws, several, e))?;
+        if several {
+            engine.keep_trying_when_refused();
+        }
+        boards.push(engine.board());
+        engines.push((p.ws.name.clone(), engine, span));
+    }
+    let server = serve(&config, &boards, metrics, http_token, &shutdown).await?;
     let failed = run_engines(engines, &shutdown, several).await;
     shutdown.cancel();
     if let Some(server) = server {
@@ -163,25 +181,134 @@ pub async fn run(config: Config, only: Option<&str>) -> anyhow::Result<ExitCode>
     }
 }
 
+/// What a workspace's engine is built from.
+#[derive(Clone)]
+struct Part {
+    ws: Workspace,
+    api: Client,
+    world: World,
+}
+
+impl Part {
+    /// The workspace's board before any engine runs (a replica's standby
+    /// workspaces have no engine, only this).
+    fn board(&self) -> SharedBoard {
+        let opts = engine_options(&self.ws);
+        Arc::new(std::sync::RwLock::new(Board {
+            workspace: self.ws.name.clone(),
+            poll_interval: opts.poll_interval,
+            dry_run: opts.dry_run,
+            ..Board::default()
+        }))
+    }
+}
+
+/// This replica's id (`SKYRULES_REPLICA`, else host and pid) and lease.
+fn replica_options(
+    config: &Config,
+    workspaces: &[Workspace],
+) -> anyhow::Result<crate::replicas::ReplicaOptions> {
+    let id = match std::env::var("SKYRULES_REPLICA") {
+        Ok(id) if !id.trim().is_empty() => {
+            let id = id.trim().to_string();
+            if id.len() > 200 || id.chars().any(char::is_control) {
+                return Err(UserError(
+                    "SKYRULES_REPLICA: a replica id is at most 200 printable characters".into(),
+                )
+                .into());
+            }
+            id
+        }
+        _ => crate::replicas::default_replica_id(),
+    };
+    let api_timeout = workspaces
+        .iter()
+        .map(|w| w.client_config().map(|c| c.timeout))
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .max()
+        .unwrap_or_default();
+    Ok(crate::replicas::ReplicaOptions {
+        id,
+        lease: config.ha.lease,
+        api_timeout,
+    })
+}
+
+/// Starts a workspace's engine each time this replica takes its lease:
+/// its state fenced by the lease, its actions held to the tenure, its
+/// reports on the workspace's lasting board.
+fn launcher(parts: Vec<Part>, boards: Vec<SharedBoard>) -> crate::replicas::Launch {
+    let parts: std::collections::HashMap<String, (Part, SharedBoard)> = parts
+        .into_iter()
+        .zip(boards)
+        .map(|(p, b)| (p.ws.name.clone(), (p, b)))
+        .collect();
+    Arc::new(move |name, takeover, stop| {
+        let Some((p, board)) = parts.get(&*name).cloned() else {
+            return tokio::spawn(async {});
+        };
+        tokio::spawn(async move {
+            let api = p.api.with_tenure(takeover.tenure.clone());
+            let (mut engine, span) = match start_engine(&p.ws, api, takeover.store, p.world).await {
+                Ok(started) => started,
+                Err(e) => {
+                    tracing::error!(workspace = %p.ws.name, error = %e, "cannot start the workspace's engine");
+                    return;
+                }
+            };
+            // A refused key is retried, not the end of the engine: its
+            // lease would only move to a replica with the same key.
+            engine.keep_trying_when_refused();
+            engine.report_on(board);
+            if let Some(at) = takeover.settle_after {
+                engine.settle_after(at);
+            }
+            if let Err(e) = engine.run(stop).instrument(span).await {
+                tracing::error!(workspace = %p.ws.name, error = %e, "the workspace's engine stopped");
+            }
+        })
+    })
+}
+
+/// Serves the status page and probes, if `[http] listen` is set.
+async fn serve(
+    config: &Config,
+    boards: &[SharedBoard],
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    token: Option<String>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    let Some(addr) = config.http.listen else {
+        return Ok(None);
+    };
+    let listener = crate::telemetry::http::bind(addr, token.as_deref()).await?;
+    let shown = listener.local_addr().unwrap_or(addr);
+    tracing::info!(address = %shown, "status page, /metrics, /healthz and /readyz at http://{shown}/");
+    let server =
+        crate::telemetry::http::serve(listener, boards.to_vec(), metrics, token, shutdown.clone());
+    Ok(Some(tokio::spawn(async move {
+        if let Err(e) = server.await {
+            tracing::error!(error = %e, "the status listener stopped");
+        }
+    })))
+}
+
 /// One workspace's engine, built inside its log span: its rules loaded and
 /// reported, its state opened.
 async fn start_engine(
     ws: &Workspace,
     api: Client,
-    store: &Arc<dyn crate::store::Store>,
+    store: Arc<dyn crate::store::Store>,
     world: World,
-    several: bool,
 ) -> anyhow::Result<(Engine, tracing::Span)> {
     let span = tracing::info_span!("workspace", workspace = %ws.name);
     let opts = engine_options(ws);
-    let (mut engine, report) =
-        Engine::with_world(api.clone(), store.workspace(&ws.name), opts.clone(), world)
-            .instrument(span.clone())
-            .await?;
+    let location = store.location();
+    let (mut engine, report) = Engine::with_world(api.clone(), store, opts.clone(), world)
+        .instrument(span.clone())
+        .await?;
     engine.set_retention(ws.engine.retention);
-    if several {
-        engine.keep_trying_when_refused();
-    }
     span.in_scope(|| {
         log_report(&report);
         let running = engine.runtime().rules().rules.len();
@@ -191,7 +318,7 @@ async fn start_engine(
             rules_dir = %opts.rules_dir.display(),
             poll_interval = %humantime::format_duration(opts.poll_interval),
             dry_run = opts.dry_run,
-            state = %store.location(),
+            state = %location,
             "skyrules running"
         );
         if running == 0 {

@@ -170,6 +170,24 @@ pub struct HttpConfig {
     pub token_file: Option<PathBuf>,
 }
 
+/// The `[ha]` table: replicas sharing a PostgreSQL state (SPEC §7).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HaConfig {
+    /// How long a workspace's lease lasts without a renewal: a dead or
+    /// frozen holder is replaced after about this long.
+    #[serde(deserialize_with = "duration")]
+    pub lease: Duration,
+}
+
+impl Default for HaConfig {
+    fn default() -> Self {
+        HaConfig {
+            lease: Duration::from_secs(15),
+        }
+    }
+}
+
 /// The whole configuration, after all layers are applied.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -182,6 +200,8 @@ pub struct Config {
     pub guard: GuardConfig,
     /// `[http]`.
     pub http: HttpConfig,
+    /// `[ha]`.
+    pub ha: HaConfig,
     /// `[hours.NAME]`: business-hours calendars.
     pub hours: std::collections::BTreeMap<String, crate::hours::CalendarConfig>,
     /// `[notify.NAME]`: channels rules may notify (secrets in files or the
@@ -341,6 +361,9 @@ impl Config {
         }
         if self.engine.max_concurrency == 0 {
             return Err(bad("engine.max_concurrency", "must be at least 1"));
+        }
+        if self.ha.lease < Duration::from_secs(1) {
+            return Err(bad("ha.lease", "must be at least 1s"));
         }
         self.calendars()?;
         self.validate_workspaces(&bad)?;

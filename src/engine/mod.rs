@@ -8,6 +8,7 @@
 //! first poll in [`recovery`], the store calls in [`store_io`], reporting in
 //! [`emit`]. Owns no policy of its own: that is the rules'.
 
+mod duplicates;
 mod emit;
 mod recovery;
 mod reloads;
@@ -200,6 +201,11 @@ pub struct Engine {
     // Set when the store came back after failing: the events journaled
     // meanwhile are handled before the next poll.
     journal_waiting: std::sync::atomic::AtomicBool,
+    // On a replica that took the workspace from one that stopped renewing:
+    // when the replies it may still have been sending have landed.
+    settle_after: Option<std::time::Instant>,
+    // Replies settled at such a takeover, watched for a second copy.
+    duplicates: duplicates::Duplicates,
 }
 
 impl Engine {
@@ -261,6 +267,8 @@ impl Engine {
                 unsaved: std::sync::Mutex::new(Batch::default()),
                 keep_trying: false,
                 journal_waiting: std::sync::atomic::AtomicBool::new(false),
+                settle_after: None,
+                duplicates: duplicates::Duplicates::default(),
             },
             report,
         ))
@@ -276,6 +284,29 @@ impl Engine {
     /// of several must not stop the others.
     pub(crate) fn keep_trying_when_refused(&mut self) {
         self.keep_trying = true;
+    }
+
+    /// On a replica: reports on `board`, which outlives this engine (the
+    /// workspace's board stays while other replicas hold it), keeping
+    /// what the board says of the lease.
+    pub(crate) fn report_on(&mut self, board: SharedBoard) {
+        {
+            let mut mine = self.board.write().unwrap_or_else(|p| p.into_inner());
+            let mut shared = board.write().unwrap_or_else(|p| p.into_inner());
+            let lease = shared.lease.take();
+            *shared = std::mem::take(&mut *mine);
+            shared.lease = lease;
+        }
+        self.board = board;
+        self.board_watched
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// On a replica that took the workspace after the last holder's lease
+    /// expired: replies it left unfinished are settled only after `at`,
+    /// when any request it had sent has landed (or timed out).
+    pub(crate) fn settle_after(&mut self, at: std::time::Instant) {
+        self.settle_after = Some(at);
     }
 
     /// The status board (readiness, sessions, timers, actions, rules).
@@ -391,6 +422,11 @@ impl Engine {
         &self,
         shutdown: &CancellationToken,
     ) -> Result<Option<Watcher>, EngineError> {
+        if let Some(at) = self.settle_after {
+            if !self.wait_for_old_holder(at, shutdown).await {
+                return Ok(None);
+            }
+        }
         let mut tries: u32 = 0;
         loop {
             match self.resume().await {
@@ -412,6 +448,30 @@ impl Engine {
                 }
                 Err(e) => return Err(e),
             }
+        }
+    }
+
+    /// Waits until `at` if the last holder left a reply unfinished: it may
+    /// still be on its way, and reading the chat before it lands would
+    /// send it twice. `false`: shut down meanwhile.
+    async fn wait_for_old_holder(
+        &self,
+        at: std::time::Instant,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let replies = match store_io::read(&self.store, |s| s.pending_actions()).await {
+            Ok(p) => p.iter().filter(|i| i.action == "reply").count(),
+            // Resuming reads them again and reports the failure.
+            Err(_) => 0,
+        };
+        let wait = at.saturating_duration_since(std::time::Instant::now());
+        if replies == 0 || wait.is_zero() {
+            return true;
+        }
+        tracing::info!(replies, wait = %humantime::format_duration(Duration::from_millis(wait.as_millis() as u64)), "the last holder left replies unfinished; waiting until any it was still sending has landed before settling them");
+        tokio::select! {
+            _ = shutdown.cancelled() => false,
+            _ = tokio::time::sleep(wait) => true,
         }
     }
 
@@ -502,6 +562,7 @@ impl Engine {
         let (polled, mut handled) = tokio::join!(produce, self.consume(rx, shutdown));
         for id in &handled.finished {
             self.executor.forget(id);
+            self.duplicates.forget(id);
         }
         // A first start's baseline is whole only once the list was read to
         // the end and every session in it saved. One that is cut short

@@ -10,6 +10,7 @@ use super::session::{action_of, Handled, Work};
 use super::{emit, store_io, Engine, EngineError};
 use crate::api::{Session, Timestamp};
 use crate::executor::Outcome;
+use crate::rules::Action;
 use crate::store::{AuditFilter, Pending};
 use crate::tracking::Watcher;
 use crate::tracking::{EventKind, Tracked};
@@ -122,6 +123,18 @@ impl Engine {
                 .executor
                 .reconcile(&mut session, &intent.rule, &action, intent.at)
                 .await;
+            if let (Some(_), Outcome::Taken, Action::Reply(text)) =
+                (self.settle_after, &outcome, &action)
+            {
+                // The last holder may yet send it too (it was paused, not
+                // dead): watched until a second copy shows or an hour
+                // passes.
+                self.duplicates.watch(
+                    &intent.session_id,
+                    text,
+                    intent.at - chrono::Duration::seconds(5),
+                );
+            }
             self.finish(&intent.key, &outcome).await;
             emit::ActionFinished {
                 rule: &intent.rule,

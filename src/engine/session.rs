@@ -126,6 +126,9 @@ impl Engine {
         let mut effective = w.pending.tracked.session.clone();
         // Unpacked once for all of this session's events.
         let history = w.pending.tracked.recent.to_vec();
+        for found in self.duplicates.check(&id, &w.pending.events, &history) {
+            self.report_duplicate(&id, found, now).await;
+        }
         for event in &w.pending.events {
             emit::EventDispatched {
                 event,
@@ -271,6 +274,19 @@ impl Engine {
                 return Err(e);
             }
         };
+        if matches!(outcome, Outcome::Failed(_)) && !self.api.may_act() {
+            // Held back (or cut short) because this replica's time to act
+            // ran out: left pending, for the replica that takes over to
+            // settle, rather than recorded as a failure nobody retries.
+            tracing::warn!(session_id = %intent.session_id, rule = %intent.rule, action = %intent.action, "fenced: not acting, this replica no longer holds the workspace; the replica that takes over settles the action");
+            return Err(StoreError::Fenced {
+                workspace: self.api.workspace().to_string(),
+                epoch: 0,
+            });
+        }
+        if let (Outcome::Taken, Action::Reply(text)) = (&outcome, action) {
+            self.duplicates.sent(&intent.session_id, text);
+        }
         self.finish(&intent.key, &outcome).await;
         Ok(Some(outcome))
     }

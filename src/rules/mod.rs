@@ -246,6 +246,7 @@ pub struct Runtime {
 /// What the configuration gives rules beyond the event: business-hours
 /// calendars (`[hours.NAME]`) and notification channels (`[notify.NAME]`).
 /// Rules name them; they cannot reach anything else.
+#[derive(Clone)]
 pub struct World {
     /// Calendars by name.
     pub calendars: Calendars,

@@ -338,6 +338,79 @@ pub trait Store: Send + Sync + 'static {
     fn purge(&self, before: Timestamp) -> Result<usize, StoreError>;
 }
 
+/// Per-workspace leases and replica heartbeats in a database that several
+/// `skyrules run` processes share (PostgreSQL; SPEC §7). Every expiry is on
+/// the database's clock. Each method is one short transaction; like
+/// [`Store`], every method blocks.
+pub trait Leases: Send + Sync + 'static {
+    /// One renewal round for `replica`: renews the leases it holds
+    /// (`held`: workspace and epoch) for `ttl`, marks it alive for `ttl`,
+    /// and reads who is alive and who holds what. The renewals come first.
+    fn tick(
+        &self,
+        replica: &str,
+        held: &[(String, i64)],
+        ttl: std::time::Duration,
+    ) -> Result<LeaseTable, StoreError>;
+    /// Takes `workspace` for `replica` if its lease is free (never held,
+    /// expired or released) or was `replica`'s own (the same id is the
+    /// same replica restarted), with a new epoch; `None` while another
+    /// replica holds it.
+    fn acquire(
+        &self,
+        workspace: &str,
+        replica: &str,
+        ttl: std::time::Duration,
+    ) -> Result<Option<Acquired>, StoreError>;
+    /// Gives `workspace` up at once, if `replica` still holds it at `epoch`.
+    fn release(&self, workspace: &str, replica: &str, epoch: i64) -> Result<(), StoreError>;
+    /// Forgets `replica`'s heartbeat (a clean stop), so the others share
+    /// the workspaces out without waiting for it to expire.
+    fn leave(&self, replica: &str) -> Result<(), StoreError>;
+    /// `workspace`'s state, writable only while `replica` holds its lease
+    /// at `epoch`: every write checks it in its own transaction and fails
+    /// with [`StoreError::Fenced`] otherwise.
+    fn fenced(&self, workspace: &str, replica: &str, epoch: i64) -> Arc<dyn Store>;
+}
+
+/// What one [`Leases::tick`] saw.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LeaseTable {
+    /// The leases renewed (workspace, epoch); a held lease missing here
+    /// was lost.
+    pub renewed: Vec<(String, i64)>,
+    /// Live replicas, by id.
+    pub replicas: Vec<String>,
+    /// Every workspace's lease.
+    pub leases: Vec<LeaseRow>,
+}
+
+/// One workspace's lease as [`Leases::tick`] read it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeaseRow {
+    /// The workspace.
+    pub workspace: String,
+    /// The replica that holds or last held it.
+    pub holder: String,
+    /// Its epoch: one more at every change of holder.
+    pub epoch: i64,
+    /// Whether it is held (unexpired and not released).
+    pub live: bool,
+    /// How long it has been free (zero while held).
+    pub free_for: std::time::Duration,
+}
+
+/// A lease taken by [`Leases::acquire`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Acquired {
+    /// The new epoch: the fencing token of every write from now on.
+    pub epoch: i64,
+    /// Whether nothing of the last holder's can still be in flight: it
+    /// released the lease (a clean stop), or it was this same replica
+    /// before a restart. `false` when it let the lease expire.
+    pub released: bool,
+}
+
 /// Opens the engine's state, workspace `default`: in PostgreSQL when
 /// `state_url` is given, else in the SQLite file `state_path` (opened on
 /// a blocking thread, as it reads and migrates the file).
@@ -349,6 +422,13 @@ pub async fn open(
         Some(url) => Ok(Arc::new(PgStore::connect(url).await?)),
         None => open_file(state_path, SqliteStore::open).await,
     }
+}
+
+/// Opens a PostgreSQL state that replicas share, for `skyrules run`: its
+/// leases, whose fenced views ([`Leases::fenced`]) are the workspaces'
+/// state.
+pub async fn open_shared(url: &str) -> Result<Arc<dyn Leases>, StoreError> {
+    Ok(Arc::new(PgStore::connect(url).await?))
 }
 
 /// Opens the state to read it while an engine may run (`audit`, `sla`):

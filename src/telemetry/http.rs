@@ -169,6 +169,7 @@ async fn status_json(State(s): State<AppState>) -> Response {
                 "ready": readiness.is_ok(),
                 "not_ready_because": readiness.err(),
                 "dry_run": b.dry_run,
+                "lease": b.lease,
                 "sessions": b.sessions,
                 "actions": b.actions,
                 "rules": b.rules,
@@ -177,6 +178,25 @@ async fn status_json(State(s): State<AppState>) -> Response {
         .collect();
     let ready = workspaces.iter().all(|w| w["ready"] == true);
     axum::Json(serde_json::json!({ "ready": ready, "workspaces": workspaces })).into_response()
+}
+
+/// Who holds the workspace, for the page.
+fn lease_line(l: &crate::telemetry::status::LeaseView) -> String {
+    let here = esc(&l.replica);
+    match (&l.holder, l.held_here) {
+        (_, true) => format!(
+            "Held by this replica, <code>{here}</code> (lease epoch {})",
+            l.epoch
+        ),
+        (Some(other), false) => format!(
+            "<span class=muted>Standby: held by replica <code>{}</code> (lease epoch {}); this replica, <code>{here}</code>, takes over if it stops</span>",
+            esc(other),
+            l.epoch
+        ),
+        (None, false) => format!(
+            "<span class=warn>Held by no replica just now; this replica, <code>{here}</code>, may take it</span>"
+        ),
+    }
 }
 
 fn dur(secs: u64) -> String {
@@ -240,6 +260,9 @@ fn workspace_section(h: &mut String, b: &Board, heading: &str) {
         }
     );
 
+    if let Some(l) = &b.lease {
+        let _ = write!(h, "<div>{}</div>", lease_line(l));
+    }
     let _ = write!(h, "<h3>Active sessions</h3>");
     if b.sessions.is_empty() {
         let _ = write!(h, "<p class=muted>No active sessions.</p>");

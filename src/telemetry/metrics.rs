@@ -55,6 +55,17 @@ pub const SLA_HUMAN_WAIT: &str = "skyrules_sla_human_wait_seconds";
 /// A human agent's time to answer a waiting visitor (histogram).
 pub const SLA_AGENT_RESPONSE: &str = "skyrules_sla_agent_response_seconds";
 
+/// 1 while this replica holds the `workspace`'s lease, else 0.
+pub const LEASE_HELD: &str = "skyrules_lease_held";
+/// Lease changes on this replica, by `workspace` and `change` (`taken`,
+/// `handed_over`, `lost`).
+pub const LEASE_TRANSITIONS: &str = "skyrules_lease_transitions_total";
+/// Writes and actions refused because the lease was lost, by `workspace`
+/// and `what` (`state write`, `action`).
+pub const FENCED: &str = "skyrules_fenced_total";
+/// Replies found twice in a chat after a takeover, by `workspace`.
+pub const DUPLICATE_REPLIES: &str = "skyrules_duplicate_replies_total";
+
 /// Notifications delivered or given up on, by `channel` and `result`
 /// (`delivered`, `failed`).
 pub const NOTIFICATIONS: &str = "skyrules_notifications_total";
@@ -162,6 +173,22 @@ fn describe() {
         NOTIFICATIONS,
         "Notifications delivered or given up on, by channel and result."
     );
+    describe_gauge!(
+        LEASE_HELD,
+        "1 while this replica holds the workspace's lease (SPEC 7), else 0."
+    );
+    describe_counter!(
+        LEASE_TRANSITIONS,
+        "Leases taken, handed over or lost by this replica, by workspace."
+    );
+    describe_counter!(
+        FENCED,
+        "State writes and actions refused because this replica lost the workspace's lease."
+    );
+    describe_counter!(
+        DUPLICATE_REPLIES,
+        "Replies found twice in a chat after a takeover (a paused old holder sent once more)."
+    );
     describe_histogram!(
         STORE_WRITE,
         metrics::Unit::Seconds,
@@ -260,6 +287,27 @@ pub fn reload(workspace: &Arc<str>, ok: bool, rules_loaded: usize) {
 pub(crate) fn store_write(workspace: &Arc<str>, op: &'static str, took: Duration) {
     histogram!(STORE_WRITE, "workspace" => workspace.clone(), "op" => op)
         .record(took.as_secs_f64());
+}
+
+/// This replica took, handed over or lost `workspace`'s lease.
+pub(crate) fn lease(workspace: &Arc<str>, change: &'static str, held: bool) {
+    counter!(LEASE_TRANSITIONS, "workspace" => workspace.clone(), "change" => change).increment(1);
+    gauge!(LEASE_HELD, "workspace" => workspace.clone()).set(if held { 1.0 } else { 0.0 });
+}
+
+/// A standby's gauge: the `workspace` is not held here.
+pub(crate) fn lease_not_held(workspace: &Arc<str>) {
+    gauge!(LEASE_HELD, "workspace" => workspace.clone()).set(0.0);
+}
+
+/// A write or an action of `workspace` was refused: its lease was lost.
+pub(crate) fn fenced(workspace: &str, what: &'static str) {
+    counter!(FENCED, "workspace" => workspace.to_string(), "what" => what).increment(1);
+}
+
+/// A reply was found twice in a chat of `workspace` after a takeover.
+pub(crate) fn duplicate_reply(workspace: &Arc<str>) {
+    counter!(DUPLICATE_REPLIES, "workspace" => workspace.clone()).increment(1);
 }
 
 /// New SLA facts of a session since the last poll.

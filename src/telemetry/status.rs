@@ -56,6 +56,22 @@ pub struct RuleView {
     pub error: Option<String>,
 }
 
+/// Who holds a workspace, when replicas share the state (SPEC §7).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct LeaseView {
+    /// This process's replica id.
+    pub replica: String,
+    /// The replica holding the workspace now, if any does.
+    pub holder: Option<String>,
+    /// The lease's epoch (one more at every change of holder).
+    pub epoch: i64,
+    /// Whether this replica holds it (and acts on it).
+    pub held_here: bool,
+    /// Why this replica cannot take part just now (the database cannot
+    /// be reached), if so.
+    pub error: Option<String>,
+}
+
 /// Everything on the board.
 #[derive(Debug, Default)]
 pub struct Board {
@@ -78,6 +94,8 @@ pub struct Board {
     /// The state store's last failure, cleared by a successful write: the
     /// engine then keeps the cycle's state in memory and starts no action.
     pub store_error: Option<String>,
+    /// The lease, when replicas share the state; `None` for one process.
+    pub lease: Option<LeaseView>,
 }
 
 impl Board {
@@ -89,6 +107,15 @@ impl Board {
 
     /// `Ok` when ready to act; else why not, for `/readyz`.
     pub fn readiness(&self) -> Result<(), String> {
+        if let Some(lease) = &self.lease {
+            if let Some(e) = &lease.error {
+                return Err(format!("cannot take part in the leases: {e}"));
+            }
+            // A healthy standby is ready: it takes over when needed.
+            if !lease.held_here {
+                return Ok(());
+            }
+        }
         if let Some(e) = &self.store_error {
             return Err(format!(
                 "the state store is failing (state kept in memory, no action started): {e}"

@@ -41,6 +41,8 @@ use deadpool_postgres::{
 };
 use tokio_postgres::types::ToSql;
 
+mod leases;
+
 use super::rows::{self, BatchRows, TIMER_EVENTS};
 use super::{
     ActionRow, AuditEntry, AuditFilter, Batch, Begin, Dump, Intent, JournalRow, Loaded, Pending,
@@ -101,12 +103,19 @@ const MIGRATIONS: &[&str] = &[
          UNIQUE (workspace, key)
      );
      CREATE INDEX journal_session ON journal (workspace, session_id);"#,
-    // 1 → 2: one lease per workspace (SPEC §7, replicas). Expiry is on the
-    // database's clock, the only one every replica shares.
+    // 1 → 2: replicas (SPEC §7): one lease per workspace and one heartbeat
+    // per replica, both expiring on the database's clock, the only clock
+    // every replica shares. `released`: given up at SIGTERM, so the next
+    // holder need not wait for an old request to land.
     r#"CREATE TABLE leases (
          workspace  TEXT PRIMARY KEY,
          holder     TEXT NOT NULL,
          epoch      BIGINT NOT NULL,
+         expires_at TIMESTAMPTZ NOT NULL,
+         released   BOOLEAN NOT NULL DEFAULT false
+     );
+     CREATE TABLE replicas (
+         replica    TEXT PRIMARY KEY,
          expires_at TIMESTAMPTZ NOT NULL
      );"#,
 ];
@@ -128,6 +137,9 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// rather than pooled: 9.1 → 4.3 KiB resident per tracked chat at 10
 /// workspaces × 1,000 chats (BENCHMARKS.md, "Many workspaces").
 const LARGE_COMMIT: usize = 200;
+/// How long the server lets one of our transactions sit idle before it
+/// ends it (and releases its locks).
+const IDLE_IN_TRANSACTION: Duration = Duration::from_secs(5);
 /// Connections kept: one per workspace busy at once is plenty.
 const POOL_SIZE: usize = 16;
 
@@ -412,117 +424,6 @@ impl PgStore {
                 message: format!("workspace {}: {message}", self.workspace),
             }
         }
-    }
-
-    /// Inside a write's transaction: fails with [`StoreError::Fenced`]
-    /// unless this view's lease is still held, unexpired, at its epoch.
-    /// `FOR SHARE` makes a takeover (an `UPDATE` of the row) wait until
-    /// this transaction ends, so no write of an old holder can land after
-    /// a new one took the workspace.
-    async fn check_fence(&self, tx: &deadpool_postgres::Transaction<'_>) -> Result<(), StoreError> {
-        let Some(fence) = &self.fence else {
-            return Ok(());
-        };
-        let (holder, epoch) = (&fence.0, fence.1);
-        let held = query(
-            tx,
-            "SELECT 1 FROM leases WHERE workspace = $1 AND holder = $2 AND epoch = $3
-               AND expires_at > clock_timestamp() FOR SHARE",
-            &[&self.workspace, holder, &epoch],
-        )
-        .await
-        .map_err(|e| self.pg(e))?;
-        if held.is_empty() {
-            return Err(StoreError::Fenced {
-                workspace: self.workspace.clone(),
-                epoch,
-            });
-        }
-        Ok(())
-    }
-
-    /// This workspace's view that writes only while `holder` holds its
-    /// lease at `epoch` (from [`PgStore::acquire_lease`]).
-    pub(crate) fn fenced(&self, holder: &str, epoch: i64) -> PgStore {
-        PgStore {
-            workspace: self.workspace.clone(),
-            shared: self.shared.clone(),
-            fence: Some(Arc::new((holder.to_string(), epoch))),
-        }
-    }
-
-    /// Takes this workspace's lease for `holder` for `ttl` if it is free,
-    /// expired, or `holder`'s already (then renewed, same epoch); the
-    /// epoch, or `None` while another replica holds it. One statement, on
-    /// the database's clock (`clock_timestamp()`: `now()` is frozen inside
-    /// a transaction).
-    pub(crate) fn acquire_lease(
-        &self,
-        holder: &str,
-        ttl: Duration,
-    ) -> Result<Option<i64>, StoreError> {
-        let secs = ttl.as_secs_f64();
-        self.call(async {
-            let client = self.client().await?;
-            let row = query(
-                &client,
-                "INSERT INTO leases AS l (workspace, holder, epoch, expires_at)
-                 VALUES ($1, $2, 1, clock_timestamp() + make_interval(secs => $3))
-                 ON CONFLICT (workspace) DO UPDATE SET
-                     holder = EXCLUDED.holder,
-                     epoch = CASE WHEN l.holder = EXCLUDED.holder
-                                   AND l.expires_at > clock_timestamp()
-                             THEN l.epoch ELSE l.epoch + 1 END,
-                     expires_at = EXCLUDED.expires_at
-                   WHERE l.holder = EXCLUDED.holder OR l.expires_at <= clock_timestamp()
-                 RETURNING epoch",
-                &[&self.workspace, &holder, &secs],
-            )
-            .await
-            .map_err(|e| self.pg(e))?;
-            Ok(row.first().map(|r| r.get::<_, i64>(0)))
-        })
-    }
-
-    /// Renews every lease `holder` still holds among `workspaces` (one
-    /// statement for all); returns those renewed, with their epochs.
-    pub(crate) fn renew_leases(
-        &self,
-        holder: &str,
-        workspaces: &[String],
-        ttl: Duration,
-    ) -> Result<Vec<(String, i64)>, StoreError> {
-        let secs = ttl.as_secs_f64();
-        self.call(async {
-            let client = self.client().await?;
-            let rows = query(
-                &client,
-                "UPDATE leases SET expires_at = clock_timestamp() + make_interval(secs => $3)
-                 WHERE holder = $1 AND workspace = ANY($2) AND expires_at > clock_timestamp()
-                 RETURNING workspace, epoch",
-                &[&holder, &workspaces, &secs],
-            )
-            .await
-            .map_err(|e| self.pg(e))?;
-            Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
-        })
-    }
-
-    /// Gives this workspace's lease up at once (SIGTERM), if `holder` still
-    /// holds it at `epoch`: the next replica need not wait for it to expire.
-    pub(crate) fn release_lease(&self, holder: &str, epoch: i64) -> Result<(), StoreError> {
-        self.call(async {
-            let client = self.client().await?;
-            execute(
-                &client,
-                "UPDATE leases SET expires_at = clock_timestamp()
-                 WHERE workspace = $1 AND holder = $2 AND epoch = $3",
-                &[&self.workspace, &holder, &epoch],
-            )
-            .await
-            .map_err(|e| self.pg(e))?;
-            Ok(())
-        })
     }
 
     fn unavailable(&self, cause: String) -> StoreError {
@@ -1012,6 +913,17 @@ fn parse_url(url: &str) -> Result<(tokio_postgres::Config, String), StoreError> 
     if config.get_application_name().is_none() {
         config.application_name("skyrules");
     }
+    // A replica paused (SIGSTOP, a frozen VM) inside a transaction would
+    // keep its row locks, a lease's among them, for as long as it sleeps:
+    // the server ends such a transaction instead (see `leases`).
+    let options = config.get_options().unwrap_or_default();
+    if !options.contains("idle_in_transaction_session_timeout") {
+        let ours = format!(
+            "-c idle_in_transaction_session_timeout={}",
+            IDLE_IN_TRANSACTION.as_millis()
+        );
+        config.options(format!("{options} {ours}").trim());
+    }
     let location = location_of(&config);
     Ok((config, location))
 }
@@ -1171,65 +1083,6 @@ impl rustls::client::danger::ServerCertVerifier for EncryptOnly {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Leases and fencing on the tests' server (`SKYRULES_TEST_POSTGRES_URL`;
-    /// skipped without it). Each run uses workspaces of its own.
-    #[test]
-    fn a_lease_is_exclusive_and_a_taken_over_holder_is_fenced() {
-        let Ok(url) = std::env::var("SKYRULES_TEST_POSTGRES_URL") else {
-            eprintln!(
-                "postgres tests skipped: set SKYRULES_TEST_POSTGRES_URL=postgres://… to run them"
-            );
-            return;
-        };
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let store = rt.block_on(PgStore::connect(&url)).unwrap();
-        let ws = format!(
-            "lease-test-{}-{}",
-            std::process::id(),
-            chrono::Utc::now().timestamp_micros()
-        );
-        let view = PgStore {
-            workspace: ws.clone(),
-            shared: store.shared.clone(),
-            fence: None,
-        };
-        let ttl = Duration::from_secs(30);
-        let batch = Batch {
-            baselined: true,
-            ..Batch::default()
-        };
-        std::thread::scope(|t| {
-            t.spawn(|| {
-                assert_eq!(view.acquire_lease("r1", ttl).unwrap(), Some(1));
-                assert_eq!(view.acquire_lease("r2", ttl).unwrap(), None, "held by r1");
-                assert_eq!(
-                    view.acquire_lease("r1", ttl).unwrap(),
-                    Some(1),
-                    "renewed, same epoch"
-                );
-                let first = view.fenced("r1", 1);
-                first.commit(&batch).unwrap();
-                view.release_lease("r1", 1).unwrap();
-                assert_eq!(view.acquire_lease("r2", ttl).unwrap(), Some(2));
-                let e = first.commit(&batch).unwrap_err();
-                assert!(matches!(e, StoreError::Fenced { epoch: 1, .. }), "{e}");
-                let e = first.finish_action("k", "taken", None).unwrap_err();
-                assert!(matches!(e, StoreError::Fenced { .. }), "{e}");
-                view.fenced("r2", 2).commit(&batch).unwrap();
-                assert!(view
-                    .renew_leases("r1", &[ws.clone()], ttl)
-                    .unwrap()
-                    .is_empty());
-                assert_eq!(
-                    view.renew_leases("r2", &[ws.clone()], ttl).unwrap(),
-                    [(ws.clone(), 2)]
-                );
-            })
-            .join()
-            .unwrap();
-        });
-    }
 
     #[test]
     fn locations_never_show_the_password() {
