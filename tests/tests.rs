@@ -19,6 +19,7 @@ mod notify_engine;
 mod operability;
 mod properties;
 mod replay;
+mod replicas;
 mod scenarios;
 mod sim_http;
 mod sla_report;

@@ -1,0 +1,558 @@
+//! Replicas (SPEC §7): real `skyrules run` processes on one simulator and
+//! one PostgreSQL database, killed, paused and cut off from the database.
+//!
+//! Every visitor message gets the reply `ack <message id>`, so "answered
+//! exactly once" is a count per message. Which replica holds the workspace
+//! is read from the `leases` table itself. Each test uses a database (and,
+//! for the cut-off test, login roles) of its own; all are skipped without
+//! `SKYRULES_TEST_POSTGRES_URL` (and fail without it in CI).
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+use skyrules::api::{SenderType, SessionDetail};
+use skyrules::sim::{Fault, SimConfig};
+
+use crate::util::{self, BlockingSim};
+
+const KEY: &str = "replicas-test-key";
+/// Short, so that a takeover fits in a test; the default is 15 s.
+const LEASE: Duration = Duration::from_secs(3);
+const POLL: &str = "300ms";
+/// Generous bounds for a loaded 2-core machine: conditions, not timings.
+const LIMIT: Duration = Duration::from_secs(90);
+
+const ACK_RULE: &str = r#"on("visitor_message", |ev| { ev.reply("ack " + ev.message.id); });"#;
+
+/// One simulator, one database, a rules directory and config, and the
+/// replicas started on them.
+struct Cluster {
+    sim: Arc<BlockingSim>,
+    db: Db,
+    url: String,
+    dir: tempfile::TempDir,
+    replicas: BTreeMap<String, Replica>,
+    started: usize,
+}
+
+/// A `skyrules run` child.
+struct Replica {
+    child: Child,
+    log: PathBuf,
+    paused: bool,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // Kept for a look at every replica's whole log.
+            let kept = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
+            eprintln!("replica logs kept in {}", kept.keep().display());
+        }
+        for r in self.replicas.values_mut() {
+            if r.paused {
+                signal(&r.child, "-CONT");
+            }
+            let _ = r.child.kill();
+            let _ = r.child.wait();
+        }
+    }
+}
+
+impl Cluster {
+    /// `None` (test skipped) without a PostgreSQL server.
+    fn new() -> Option<Cluster> {
+        let url = util::fresh_postgres_database()?;
+        let sim = Arc::new(BlockingSim::start(SimConfig {
+            api_key: KEY.to_string(),
+            seed: 11,
+            bot_delay: None,
+            clock_speed: 1.0,
+            traffic: None,
+        }));
+        let dir = tempfile::tempdir().expect("temp dir");
+        fs::create_dir(dir.path().join("rules")).expect("rules dir");
+        fs::create_dir(dir.path().join("logs")).expect("logs dir");
+        fs::write(dir.path().join("rules/ack.rhai"), ACK_RULE).expect("rule");
+        fs::write(
+            dir.path().join("skyrules.toml"),
+            format!(
+                "[api]\nbase_url = \"{}\"\ntimeout = \"2s\"\n\n[engine]\nrules_dir = \"rules\"\npoll_interval = \"{POLL}\"\n\n[ha]\nlease = \"{}s\"\n",
+                sim.base_url(),
+                LEASE.as_secs()
+            ),
+        )
+        .expect("config");
+        Some(Cluster {
+            db: Db::connect(&url),
+            sim,
+            url,
+            dir,
+            replicas: BTreeMap::new(),
+            started: 0,
+        })
+    }
+
+    /// Starts replica `name` (its id, and its connections' application
+    /// name) with the state at `url`.
+    fn start_as(&mut self, name: &str, url: &str) {
+        self.started += 1;
+        let log = self
+            .dir
+            .path()
+            .join(format!("logs/{:02}-{name}.log", self.started));
+        let sep = if url.contains('?') { '&' } else { '?' };
+        let child = util::skyrules_command()
+            .current_dir(self.dir.path())
+            .env("SKYLIGHT_API_KEY", KEY)
+            .env("SKYRULES_REPLICA", name)
+            .env(
+                "SKYRULES_STATE_URL",
+                format!("{url}{sep}application_name=skyrules-{name}"),
+            )
+            .args(["--log-level", "skyrules=debug", "run"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).expect("log file"))
+            .spawn()
+            .expect("spawn skyrules run");
+        self.replicas.insert(
+            name.to_string(),
+            Replica {
+                child,
+                log,
+                paused: false,
+            },
+        );
+    }
+
+    fn start(&mut self, name: &str) {
+        let url = self.url.clone();
+        self.start_as(name, &url);
+    }
+
+    fn kill(&mut self, name: &str) {
+        let mut r = self.replicas.remove(name).expect("a running replica");
+        if r.paused {
+            signal(&r.child, "-CONT");
+        }
+        r.child.kill().expect("SIGKILL");
+        let _ = r.child.wait();
+    }
+
+    fn pause(&mut self, name: &str) {
+        let r = self.replicas.get_mut(name).expect("replica");
+        signal(&r.child, "-STOP");
+        r.paused = true;
+    }
+
+    fn resume(&mut self, name: &str) {
+        let r = self.replicas.get_mut(name).expect("replica");
+        signal(&r.child, "-CONT");
+        r.paused = false;
+    }
+
+    fn log(&self, name: &str) -> String {
+        fs::read_to_string(&self.replicas[name].log).unwrap_or_default()
+    }
+
+    /// The live holder of the workspace and its epoch.
+    fn holder(&self) -> Option<(String, i64)> {
+        self.db.holder()
+    }
+
+    /// Waits until `name` holds the workspace; its epoch.
+    fn wait_held_by(&self, name: &str) -> i64 {
+        let mut epoch = 0;
+        let ok = util::wait_until(LIMIT, || match self.holder() {
+            Some((h, e)) if h == name => {
+                epoch = e;
+                true
+            }
+            _ => false,
+        });
+        assert!(
+            ok,
+            "{name} never took the workspace; holder {:?}\n{}",
+            self.holder(),
+            self.logs()
+        );
+        epoch
+    }
+
+    fn logs(&self) -> String {
+        let mut all = String::new();
+        for (name, r) in &self.replicas {
+            let text = fs::read_to_string(&r.log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(15).collect();
+            all += &format!("--- {name} (last lines)\n");
+            for l in tail.into_iter().rev() {
+                all += &l.chars().take(400).collect::<String>();
+                all.push('\n');
+            }
+        }
+        all
+    }
+
+    fn chat(&self, visitor: &str) -> String {
+        chat(&self.sim, visitor)
+    }
+
+    fn say(&self, id: &str, text: &str) {
+        say(&self.sim, id, text);
+    }
+
+    /// Every visitor message of every chat and how often it was acked.
+    fn acks(&self) -> Vec<(String, i64, usize)> {
+        let mut out = Vec::new();
+        for d in self.sim.sessions() {
+            for m in visitor_messages(&d) {
+                out.push((
+                    d.session.session_id.clone(),
+                    m,
+                    count(&d, &format!("ack {m}")),
+                ));
+            }
+        }
+        out
+    }
+
+    /// Waits until every visitor message has its ack, then checks each has
+    /// exactly one; returns how many messages there were.
+    fn assert_each_answered_once(&self) -> usize {
+        let all_in = util::wait_until(LIMIT, || self.acks().iter().all(|(_, _, n)| *n >= 1));
+        let acks = self.acks();
+        let missing: Vec<_> = acks.iter().filter(|(_, _, n)| *n == 0).collect();
+        assert!(all_in, "unanswered: {missing:?}\n{}", self.logs());
+        // One more message, answered, proves the holder caught up with
+        // everything before it: a late second reply would show by now.
+        let last = self.chat("Last");
+        self.say(&last, "anyone there?");
+        let caught_up = util::wait_until(LIMIT, || self.acks().iter().all(|(_, _, n)| *n >= 1));
+        assert!(
+            caught_up,
+            "the last message was not answered\n{}",
+            self.logs()
+        );
+        let acks = self.acks();
+        let twice: Vec<_> = acks.iter().filter(|(_, _, n)| *n > 1).collect();
+        assert!(
+            twice.is_empty(),
+            "answered more than once: {twice:?}\n{}",
+            self.logs()
+        );
+        acks.len()
+    }
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .arg(sig)
+        .arg(child.id().to_string())
+        .status()
+        .expect("run kill")
+        .success();
+    assert!(ok, "kill {sig} {} failed", child.id());
+}
+
+fn visitor_messages(d: &SessionDetail) -> Vec<i64> {
+    d.messages
+        .iter()
+        .filter(|m| m.sender_type == SenderType::Visitor)
+        .map(|m| m.id)
+        .collect()
+}
+
+fn count(d: &SessionDetail, text: &str) -> usize {
+    d.messages
+        .iter()
+        .filter(|m| m.sender_type == SenderType::Agent && m.text() == text)
+        .count()
+}
+
+/// The test's own connection to the database: reads the lease, cuts a
+/// replica off.
+struct Db {
+    rt: tokio::runtime::Runtime,
+    client: tokio_postgres::Client,
+}
+
+impl Db {
+    fn connect(url: &str) -> Db {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let client = rt.block_on(async {
+            let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                .await
+                .expect("connect to the test database");
+            tokio::spawn(conn);
+            client
+        });
+        Db { rt, client }
+    }
+
+    fn holder(&self) -> Option<(String, i64)> {
+        self.rt.block_on(async {
+            // Before the first replica migrated, there is no table yet.
+            let rows = self
+                .client
+                .query(
+                    "SELECT holder, epoch FROM leases WHERE workspace = 'default'
+                       AND NOT released AND expires_at > clock_timestamp()",
+                    &[],
+                )
+                .await
+                .ok()?;
+            rows.first().map(|r| (r.get(0), r.get(1)))
+        })
+    }
+
+    fn execute(&self, sql: &str) {
+        self.rt
+            .block_on(self.client.batch_execute(sql))
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+}
+
+fn chat(sim: &BlockingSim, visitor: &str) -> String {
+    sim.create_session(json!({ "visitor_name": visitor }))
+        .expect("create a session")
+        .session
+        .session_id
+}
+
+fn say(sim: &BlockingSim, id: &str, text: &str) {
+    sim.visitor_message(id, text).expect("visitor message");
+}
+
+/// Writes a visitor message to a random chat every 100–300 ms until
+/// `stop`, opening up to `chats` chats; how many it wrote.
+fn traffic(sim: &BlockingSim, seed: u64, chats: usize, stop: &AtomicBool) -> usize {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut ids: Vec<String> = Vec::new();
+    let mut sent = 0;
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(rng.random_range(100..300)));
+        if ids.len() < chats && (ids.is_empty() || rng.random_bool(0.3)) {
+            ids.push(chat(sim, &format!("Visitor {}", ids.len())));
+        }
+        let id = &ids[rng.random_range(0..ids.len())];
+        say(sim, id, &format!("message {sent}"));
+        sent += 1;
+    }
+    sent
+}
+
+/// Runs `traffic` while `during` runs; the messages written.
+fn with_traffic(c: &mut Cluster, seed: u64, during: impl FnOnce(&mut Cluster)) -> usize {
+    let stop = AtomicBool::new(false);
+    let sim = c.sim.clone();
+    std::thread::scope(|s| {
+        let writer = s.spawn(|| traffic(&sim, seed, 4, &stop));
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| during(c)));
+        stop.store(true, Ordering::Relaxed);
+        let sent = writer.join().expect("traffic thread");
+        if let Err(p) = result {
+            std::panic::resume_unwind(p);
+        }
+        sent
+    })
+}
+
+#[test]
+fn a_killed_holder_is_replaced_and_every_message_is_answered_once() {
+    let Some(mut c) = Cluster::new() else { return };
+    c.start("a");
+    c.wait_held_by("a");
+    c.start("b");
+    let sent = with_traffic(&mut c, 1, |c| {
+        // Let a answer some, then kill it in the middle of the traffic.
+        let warm = util::wait_until(LIMIT, || c.acks().iter().filter(|a| a.2 > 0).count() >= 3);
+        assert!(warm, "a answered nothing\n{}", c.logs());
+        let killed = Instant::now();
+        c.kill("a");
+        let epoch = c.wait_held_by("b");
+        assert_eq!(epoch, 2, "one change of holder");
+        eprintln!(
+            "b took over {:?} after the kill (lease {LEASE:?}, poll {POLL})",
+            killed.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(600));
+    });
+    let answered = c.assert_each_answered_once();
+    eprintln!("{sent} messages written, {answered} answered once each");
+    assert!(c.log("b").contains("took the workspace's lease"));
+}
+
+#[test]
+fn a_paused_holder_is_fenced_when_it_wakes_and_sends_nothing_more() {
+    let Some(mut c) = Cluster::new() else { return };
+    c.start("a");
+    c.wait_held_by("a");
+    c.start("b");
+    let chat = c.chat("Before");
+    c.say(&chat, "hello");
+    let first = util::wait_until(LIMIT, || c.acks().iter().all(|a| a.2 == 1));
+    assert!(first, "a did not answer\n{}", c.logs());
+    let acted_before = c.log("a").matches("\"action taken\"").count();
+
+    c.pause("a");
+    // While a sleeps, b takes over and answers what visitors write.
+    c.wait_held_by("b");
+    for i in 0..3 {
+        c.say(&chat, &format!("while a sleeps {i}"));
+    }
+    let answered = util::wait_until(LIMIT, || c.acks().iter().all(|a| a.2 >= 1));
+    assert!(answered, "b did not answer\n{}", c.logs());
+
+    c.resume("a");
+    let fenced = util::wait_until(LIMIT, || c.log("a").contains("fenced"));
+    assert!(fenced, "a never said it was fenced\n{}", c.logs());
+    c.say(&chat, "after a woke");
+    c.assert_each_answered_once();
+    assert_eq!(
+        c.log("a").matches("\"action taken\"").count(),
+        acted_before,
+        "the woken replica acted again\n{}",
+        c.log("a")
+    );
+    assert_eq!(c.holder().map(|h| h.0).as_deref(), Some("b"));
+}
+
+#[test]
+fn a_holder_cut_off_from_the_database_stops_acting_and_is_replaced() {
+    let Some(mut c) = Cluster::new() else { return };
+    // Replica a logs in as a role of its own, so that it alone can be cut
+    // off: no new connection, and its open ones terminated.
+    let role = format!("skyrules_cut_{}", std::process::id());
+    c.db.execute(&format!(
+        "DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN SUPERUSER PASSWORD 'cut'"
+    ));
+    let (scheme, rest) = c.url.split_once("://").unwrap();
+    let host = rest.split_once('@').map(|(_, h)| h).unwrap_or(rest);
+    let a_url = format!("{scheme}://{role}:cut@{host}");
+    c.start_as("a", &a_url);
+    c.wait_held_by("a");
+    c.start("b");
+    let chat = c.chat("Cut");
+    c.say(&chat, "hello");
+    assert!(util::wait_until(LIMIT, || c
+        .acks()
+        .iter()
+        .all(|a| a.2 == 1)));
+
+    c.db.execute(&format!(
+        "ALTER ROLE {role} NOLOGIN;
+         SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'"
+    ));
+    let stopped = util::wait_until(LIMIT, || {
+        c.log("a").contains("no lease renewal succeeded in time")
+    });
+    assert!(stopped, "a did not stop acting\n{}", c.logs());
+    c.wait_held_by("b");
+    c.say(&chat, "while a is cut off");
+    c.assert_each_answered_once();
+
+    // Back on the database, a is a standby: b keeps the workspace.
+    c.db.execute(&format!("ALTER ROLE {role} LOGIN"));
+    let standby = util::wait_until(LIMIT, || {
+        c.log("a").matches("\"action taken\"").count() == 1 && c.db.rt.block_on(async {
+            c.db.client
+                .query(
+                    "SELECT 1 FROM replicas WHERE replica = 'a' AND expires_at > clock_timestamp()",
+                    &[],
+                )
+                .await
+                .map(|r| !r.is_empty())
+                .unwrap_or(false)
+        })
+    });
+    assert!(standby, "a did not come back as a standby\n{}", c.logs());
+    assert_eq!(c.holder().map(|h| h.0).as_deref(), Some("b"));
+    c.kill("a");
+    c.db.execute(&format!("DROP ROLE IF EXISTS {role}"));
+}
+
+/// Three replicas, random kill -9, SIGSTOP and SIGCONT while visitors
+/// write and some sends fail; then every message answered exactly once.
+/// `SKYRULES_SOAK_SECS` (default 40) and `SKYRULES_SOAK_SEED` set its length
+/// and its dice.
+#[test]
+fn chaos_soak_three_replicas() {
+    let Some(mut c) = Cluster::new() else { return };
+    let secs: u64 = std::env::var("SKYRULES_SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(40);
+    let seed: u64 = std::env::var("SKYRULES_SOAK_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20_261_201);
+    eprintln!("soak {secs}s, seed {seed} (SKYRULES_SOAK_SECS, SKYRULES_SOAK_SEED)");
+    let mut rng = StdRng::seed_from_u64(seed);
+    for name in ["r1", "r2", "r3"] {
+        c.start(name);
+    }
+    let (mut kills, mut pauses) = (0, 0);
+    let sent = with_traffic(&mut c, seed, |c| {
+        let end = Instant::now() + Duration::from_secs(secs);
+        while Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(rng.random_range(500..3000)));
+            let names: Vec<String> = c.replicas.keys().cloned().collect();
+            let name = names[rng.random_range(0..names.len())].clone();
+            let paused = c.replicas[&name].paused;
+            match rng.random_range(0..10) {
+                0..=3 => {
+                    c.kill(&name);
+                    c.start(&name);
+                    kills += 1;
+                }
+                4..=6 if !paused => {
+                    c.pause(&name);
+                    pauses += 1;
+                }
+                _ if paused => c.resume(&name),
+                _ => {
+                    // A few sends whose connection drops after the message
+                    // was stored: resends must find it, not repeat it.
+                    let _ = c.sim.add_fault(Fault {
+                        method: Some("POST".into()),
+                        path_contains: Some("/messages".into()),
+                        drop_connection: true,
+                        times: Some(2),
+                        ..Fault::default()
+                    });
+                }
+            }
+        }
+        let stopped: Vec<String> = c
+            .replicas
+            .iter()
+            .filter(|(_, r)| r.paused)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for n in stopped {
+            c.resume(&n);
+        }
+    });
+    let answered = c.assert_each_answered_once();
+    let duplicates: usize = c
+        .replicas
+        .keys()
+        .map(|n| c.log(n).matches("duplicate reply").count())
+        .sum();
+    eprintln!(
+        "soak: {kills} kills, {pauses} pauses, {sent} messages, {answered} answered exactly once, duplicates: {duplicates}"
+    );
+    assert!(sent >= 20, "too little traffic: {sent}");
+}
