@@ -10,6 +10,7 @@ mod business_hours;
 mod cli;
 mod client;
 mod commands;
+mod configmap;
 mod durability;
 mod engine;
 mod fuzz_regressions;

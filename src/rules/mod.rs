@@ -468,7 +468,12 @@ pub(crate) fn is_rule_file(path: &Path) -> bool {
     name.ends_with(".rhai") && !name.starts_with('.') && !name.starts_with('#')
 }
 
-/// The rule files of a directory, sorted by name.
+/// The rule files of a directory, sorted by name. Not recursive, and a
+/// symlink counts as the file it points to: a ConfigMap volume's
+/// `NAME.rhai -> ..data/NAME.rhai` is one rule, and the `..data` and
+/// `..<timestamp>` directories behind it (dot names, not `*.rhai`) are not
+/// read a second time. A link whose file is gone (a key being removed) is
+/// not a rule.
 pub(crate) fn rule_files(dir: &Path) -> Result<Vec<PathBuf>, RuleError> {
     let entries = std::fs::read_dir(dir).map_err(|e| {
         RuleError::new(
