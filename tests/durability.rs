@@ -268,7 +268,11 @@ impl Workdir {
         let err = logs.join(format!("{:02}-{tag}.err", self.runs));
         let mut cmd = util::skyrules_command();
         if let Some(url) = &self.state_url {
-            cmd.env("SKYRULES_STATE_URL", url);
+            // One replica, restarted under the same id (as a container
+            // in its pod): it takes its workspace back at once instead of
+            // waiting for the killed run's lease to expire.
+            cmd.env("SKYRULES_STATE_URL", url)
+                .env("SKYRULES_REPLICA", "durability");
         }
         cmd.env("SKYLIGHT_API_KEY", KEY)
             .current_dir(self.path())

@@ -85,7 +85,7 @@ impl Cluster {
         fs::write(
             dir.path().join("skyrules.toml"),
             format!(
-                "[api]\nbase_url = \"{}\"\ntimeout = \"2s\"\n\n[engine]\nrules_dir = \"rules\"\npoll_interval = \"{POLL}\"\n\n[ha]\nlease = \"{}s\"\n",
+                "[api]\nbase_url = \"{}\"\ntimeout = \"2s\"\n\n[engine]\nrules_dir = \"rules\"\npoll_interval = \"{POLL}\"\n\n[guard]\nmax_replies = 10000\n\n[ha]\nlease = \"{}s\"\n",
                 sim.base_url(),
                 LEASE.as_secs()
             ),
@@ -186,6 +186,13 @@ impl Cluster {
             self.logs()
         );
         epoch
+    }
+
+    /// Waits until `name` has taken its first baseline (chats opened
+    /// before it are history, not events).
+    fn wait_polling(&self, name: &str) {
+        let ok = util::wait_until(LIMIT, || self.log(name).contains("\"poll cycle\""));
+        assert!(ok, "{name} never polled\n{}", self.logs());
     }
 
     fn logs(&self) -> String {
@@ -374,6 +381,7 @@ fn a_killed_holder_is_replaced_and_every_message_is_answered_once() {
     let Some(mut c) = Cluster::new() else { return };
     c.start("a");
     c.wait_held_by("a");
+    c.wait_polling("a");
     c.start("b");
     let sent = with_traffic(&mut c, 1, |c| {
         // Let a answer some, then kill it in the middle of the traffic.
@@ -399,6 +407,7 @@ fn a_paused_holder_is_fenced_when_it_wakes_and_sends_nothing_more() {
     let Some(mut c) = Cluster::new() else { return };
     c.start("a");
     c.wait_held_by("a");
+    c.wait_polling("a");
     c.start("b");
     let chat = c.chat("Before");
     c.say(&chat, "hello");
@@ -443,6 +452,7 @@ fn a_holder_cut_off_from_the_database_stops_acting_and_is_replaced() {
     let a_url = format!("{scheme}://{role}:cut@{host}");
     c.start_as("a", &a_url);
     c.wait_held_by("a");
+    c.wait_polling("a");
     c.start("b");
     let chat = c.chat("Cut");
     c.say(&chat, "hello");
@@ -466,8 +476,9 @@ fn a_holder_cut_off_from_the_database_stops_acting_and_is_replaced() {
     // Back on the database, a is a standby: b keeps the workspace.
     c.db.execute(&format!("ALTER ROLE {role} LOGIN"));
     let standby = util::wait_until(LIMIT, || {
-        c.log("a").matches("\"action taken\"").count() == 1 && c.db.rt.block_on(async {
-            c.db.client
+        c.log("a").matches("\"action taken\"").count() == 1
+            && c.db.rt.block_on(async {
+                c.db.client
                 .query(
                     "SELECT 1 FROM replicas WHERE replica = 'a' AND expires_at > clock_timestamp()",
                     &[],
@@ -475,12 +486,14 @@ fn a_holder_cut_off_from_the_database_stops_acting_and_is_replaced() {
                 .await
                 .map(|r| !r.is_empty())
                 .unwrap_or(false)
-        })
+            })
     });
     assert!(standby, "a did not come back as a standby\n{}", c.logs());
     assert_eq!(c.holder().map(|h| h.0).as_deref(), Some("b"));
     c.kill("a");
-    c.db.execute(&format!("DROP ROLE IF EXISTS {role}"));
+    c.db.execute(&format!(
+        "REASSIGN OWNED BY {role} TO CURRENT_USER; DROP OWNED BY {role}; DROP ROLE {role}"
+    ));
 }
 
 /// Three replicas, random kill -9, SIGSTOP and SIGCONT while visitors
@@ -503,6 +516,9 @@ fn chaos_soak_three_replicas() {
     for name in ["r1", "r2", "r3"] {
         c.start(name);
     }
+    util::wait_until(LIMIT, || c.holder().is_some());
+    let first = c.holder().expect("a holder").0;
+    c.wait_polling(&first);
     let (mut kills, mut pauses) = (0, 0);
     let sent = with_traffic(&mut c, seed, |c| {
         let end = Instant::now() + Duration::from_secs(secs);

@@ -391,7 +391,7 @@ impl Coordinator {
         };
         let tenure = Tenure::new(started + self.opts.tenure());
         let settle_after = (!got.released).then(|| Instant::now() + self.opts.api_timeout);
-        tracing::info!(workspace = %w, epoch = got.epoch, after = if got.released { "a handover" } else { "the last holder's lease expired" }, "took the workspace's lease; resuming from the ledger");
+        tracing::info!(workspace = %w, epoch = got.epoch, after = if got.released { "the lease was free or handed over" } else { "the last holder's lease expired" }, "took the workspace's lease; resuming from the ledger");
         crate::telemetry::metrics::lease(w, "taken", true);
         let stop = CancellationToken::new();
         let takeover = Takeover {
