@@ -33,7 +33,7 @@ pub use tenure::Tenure;
 const MAX_TICK: Duration = Duration::from_secs(2);
 
 /// Renewal rounds a replica must be over its share in a row before it
-/// hands a workspace over: a heartbeat that lapses once must not move
+/// hands the excess over: a heartbeat that lapses once must not move
 /// workspaces back and forth.
 const OVER_SHARE_ROUNDS: u32 = 3;
 
@@ -328,8 +328,8 @@ impl Coordinator {
         }
     }
 
-    /// Takes free workspaces up to this replica's share, or hands one over
-    /// when it has held more than its share for a few rounds. A workspace
+    /// Takes free workspaces up to this replica's share, or hands the
+    /// excess over when it has held more than its share for a few rounds. A workspace
     /// left free for a whole lease is taken whatever the shares say.
     async fn balance(&mut self, table: &LeaseTable) {
         let share = share(&table.replicas, &self.opts.id, self.boards.len());
@@ -364,7 +364,16 @@ impl Coordinator {
         }
         if self.over_share >= OVER_SHARE_ROUNDS {
             self.over_share = 0;
-            if let Some((w, h)) = self.held.iter_mut().rev().find(|(_, h)| !h.leaving) {
+            // All of the excess at once: a replica that joins gets its
+            // share within a few rounds, whatever the number of workspaces.
+            let excess = active - share;
+            for (w, h) in self
+                .held
+                .iter_mut()
+                .rev()
+                .filter(|(_, h)| !h.leaving)
+                .take(excess)
+            {
                 tracing::info!(workspace = %w, epoch = h.epoch, share, held = active, "more than this replica's share: handing the workspace over");
                 h.leaving = true;
                 h.stop.cancel();
