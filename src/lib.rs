@@ -14,7 +14,7 @@ pub mod executor;
 pub mod hours;
 mod net;
 pub mod notifications;
-pub mod replicas;
+mod replicas;
 pub mod report;
 pub mod rules;
 pub mod shutdown;

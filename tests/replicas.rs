@@ -82,22 +82,52 @@ impl Cluster {
         fs::create_dir(dir.path().join("rules")).expect("rules dir");
         fs::create_dir(dir.path().join("logs")).expect("logs dir");
         fs::write(dir.path().join("rules/ack.rhai"), ACK_RULE).expect("rule");
-        fs::write(
-            dir.path().join("skyrules.toml"),
-            format!(
-                "[api]\nbase_url = \"{}\"\ntimeout = \"2s\"\n\n[engine]\nrules_dir = \"rules\"\npoll_interval = \"{POLL}\"\n\n[guard]\nmax_replies = 10000\n\n[ha]\nlease = \"{}s\"\n",
-                sim.base_url(),
-                LEASE.as_secs()
-            ),
-        )
-        .expect("config");
-        Some(Cluster {
+        let c = Cluster {
             db: Db::connect(&url),
             sim,
             url,
             dir,
             replicas: BTreeMap::new(),
             started: 0,
+        };
+        c.configure(LEASE, 0);
+        Some(c)
+    }
+
+    /// Writes the config: `[ha] lease`, and `workspaces` accounts on the
+    /// simulator (each with a key file of its own), or none: one workspace,
+    /// `default`. Several accounts on one simulator see the same chats, so
+    /// tests with workspaces write no chat.
+    fn configure(&self, lease: Duration, workspaces: usize) {
+        let mut config = format!(
+            "[api]\nbase_url = \"{}\"\ntimeout = \"2s\"\n\n[engine]\nrules_dir = \"rules\"\npoll_interval = \"{POLL}\"\n\n[guard]\nmax_replies = 10000\n\n[ha]\nlease = \"{}s\"\n",
+            self.sim.base_url(),
+            lease.as_secs()
+        );
+        for i in 0..workspaces {
+            let key = self.dir.path().join(format!("w{i:02}.key"));
+            fs::write(&key, KEY).expect("key file");
+            config += &format!(
+                "\n[workspaces.w{i:02}]\napi_key_file = \"{}\"\nrules_dir = \"rules\"\n",
+                key.display()
+            );
+        }
+        fs::write(self.dir.path().join("skyrules.toml"), config).expect("config");
+    }
+
+    /// How many workspaces `name` holds now.
+    fn held_by(&self, name: &str) -> i64 {
+        self.db.rt.block_on(async {
+            self.db
+                .client
+                .query_one(
+                    "SELECT count(*) FROM leases WHERE holder = $1 AND NOT released
+                       AND expires_at > clock_timestamp()",
+                    &[&name],
+                )
+                .await
+                .map(|r| r.get(0))
+                .unwrap_or(0)
         })
     }
 
@@ -529,9 +559,11 @@ fn chaos_soak_three_replicas() {
             let paused = c.replicas[&name].paused;
             match rng.random_range(0..10) {
                 0..=3 => {
+                    // A new id: its leases must expire before anyone
+                    // takes them (the old one's requests may still land).
                     c.kill(&name);
-                    c.start(&name);
                     kills += 1;
+                    c.start(&format!("k{kills}"));
                 }
                 4..=6 if !paused => {
                     c.pause(&name);
@@ -620,35 +652,10 @@ fn failover_figures() {
     );
     drop(c);
 
-    // 50 workspaces on one simulator, polled every 5 s.
+    // 50 workspaces on one simulator.
     let Some(mut c) = Cluster::new() else { return };
-    let mut config = format!(
-        "[api]\nbase_url = \"{}\"\ntimeout = \"2s\"\n\n[engine]\nrules_dir = \"rules\"\npoll_interval = \"5s\"\n\n[ha]\nlease = \"15s\"\n",
-        c.sim.base_url()
-    );
-    for i in 0..50 {
-        // One account each: a key file each (holding the simulator's key).
-        let key = c.dir.path().join(format!("w{i:02}.key"));
-        fs::write(&key, KEY).expect("key file");
-        config += &format!(
-            "\n[workspaces.w{i:02}]\napi_key_file = \"{}\"\nrules_dir = \"rules\"\n",
-            key.display()
-        );
-    }
-    fs::write(c.dir.path().join("skyrules.toml"), config).expect("config");
-    let held_by = |c: &Cluster, name: &str| -> i64 {
-        c.db.rt.block_on(async {
-            c.db.client
-                .query_one(
-                    "SELECT count(*) FROM leases WHERE holder = $1 AND NOT released
-                       AND expires_at > clock_timestamp()",
-                    &[&name],
-                )
-                .await
-                .map(|r| r.get(0))
-                .unwrap_or(0)
-        })
-    };
+    c.configure(Duration::from_secs(15), 50);
+    let held_by = |c: &Cluster, name: &str| c.held_by(name);
     c.start("one");
     assert!(util::wait_until(LIMIT, || held_by(&c, "one") == 50));
     let joined = Instant::now();
@@ -676,4 +683,76 @@ fn failover_figures() {
     std::thread::sleep(Duration::from_secs(30));
     let per_replica = (commits(&c) - before) as f64 / t.elapsed().as_secs_f64() / 2.0;
     eprintln!("lease overhead at 50 workspaces, no chat traffic: {per_replica:.1} transactions/s per replica (renewals, heartbeats, reads, and the engines' idle polls' nothing)");
+}
+
+#[test]
+fn sigterm_hands_the_workspace_over_at_once() {
+    let Some(mut c) = Cluster::new() else { return };
+    // A lease far longer than the wait below: only a handover can beat it.
+    c.configure(Duration::from_secs(120), 0);
+    c.start("a");
+    c.wait_held_by("a");
+    c.wait_polling("a");
+    c.start("b");
+    let chat = c.chat("Deploy");
+    c.say(&chat, "hello");
+    assert!(util::wait_until(LIMIT, || c
+        .acks()
+        .iter()
+        .all(|a| a.2 == 1)));
+    let standby = util::wait_until(LIMIT, || {
+        c.db.rt.block_on(async {
+            c.db.client
+                .query("SELECT 1 FROM replicas WHERE replica = 'b'", &[])
+                .await
+                .map(|r| !r.is_empty())
+                .unwrap_or(false)
+        })
+    });
+    assert!(standby, "b never sent a heartbeat\n{}", c.logs());
+
+    let a = c.replicas.remove("a").expect("a");
+    signal(&a.child, "-TERM");
+    let mut child = a.child;
+    let exited = util::wait_until(LIMIT, || matches!(child.try_wait(), Ok(Some(_))));
+    assert!(exited, "a did not exit on SIGTERM");
+    assert!(child.wait().expect("status").success(), "a's exit code");
+    let a_log = fs::read_to_string(&a.log).unwrap_or_default();
+    assert!(
+        a_log.contains("handed the workspace over: lease released"),
+        "{a_log}"
+    );
+    let taken = util::wait_until(Duration::from_secs(60), || {
+        c.holder().is_some_and(|(h, e)| h == "b" && e == 2)
+    });
+    assert!(taken, "b did not take the released workspace\n{}", c.logs());
+    assert!(c.log("b").contains("the lease was free or handed over"));
+    c.say(&chat, "after the deploy");
+    c.assert_each_answered_once();
+}
+
+#[test]
+fn a_replica_that_joins_gets_its_share_of_the_workspaces() {
+    let Some(mut c) = Cluster::new() else { return };
+    c.configure(LEASE, 4);
+    c.start("r1");
+    assert!(
+        util::wait_until(LIMIT, || c.held_by("r1") == 4),
+        "r1 took all\n{}",
+        c.logs()
+    );
+    c.start("r2");
+    let shared = util::wait_until(LIMIT, || c.held_by("r1") == 2 && c.held_by("r2") == 2);
+    assert!(
+        shared,
+        "r1 {} r2 {}\n{}",
+        c.held_by("r1"),
+        c.held_by("r2"),
+        c.logs()
+    );
+    assert!(c.log("r1").contains("more than this replica's share"));
+    // And back when it leaves: r1 takes the two it gave away.
+    c.kill("r2");
+    let back = util::wait_until(LIMIT, || c.held_by("r1") == 4);
+    assert!(back, "r1 holds {}\n{}", c.held_by("r1"), c.logs());
 }

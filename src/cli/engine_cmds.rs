@@ -246,7 +246,7 @@ fn launcher(parts: Vec<Part>, boards: Vec<SharedBoard>) -> crate::replicas::Laun
         .collect();
     Arc::new(move |name, takeover, stop| {
         let Some((p, board)) = parts.get(&*name).cloned() else {
-            return tokio::spawn(async {});
+            return tokio::spawn(async { true });
         };
         tokio::spawn(async move {
             let api = p.api.with_tenure(takeover.tenure.clone());
@@ -254,7 +254,7 @@ fn launcher(parts: Vec<Part>, boards: Vec<SharedBoard>) -> crate::replicas::Laun
                 Ok(started) => started,
                 Err(e) => {
                     tracing::error!(workspace = %p.ws.name, error = %e, "cannot start the workspace's engine");
-                    return;
+                    return true;
                 }
             };
             // A refused key is retried, not the end of the engine: its
@@ -264,9 +264,11 @@ fn launcher(parts: Vec<Part>, boards: Vec<SharedBoard>) -> crate::replicas::Laun
             if let Some(at) = takeover.settle_after {
                 engine.settle_after(at);
             }
+            let cut_short = engine.cut_short();
             if let Err(e) = engine.run(stop).instrument(span).await {
                 tracing::error!(workspace = %p.ws.name, error = %e, "the workspace's engine stopped");
             }
+            !cut_short.load(std::sync::atomic::Ordering::Relaxed)
         })
     })
 }

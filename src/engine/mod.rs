@@ -206,6 +206,8 @@ pub struct Engine {
     settle_after: Option<std::time::Instant>,
     // Replies settled at such a takeover, watched for a second copy.
     duplicates: duplicates::Duplicates,
+    // Set when a shutdown's grace ran out with actions still in flight.
+    cut_short: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Engine {
@@ -269,6 +271,7 @@ impl Engine {
                 journal_waiting: std::sync::atomic::AtomicBool::new(false),
                 settle_after: None,
                 duplicates: duplicates::Duplicates::default(),
+                cut_short: Arc::default(),
             },
             report,
         ))
@@ -307,6 +310,12 @@ impl Engine {
     /// when any request it had sent has landed (or timed out).
     pub(crate) fn settle_after(&mut self, at: std::time::Instant) {
         self.settle_after = Some(at);
+    }
+
+    /// Set (after [`Engine::run`] returned) when its shutdown's grace ran
+    /// out with actions in flight: their requests may still land.
+    pub(crate) fn cut_short(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.cut_short.clone()
     }
 
     /// The status board (readiness, sessions, timers, actions, rules).
@@ -654,6 +663,8 @@ impl Engine {
                     if tokio::time::timeout(SHUTDOWN_GRACE, all).await.is_err() {
                         tracing::warn!("in-flight actions did not finish within {}s; they will be settled at the next start", SHUTDOWN_GRACE.as_secs());
                         handled.end = CycleEnd::Interrupted;
+                        self.cut_short
+                            .store(true, std::sync::atomic::Ordering::Relaxed);
                     }
                     break;
                 }

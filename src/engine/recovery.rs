@@ -123,6 +123,12 @@ impl Engine {
                 .executor
                 .reconcile(&mut session, &intent.rule, &action, intent.at)
                 .await;
+            if matches!(outcome, Outcome::Failed(_)) && !self.api.may_act() {
+                // This replica's time ran out while settling: left pending
+                // for the replica that takes over, not recorded as failed.
+                tracing::warn!(session_id = %intent.session_id, rule = %intent.rule, "fenced: not settling the action, this replica no longer holds the workspace");
+                return;
+            }
             if let (Some(_), Outcome::Taken, Action::Reply(text)) =
                 (self.settle_after, &outcome, &action)
             {

@@ -14,7 +14,8 @@
 //! for free ones. A renewal that started at `t` lets this process act
 //! until `t + L − L/5`: the database's expiry is at least `t + L`, so this
 //! process stops before anyone else may start, even if every renewal after
-//! `t` fails. Four renewals in a row can fail before that.
+//! `t` fails: at the default 15 s lease, five renewals in a row can fail
+//! before that.
 
 mod tenure;
 
@@ -79,8 +80,6 @@ pub struct Takeover {
     pub store: Arc<dyn Store>,
     /// The deadline that every action checks.
     pub tenure: Arc<Tenure>,
-    /// The lease's epoch.
-    pub epoch: i64,
     /// When replies the last holder may have been sending have landed:
     /// set when it let the lease expire rather than handing it over. Its
     /// unfinished replies are settled against the API only after this.
@@ -88,16 +87,18 @@ pub struct Takeover {
 }
 
 /// Starts a workspace's engine; the task ends when `stop` is cancelled
-/// (after its in-flight actions finish) or the engine stops on its own.
+/// (after its in-flight actions finish) or the engine stops on its own,
+/// with whether it finished every action it had started (`false`: one was
+/// cut short and its request may still land).
 pub type Launch =
-    Arc<dyn Fn(Arc<str>, Takeover, CancellationToken) -> JoinHandle<()> + Send + Sync>;
+    Arc<dyn Fn(Arc<str>, Takeover, CancellationToken) -> JoinHandle<bool> + Send + Sync>;
 
 /// A workspace this replica holds.
 struct Held {
     epoch: i64,
     tenure: Arc<Tenure>,
     stop: CancellationToken,
-    task: JoinHandle<()>,
+    task: JoinHandle<bool>,
     // Being handed over: the engine is stopping, the lease is still
     // renewed until it has, then released.
     leaving: bool,
@@ -112,8 +113,14 @@ pub struct Coordinator {
     held: BTreeMap<Arc<str>, Held>,
     // Engines stopped after a loss, still finishing: their workspace is
     // not taken again until they have.
-    stopping: BTreeMap<Arc<str>, JoinHandle<()>>,
+    stopping: BTreeMap<Arc<str>, JoinHandle<bool>>,
     over_share: u32,
+    // The workspaces served, sorted: written with the heartbeat, so that
+    // only replicas of the same configuration share them out.
+    serves: Vec<String>,
+    // Shutting down: no heartbeat any more, so the others count this
+    // replica gone while it hands its workspaces over.
+    leaving_all: bool,
 }
 
 impl Coordinator {
@@ -135,14 +142,17 @@ impl Coordinator {
                 error: None,
             });
         }
+        let boards: BTreeMap<Arc<str>, SharedBoard> = boards.into_iter().collect();
         Coordinator {
             opts,
             leases,
             launch,
-            boards: boards.into_iter().collect(),
+            serves: boards.keys().map(|w| w.to_string()).collect(),
+            boards,
             held: BTreeMap::new(),
             stopping: BTreeMap::new(),
             over_share: 0,
+            leaving_all: false,
         }
     }
 
@@ -161,6 +171,13 @@ impl Coordinator {
             }
             self.round(true).await;
         }
+        // Gone from the heartbeats first: the others' shares grow at once,
+        // so they take each workspace as soon as it is released.
+        self.leaving_all = true;
+        let (leases, id) = (self.leases.clone(), self.opts.id.clone());
+        if let Err(e) = self.bounded(move || leases.leave(&id)).await {
+            tracing::warn!(error = %e, "could not remove this replica's heartbeat; the others see it gone within one lease");
+        }
         for (ws, h) in self.held.iter_mut() {
             if !h.leaving {
                 tracing::info!(workspace = %ws, epoch = h.epoch, "shutting down: handing the workspace over");
@@ -172,9 +189,22 @@ impl Coordinator {
             tick.tick().await;
             self.round(false).await;
         }
-        let (leases, id) = (self.leases.clone(), self.opts.id.clone());
-        if let Err(e) = blocking(move || leases.leave(&id)).await {
-            tracing::warn!(error = %e, "could not remove this replica's heartbeat; the others see it gone within one lease");
+    }
+
+    /// A lease call, given up on after one round's time: a database that
+    /// stopped answering must not hold up the loop (and the deadlines it
+    /// enforces).
+    async fn bounded<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let limit = self.opts.tick();
+        match tokio::time::timeout(limit, blocking(f)).await {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::Unavailable {
+                location: "the leases".into(),
+                message: format!("no answer within {}", humantime::format_duration(limit)),
+            }),
         }
     }
 
@@ -189,20 +219,11 @@ impl Coordinator {
             .map(|(w, h)| (w.to_string(), h.epoch))
             .collect();
         let (leases, id, ttl) = (self.leases.clone(), self.opts.id.clone(), self.opts.lease);
-        // A round that hangs (a database that stopped answering) must not
-        // hold up the deadlines: it is given up on after one tick.
-        let seen = match tokio::time::timeout(
-            self.opts.tick(),
-            blocking(move || leases.tick(&id, &held, ttl)),
-        )
-        .await
-        {
-            Ok(r) => r.map_err(|e| e.to_string()),
-            Err(_) => Err(format!(
-                "the database did not answer within {}",
-                humantime::format_duration(self.opts.tick())
-            )),
-        };
+        let serves = (!self.leaving_all).then(|| self.serves.clone());
+        let seen = self
+            .bounded(move || leases.tick(&id, &held, ttl, serves.as_deref()))
+            .await
+            .map_err(|e| e.to_string());
         match seen {
             Ok(table) => {
                 self.renewed(&table, started);
@@ -308,13 +329,19 @@ impl Coordinator {
             if !h.leaving {
                 tracing::error!(workspace = %w, epoch = h.epoch, "the workspace's engine stopped on its own; its lease is released for another replica");
             }
+            // Finished, so this does not wait; a task that panicked counts
+            // as cut short.
+            let clean = h.task.await.unwrap_or(false);
             let (leases, id, ws, epoch) = (
                 self.leases.clone(),
                 self.opts.id.clone(),
                 w.clone(),
                 h.epoch,
             );
-            match blocking(move || leases.release(&ws, &id, epoch)).await {
+            match self
+                .bounded(move || leases.release(&ws, &id, epoch, clean))
+                .await
+            {
                 Ok(()) => {
                     tracing::info!(workspace = %w, epoch = h.epoch, "handed the workspace over: lease released");
                     crate::telemetry::metrics::lease(&w, "handed_over", false);
@@ -390,7 +417,7 @@ impl Coordinator {
             w.clone(),
         );
         let started = Instant::now();
-        let got = match blocking(move || leases.acquire(&ws, &id, ttl)).await {
+        let got = match self.bounded(move || leases.acquire(&ws, &id, ttl)).await {
             Ok(Some(a)) => a,
             Ok(None) => return false,
             Err(e) => {
@@ -406,7 +433,6 @@ impl Coordinator {
         let takeover = Takeover {
             store: self.leases.fenced(w, &self.opts.id, got.epoch),
             tenure: tenure.clone(),
-            epoch: got.epoch,
             settle_after,
         };
         let task = (self.launch)(w.clone(), takeover, stop.clone());

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 /// Checked by the API client immediately before every action request
 /// leaves, and by the executor before a notification is handed over. The
 /// database's fence stops writes; this stops what the database cannot see.
+/// Once it has run out it stays out: renewals cannot revive it.
 #[derive(Debug)]
 pub struct Tenure {
     base: Instant,
@@ -23,21 +24,23 @@ impl Tenure {
     /// A tenure that runs until `until`.
     pub(crate) fn new(until: Instant) -> Arc<Tenure> {
         let base = Instant::now();
-        let t = Tenure {
+        Arc::new(Tenure {
             base,
-            until: AtomicU64::new(0),
-        };
-        t.extend(until);
-        Arc::new(t)
+            until: AtomicU64::new(nanos(until.saturating_duration_since(base)).max(1)),
+        })
     }
 
-    /// Moves the deadline to `until` (after a renewal).
+    /// Moves the deadline to `until` (after a renewal), unless it has
+    /// passed already: whoever saw [`Tenure::may_act`] say no can rely on
+    /// it (the workspace's engine is stopped; a new one gets a new tenure).
     pub(crate) fn extend(&self, until: Instant) {
-        let ns = until.saturating_duration_since(self.base).as_nanos();
-        self.until.store(
-            u64::try_from(ns).unwrap_or(u64::MAX).max(1),
-            Ordering::SeqCst,
-        );
+        let ns = nanos(until.saturating_duration_since(self.base)).max(1);
+        let now = nanos(self.base.elapsed());
+        let _ = self
+            .until
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |old| {
+                (old > now).then_some(ns)
+            });
     }
 
     /// Ends the tenure now (the lease was lost or handed over).
@@ -47,9 +50,8 @@ impl Tenure {
 
     /// Whether this replica may still act. Synchronous on purpose: the
     /// caller checks it and sends with no `.await` in between.
-    pub fn may_act(&self) -> bool {
-        let now = self.base.elapsed().as_nanos();
-        now < u128::from(self.until.load(Ordering::SeqCst))
+    pub(crate) fn may_act(&self) -> bool {
+        nanos(self.base.elapsed()) < self.until.load(Ordering::SeqCst)
     }
 
     /// How long acting stays allowed from now (zero once it is not).
@@ -59,19 +61,25 @@ impl Tenure {
     }
 }
 
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn a_tenure_ends_at_its_deadline_or_when_revoked() {
+    fn a_tenure_ends_at_its_deadline_or_when_revoked_and_stays_ended() {
         let t = Tenure::new(Instant::now() + Duration::from_secs(60));
         assert!(t.may_act());
-        assert!(t.remaining() > Duration::from_secs(50));
+        t.extend(Instant::now() + Duration::from_secs(120));
+        assert!(t.remaining() > Duration::from_secs(100), "renewed");
         t.extend(Instant::now());
         assert!(!t.may_act(), "a deadline that has come");
         t.extend(Instant::now() + Duration::from_secs(60));
-        assert!(t.may_act());
+        assert!(!t.may_act(), "a tenure that ran out stays out");
+        let t = Tenure::new(Instant::now() + Duration::from_secs(60));
         t.revoke();
         assert!(!t.may_act());
         assert_eq!(t.remaining(), Duration::ZERO);

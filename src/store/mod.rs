@@ -342,15 +342,17 @@ pub trait Store: Send + Sync + 'static {
 /// `skyrules run` processes share (PostgreSQL; SPEC §7). Every expiry is on
 /// the database's clock. Each method is one short transaction; like
 /// [`Store`], every method blocks.
-pub trait Leases: Send + Sync + 'static {
-    /// One renewal round for `replica`: renews the leases it holds
-    /// (`held`: workspace and epoch) for `ttl`, marks it alive for `ttl`,
-    /// and reads who is alive and who holds what. The renewals come first.
+pub(crate) trait Leases: Send + Sync + 'static {
+    /// One renewal round for `replica`: marks it alive for `ttl`, serving
+    /// `serves` (sorted; `None`: leaving, no heartbeat), renews the leases
+    /// it holds (`held`: workspace and epoch) for `ttl`, and reads its
+    /// live peers (replicas serving the same workspaces) and every lease.
     fn tick(
         &self,
         replica: &str,
         held: &[(String, i64)],
         ttl: std::time::Duration,
+        serves: Option<&[String]>,
     ) -> Result<LeaseTable, StoreError>;
     /// Takes `workspace` for `replica` if its lease is free (never held,
     /// expired or released) or was `replica`'s own (the same id is the
@@ -363,7 +365,16 @@ pub trait Leases: Send + Sync + 'static {
         ttl: std::time::Duration,
     ) -> Result<Option<Acquired>, StoreError>;
     /// Gives `workspace` up at once, if `replica` still holds it at `epoch`.
-    fn release(&self, workspace: &str, replica: &str, epoch: i64) -> Result<(), StoreError>;
+    /// `clean`: nothing of this replica's can still be in flight (its
+    /// engine finished every action it started); otherwise the next holder
+    /// waits for such requests to land before it settles them.
+    fn release(
+        &self,
+        workspace: &str,
+        replica: &str,
+        epoch: i64,
+        clean: bool,
+    ) -> Result<(), StoreError>;
     /// Forgets `replica`'s heartbeat (a clean stop), so the others share
     /// the workspaces out without waiting for it to expire.
     fn leave(&self, replica: &str) -> Result<(), StoreError>;
@@ -375,11 +386,11 @@ pub trait Leases: Send + Sync + 'static {
 
 /// What one [`Leases::tick`] saw.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct LeaseTable {
+pub(crate) struct LeaseTable {
     /// The leases renewed (workspace, epoch); a held lease missing here
     /// was lost.
     pub renewed: Vec<(String, i64)>,
-    /// Live replicas, by id.
+    /// Live replicas serving the same workspaces, by id.
     pub replicas: Vec<String>,
     /// Every workspace's lease.
     pub leases: Vec<LeaseRow>,
@@ -387,7 +398,7 @@ pub struct LeaseTable {
 
 /// One workspace's lease as [`Leases::tick`] read it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct LeaseRow {
+pub(crate) struct LeaseRow {
     /// The workspace.
     pub workspace: String,
     /// The replica that holds or last held it.
@@ -402,7 +413,7 @@ pub struct LeaseRow {
 
 /// A lease taken by [`Leases::acquire`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Acquired {
+pub(crate) struct Acquired {
     /// The new epoch: the fencing token of every write from now on.
     pub epoch: i64,
     /// Whether nothing of the last holder's can still be in flight: it
@@ -427,8 +438,8 @@ pub async fn open(
 /// Opens a PostgreSQL state that replicas share, for `skyrules run`: its
 /// leases, whose fenced views ([`Leases::fenced`]) are the workspaces'
 /// state.
-pub async fn open_shared(url: &str) -> Result<Arc<dyn Leases>, StoreError> {
-    Ok(Arc::new(PgStore::connect(url).await?))
+pub(crate) async fn open_shared(url: &str) -> Result<Arc<dyn Leases>, StoreError> {
+    Ok(Arc::new(postgres::PgLeases::connect(url).await?))
 }
 
 /// Opens the state to read it while an engine may run (`audit`, `sla`):

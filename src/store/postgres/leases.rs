@@ -12,14 +12,18 @@
 //!   serialises them and the loser's `WHERE` no longer matches.
 //! - **Fencing.** The epoch is the token. A fenced view's every write runs
 //!   [`PgStore::check_fence`] first, in the write's own transaction: `FOR
-//!   SHARE` on the lease row, which a takeover's `UPDATE` must wait for. So
-//!   an old holder's write either lands before the takeover (and the new
+//!   KEY SHARE` on the lease row, which a takeover's `FOR UPDATE` must wait
+//!   for (and the holder's own renewal, a no-key `UPDATE`, need not). So an
+//!   old holder's write either lands before the takeover (and the new
 //!   holder reads it) or is refused.
+//! - **Own connections.** The lease rounds have a pool of their own, so a
+//!   burst of state writes (a first baseline across many workspaces) never
+//!   makes a renewal wait for a connection.
 //! - **Not an advisory lock.** A session-level advisory lock would be held
 //!   by a socket, not by a live process: a half-open connection or a
 //!   SIGSTOPped holder keeps it and nobody can take over.
 //! - **A stopped holder.** A holder paused inside a transaction would keep
-//!   its `FOR SHARE` lock; every connection of ours sets
+//!   its `FOR KEY SHARE` lock; every connection of ours sets
 //!   `idle_in_transaction_session_timeout` (see `parse_url`) so the server
 //!   ends such a transaction, and a takeover waits at most `lock_timeout`
 //!   per try meanwhile.
@@ -28,6 +32,26 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{execute, query, PgStore};
+
+/// Connections of the lease rounds' own pool.
+const LEASE_POOL: usize = 2;
+
+/// The leases of a shared database: rounds on a pool of their own, fenced
+/// views on the state's.
+pub(crate) struct PgLeases {
+    lease: PgStore,
+    data: PgStore,
+}
+
+impl PgLeases {
+    /// Connects to `url` for `skyrules run` with replicas: migrates it and
+    /// opens both pools.
+    pub(crate) async fn connect(url: &str) -> Result<PgLeases, StoreError> {
+        let data = PgStore::connect(url).await?;
+        let lease = PgStore::reach(url, LEASE_POOL).await?;
+        Ok(PgLeases { lease, data })
+    }
+}
 use crate::store::{Acquired, LeaseRow, LeaseTable, Leases, Store, StoreError};
 
 /// How long a takeover waits for a row lock before it gives up this try.
@@ -40,8 +64,8 @@ const FORGET_REPLICAS: &str = "1 hour";
 impl PgStore {
     /// Inside a write's transaction: fails with [`StoreError::Fenced`]
     /// unless this view's lease is still held, unexpired, at its epoch.
-    /// `FOR SHARE` makes a takeover (an `UPDATE` of the row) wait until
-    /// this transaction ends.
+    /// `FOR KEY SHARE` makes a takeover (which locks the row `FOR UPDATE`)
+    /// wait until this transaction ends.
     pub(super) async fn check_fence(
         &self,
         tx: &deadpool_postgres::Transaction<'_>,
@@ -53,7 +77,7 @@ impl PgStore {
         let held = query(
             tx,
             "SELECT 1 FROM leases WHERE workspace = $1 AND holder = $2 AND epoch = $3
-               AND NOT released AND expires_at > clock_timestamp() FOR SHARE",
+               AND NOT released AND expires_at > clock_timestamp() FOR KEY SHARE",
             &[&self.workspace, holder, &epoch],
         )
         .await
@@ -69,18 +93,34 @@ impl PgStore {
     }
 }
 
-impl Leases for PgStore {
+impl Leases for PgLeases {
     fn tick(
         &self,
         replica: &str,
         held: &[(String, i64)],
         ttl: Duration,
+        serves: Option<&[String]>,
     ) -> Result<LeaseTable, StoreError> {
         let secs = ttl.as_secs_f64();
         let (names, epochs): (Vec<&str>, Vec<i64>) =
             held.iter().map(|(w, e)| (w.as_str(), *e)).unzip();
-        self.call(async {
-            let client = self.client().await?;
+        self.lease.call(async {
+            let client = self.lease.client().await?;
+            // The heartbeat first, so that it expires just before the
+            // leases renewed after it: when this replica dies, the others
+            // count it gone by the time its workspaces are free.
+            if let Some(serves) = serves {
+                execute(
+                    &client,
+                    "INSERT INTO replicas (replica, expires_at, workspaces)
+                     VALUES ($1, clock_timestamp() + make_interval(secs => $2), $3)
+                     ON CONFLICT (replica) DO UPDATE
+                         SET expires_at = EXCLUDED.expires_at, workspaces = EXCLUDED.workspaces",
+                    &[&replica, &secs, &serves],
+                )
+                .await
+                .map_err(|e| self.lease.pg(e))?;
+            }
             let renewed = query(
                 &client,
                 "UPDATE leases l SET expires_at = clock_timestamp() + make_interval(secs => $2)
@@ -91,28 +131,23 @@ impl Leases for PgStore {
                 &[&replica, &secs, &names, &epochs],
             )
             .await
-            .map_err(|e| self.pg(e))?;
-            execute(
-                &client,
-                "INSERT INTO replicas (replica, expires_at)
-                 VALUES ($1, clock_timestamp() + make_interval(secs => $2))
-                 ON CONFLICT (replica) DO UPDATE SET expires_at = EXCLUDED.expires_at",
-                &[&replica, &secs],
-            )
-            .await
-            .map_err(|e| self.pg(e))?;
+            .map_err(|e| self.lease.pg(e))?;
+            // Peers: live replicas serving the same workspaces (the same
+            // configuration); one with another set neither takes from nor
+            // hands over to this one by the shares.
             let replicas = query(
                 &client,
                 &format!(
                     "WITH gone AS (DELETE FROM replicas
                          WHERE expires_at < clock_timestamp() - interval '{FORGET_REPLICAS}')
-                     SELECT replica FROM replicas WHERE expires_at > clock_timestamp()
+                     SELECT replica FROM replicas
+                     WHERE expires_at > clock_timestamp() AND workspaces = $1
                      ORDER BY replica COLLATE \"C\""
                 ),
-                &[],
+                &[&serves.unwrap_or_default()],
             )
             .await
-            .map_err(|e| self.pg(e))?;
+            .map_err(|e| self.lease.pg(e))?;
             let leases = query(
                 &client,
                 "SELECT workspace, holder, epoch,
@@ -122,7 +157,7 @@ impl Leases for PgStore {
                 &[],
             )
             .await
-            .map_err(|e| self.pg(e))?;
+            .map_err(|e| self.lease.pg(e))?;
             Ok(LeaseTable {
                 renewed: renewed.iter().map(|r| (r.get(0), r.get(1))).collect(),
                 replicas: replicas.iter().map(|r| r.get(0)).collect(),
@@ -154,15 +189,31 @@ impl Leases for PgStore {
         ttl: Duration,
     ) -> Result<Option<Acquired>, StoreError> {
         let secs = ttl.as_secs_f64();
-        self.call(async {
-            let mut client = self.client().await?;
-            let tx = client.transaction().await.map_err(|e| self.pg(e))?;
+        self.lease.call(async {
+            let mut client = self.lease.client().await?;
+            let tx = client.transaction().await.map_err(|e| self.lease.pg(e))?;
             // A stopped old holder's write transaction holds the row's
             // FOR SHARE lock until the server ends it: give up this try
             // rather than wait on it.
             tx.batch_execute(&format!("SET LOCAL lock_timeout = {LOCK_TIMEOUT_MS}"))
                 .await
-                .map_err(|e| self.pg(e))?;
+                .map_err(|e| self.lease.pg(e))?;
+            // The upsert alone would lock the row `FOR NO KEY UPDATE`,
+            // which the holder's fenced writes (`FOR KEY SHARE`) do not
+            // block: lock it as a takeover must, waiting out those writes.
+            let locked = query(
+                &tx,
+                "SELECT 1 FROM leases WHERE workspace = $1 FOR UPDATE",
+                &[&workspace],
+            )
+            .await;
+            if let Err(e) = locked {
+                // 55P03: lock_not_available.
+                if e.code().is_some_and(|c| c.code() == "55P03") {
+                    return Ok(None);
+                }
+                return Err(self.lease.pg(e));
+            }
             let row = match query(
                 &tx,
                 "INSERT INTO leases AS l (workspace, holder, epoch, expires_at, released)
@@ -182,7 +233,7 @@ impl Leases for PgStore {
                 Ok(rows) => rows,
                 // 55P03: lock_not_available.
                 Err(e) if e.code().is_some_and(|c| c.code() == "55P03") => return Ok(None),
-                Err(e) => return Err(self.pg(e)),
+                Err(e) => return Err(self.lease.pg(e)),
             };
             let Some(row) = row.first() else {
                 return Ok(None);
@@ -199,37 +250,43 @@ impl Leases for PgStore {
                 &[&workspace],
             )
             .await
-            .map_err(|e| self.pg(e))?;
-            tx.commit().await.map_err(|e| self.pg(e))?;
+            .map_err(|e| self.lease.pg(e))?;
+            tx.commit().await.map_err(|e| self.lease.pg(e))?;
             Ok(Some(acquired))
         })
     }
 
-    fn release(&self, workspace: &str, replica: &str, epoch: i64) -> Result<(), StoreError> {
-        self.call(async {
-            let client = self.client().await?;
+    fn release(
+        &self,
+        workspace: &str,
+        replica: &str,
+        epoch: i64,
+        clean: bool,
+    ) -> Result<(), StoreError> {
+        self.lease.call(async {
+            let client = self.lease.client().await?;
             execute(
                 &client,
-                "UPDATE leases SET expires_at = clock_timestamp(), released = true
+                "UPDATE leases SET expires_at = clock_timestamp(), released = $4
                  WHERE workspace = $1 AND holder = $2 AND epoch = $3",
-                &[&workspace, &replica, &epoch],
+                &[&workspace, &replica, &epoch, &clean],
             )
             .await
-            .map_err(|e| self.pg(e))?;
+            .map_err(|e| self.lease.pg(e))?;
             Ok(())
         })
     }
 
     fn leave(&self, replica: &str) -> Result<(), StoreError> {
-        self.call(async {
-            let client = self.client().await?;
+        self.lease.call(async {
+            let client = self.lease.client().await?;
             execute(
                 &client,
                 "DELETE FROM replicas WHERE replica = $1",
                 &[&replica],
             )
             .await
-            .map_err(|e| self.pg(e))?;
+            .map_err(|e| self.lease.pg(e))?;
             Ok(())
         })
     }
@@ -237,7 +294,7 @@ impl Leases for PgStore {
     fn fenced(&self, workspace: &str, replica: &str, epoch: i64) -> Arc<dyn Store> {
         Arc::new(PgStore {
             workspace: workspace.to_string(),
-            shared: self.shared.clone(),
+            shared: self.data.shared.clone(),
             fence: Some(Arc::new((replica.to_string(), epoch))),
         })
     }
@@ -259,7 +316,7 @@ mod tests {
             return;
         };
         let rt = tokio::runtime::Runtime::new().unwrap();
-        let store = rt.block_on(PgStore::connect(&url)).unwrap();
+        let store = rt.block_on(PgLeases::connect(&url)).unwrap();
         let ws = format!(
             "lease-test-{}-{}",
             std::process::id(),
@@ -277,7 +334,8 @@ mod tests {
                 assert!(first.released, "never held: nothing in flight");
                 assert_eq!(store.acquire(&ws, "r2", ttl).unwrap(), None, "held by r1");
                 let held = [(ws.clone(), 1)];
-                let seen = store.tick("r1", &held, ttl).unwrap();
+                let serves = [ws.clone()];
+                let seen = store.tick("r1", &held, ttl, Some(&serves)).unwrap();
                 assert_eq!(seen.renewed, held);
                 assert!(seen.replicas.contains(&"r1".to_string()));
                 let row = seen.leases.iter().find(|l| l.workspace == ws).unwrap();
@@ -285,7 +343,7 @@ mod tests {
 
                 let r1 = store.fenced(&ws, "r1", 1);
                 r1.commit(&batch).unwrap();
-                store.release(&ws, "r1", 1).unwrap();
+                store.release(&ws, "r1", 1, true).unwrap();
                 let second = store.acquire(&ws, "r2", ttl).unwrap().unwrap();
                 assert_eq!(
                     second,
@@ -299,12 +357,19 @@ mod tests {
                 let e = r1.finish_action("k", "taken", None).unwrap_err();
                 assert!(matches!(e, StoreError::Fenced { .. }), "{e}");
                 store.fenced(&ws, "r2", 2).commit(&batch).unwrap();
-                assert!(store.tick("r1", &held, ttl).unwrap().renewed.is_empty());
+                assert!(store
+                    .tick("r1", &held, ttl, None)
+                    .unwrap()
+                    .renewed
+                    .is_empty());
+                let other = ["another-set".to_string()];
+                let seen = store.tick("r3", &[], ttl, Some(&other)).unwrap();
+                assert_eq!(seen.replicas, ["r3"], "peers serve the same workspaces");
 
                 // A lease left to expire is taken with `released: false`:
                 // the next holder must wait out the old one's requests.
                 store
-                    .tick("r2", &[(ws.clone(), 2)], Duration::from_millis(1))
+                    .tick("r2", &[(ws.clone(), 2)], Duration::from_millis(1), None)
                     .unwrap();
                 std::thread::sleep(Duration::from_millis(20));
                 let third = store.acquire(&ws, "r1", ttl).unwrap().unwrap();
@@ -325,8 +390,20 @@ mod tests {
                         released: true
                     }
                 );
-                store.leave("r1").unwrap();
-                store.leave("r2").unwrap();
+                // Released after an engine was cut short: the next holder
+                // must wait too.
+                store.release(&ws, "r1", 4, false).unwrap();
+                let fifth = store.acquire(&ws, "r2", ttl).unwrap().unwrap();
+                assert_eq!(
+                    fifth,
+                    Acquired {
+                        epoch: 5,
+                        released: false
+                    }
+                );
+                for r in ["r1", "r2", "r3"] {
+                    store.leave(r).unwrap();
+                }
             })
             .join()
             .unwrap();

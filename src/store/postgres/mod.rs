@@ -43,6 +43,8 @@ use tokio_postgres::types::ToSql;
 
 mod leases;
 
+pub(crate) use leases::PgLeases;
+
 use super::rows::{self, BatchRows, TIMER_EVENTS};
 use super::{
     ActionRow, AuditEntry, AuditFilter, Batch, Begin, Dump, Intent, JournalRow, Loaded, Pending,
@@ -116,7 +118,8 @@ const MIGRATIONS: &[&str] = &[
      );
      CREATE TABLE replicas (
          replica    TEXT PRIMARY KEY,
-         expires_at TIMESTAMPTZ NOT NULL
+         expires_at TIMESTAMPTZ NOT NULL,
+         workspaces TEXT[] NOT NULL
      );"#,
 ];
 
@@ -180,7 +183,7 @@ impl PgStore {
     /// checks a connection can be made, and migrates the schema. The view
     /// is workspace `default`; its calls run on the current runtime.
     pub async fn connect(url: &str) -> Result<PgStore, StoreError> {
-        let store = PgStore::reach(url).await?;
+        let store = PgStore::reach(url, POOL_SIZE).await?;
         store.migrate().await?;
         Ok(store)
     }
@@ -188,7 +191,7 @@ impl PgStore {
     /// Connects to read (`audit`, `sla`): nothing is migrated, and a
     /// database `skyrules run` has not initialised is refused.
     pub(crate) async fn connect_read_only(url: &str) -> Result<PgStore, StoreError> {
-        let store = PgStore::reach(url).await?;
+        let store = PgStore::reach(url, POOL_SIZE).await?;
         let client = store.client().await?;
         let version = schema_version(&client).await.map_err(|e| store.pg(e))?;
         match version {
@@ -201,8 +204,8 @@ impl PgStore {
         }
     }
 
-    /// Builds the pool and makes one connection.
-    async fn reach(url: &str) -> Result<PgStore, StoreError> {
+    /// Builds a pool of `size` and makes one connection.
+    async fn reach(url: &str, size: usize) -> Result<PgStore, StoreError> {
         let (config, location) = parse_url(url)?;
         let manager = Manager::from_config(
             config,
@@ -212,7 +215,7 @@ impl PgStore {
             },
         );
         let pool = Pool::builder(manager)
-            .max_size(POOL_SIZE)
+            .max_size(size)
             .runtime(Runtime::Tokio1)
             .wait_timeout(Some(POOL_TIMEOUT))
             // Making a connection is bounded by its own connect timeout;
