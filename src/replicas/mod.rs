@@ -38,6 +38,10 @@ const MAX_TICK: Duration = Duration::from_secs(2);
 /// workspaces back and forth.
 const OVER_SHARE_ROUNDS: u32 = 3;
 
+/// How long a workspace whose engine stopped on its own (it could not
+/// start) is left to the other replicas before this one tries it again.
+const COOLDOWN: Duration = Duration::from_secs(30);
+
 /// How this replica takes part.
 #[derive(Debug, Clone)]
 pub struct ReplicaOptions {
@@ -121,6 +125,8 @@ pub struct Coordinator {
     // Shutting down: no heartbeat any more, so the others count this
     // replica gone while it hands its workspaces over.
     leaving_all: bool,
+    // Workspaces whose engine stopped on its own, not taken again before.
+    cooldown: BTreeMap<Arc<str>, Instant>,
 }
 
 impl Coordinator {
@@ -153,6 +159,7 @@ impl Coordinator {
             stopping: BTreeMap::new(),
             over_share: 0,
             leaving_all: false,
+            cooldown: BTreeMap::new(),
         }
     }
 
@@ -327,7 +334,8 @@ impl Coordinator {
             };
             h.tenure.revoke();
             if !h.leaving {
-                tracing::error!(workspace = %w, epoch = h.epoch, "the workspace's engine stopped on its own; its lease is released for another replica");
+                tracing::error!(workspace = %w, epoch = h.epoch, retry_in = %humantime::format_duration(COOLDOWN), "the workspace's engine stopped on its own; its lease is released for another replica");
+                self.cooldown.insert(w.clone(), Instant::now() + COOLDOWN);
             }
             // Finished, so this does not wait; a task that panicked counts
             // as cut short.
@@ -360,11 +368,17 @@ impl Coordinator {
     /// left free for a whole lease is taken whatever the shares say.
     async fn balance(&mut self, table: &LeaseTable) {
         let share = share(&table.replicas, &self.opts.id, self.boards.len());
+        let now = Instant::now();
+        self.cooldown.retain(|_, until| *until > now);
         let active = self.held.values().filter(|h| !h.leaving).count();
         let mut free: Vec<(Arc<str>, Duration)> = self
             .boards
             .keys()
-            .filter(|w| !self.held.contains_key(*w) && !self.stopping.contains_key(*w))
+            .filter(|w| {
+                !self.held.contains_key(*w)
+                    && !self.stopping.contains_key(*w)
+                    && !self.cooldown.contains_key(*w)
+            })
             .filter_map(|w| match table.leases.iter().find(|l| l.workspace == **w) {
                 None => Some((w.clone(), Duration::MAX)),
                 Some(l) if !l.live => Some((w.clone(), l.free_for)),
