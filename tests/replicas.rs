@@ -115,6 +115,38 @@ impl Cluster {
         fs::write(self.dir.path().join("skyrules.toml"), config).expect("config");
     }
 
+    /// Whether `name`'s heartbeat is live.
+    fn heartbeating(&self, name: &str) -> bool {
+        self.db.rt.block_on(async {
+            self.db
+                .client
+                .query(
+                    "SELECT 1 FROM replicas WHERE replica = $1 AND expires_at > clock_timestamp()",
+                    &[&name],
+                )
+                .await
+                .map(|r| !r.is_empty())
+                .unwrap_or(false)
+        })
+    }
+
+    /// Starts `a` (its state at `a_url`) and waits until it holds the
+    /// workspace and polls, starts standby `b`, and has a chat answered
+    /// once; the chat.
+    fn holder_and_standby(&mut self, a_url: &str, visitor: &str) -> String {
+        self.start_as("a", a_url);
+        self.wait_held_by("a");
+        self.wait_polling("a");
+        self.start("b");
+        let chat = self.chat(visitor);
+        self.say(&chat, "hello");
+        let answered = util::wait_until(LIMIT, || self.acks().iter().all(|a| a.2 == 1));
+        assert!(answered, "a did not answer\n{}", self.logs());
+        let standby = util::wait_until(LIMIT, || self.heartbeating("b"));
+        assert!(standby, "b never sent a heartbeat\n{}", self.logs());
+        chat
+    }
+
     /// How many workspaces `name` holds now.
     fn held_by(&self, name: &str) -> i64 {
         self.db.rt.block_on(async {
@@ -487,16 +519,7 @@ fn a_holder_cut_off_from_the_database_stops_acting_and_is_replaced() {
     let (scheme, rest) = c.url.split_once("://").unwrap();
     let host = rest.split_once('@').map(|(_, h)| h).unwrap_or(rest);
     let a_url = format!("{scheme}://{role}:cut@{host}");
-    c.start_as("a", &a_url);
-    c.wait_held_by("a");
-    c.wait_polling("a");
-    c.start("b");
-    let chat = c.chat("Cut");
-    c.say(&chat, "hello");
-    assert!(util::wait_until(LIMIT, || c
-        .acks()
-        .iter()
-        .all(|a| a.2 == 1)));
+    let chat = c.holder_and_standby(&a_url, "Cut");
 
     c.db.execute(&format!(
         "ALTER ROLE {role} NOLOGIN;
@@ -513,17 +536,7 @@ fn a_holder_cut_off_from_the_database_stops_acting_and_is_replaced() {
     // Back on the database, a is a standby: b keeps the workspace.
     c.db.execute(&format!("ALTER ROLE {role} LOGIN"));
     let standby = util::wait_until(LIMIT, || {
-        c.log("a").matches("\"action taken\"").count() == 1
-            && c.db.rt.block_on(async {
-                c.db.client
-                .query(
-                    "SELECT 1 FROM replicas WHERE replica = 'a' AND expires_at > clock_timestamp()",
-                    &[],
-                )
-                .await
-                .map(|r| !r.is_empty())
-                .unwrap_or(false)
-            })
+        c.log("a").matches("\"action taken\"").count() == 1 && c.heartbeating("a")
     });
     assert!(standby, "a did not come back as a standby\n{}", c.logs());
     assert_eq!(c.holder().map(|h| h.0).as_deref(), Some("b"));
@@ -697,26 +710,8 @@ fn sigterm_hands_the_workspace_over_at_once() {
     let Some(mut c) = Cluster::new() else { return };
     // A lease far longer than the wait below: only a handover can beat it.
     c.configure(Duration::from_secs(120), 0);
-    c.start("a");
-    c.wait_held_by("a");
-    c.wait_polling("a");
-    c.start("b");
-    let chat = c.chat("Deploy");
-    c.say(&chat, "hello");
-    assert!(util::wait_until(LIMIT, || c
-        .acks()
-        .iter()
-        .all(|a| a.2 == 1)));
-    let standby = util::wait_until(LIMIT, || {
-        c.db.rt.block_on(async {
-            c.db.client
-                .query("SELECT 1 FROM replicas WHERE replica = 'b'", &[])
-                .await
-                .map(|r| !r.is_empty())
-                .unwrap_or(false)
-        })
-    });
-    assert!(standby, "b never sent a heartbeat\n{}", c.logs());
+    let url = c.url.clone();
+    let chat = c.holder_and_standby(&url, "Deploy");
 
     let a = c.replicas.remove("a").expect("a");
     signal(&a.child, "-TERM");

@@ -207,12 +207,10 @@ impl Leases for PgLeases {
                 &[&workspace],
             )
             .await;
-            if let Err(e) = locked {
-                // 55P03: lock_not_available.
-                if e.code().is_some_and(|c| c.code() == "55P03") {
-                    return Ok(None);
-                }
-                return Err(self.lease.pg(e));
+            match locked {
+                Ok(_) => {}
+                Err(e) if lock_not_available(&e) => return Ok(None),
+                Err(e) => return Err(self.lease.pg(e)),
             }
             let row = match query(
                 &tx,
@@ -231,8 +229,7 @@ impl Leases for PgLeases {
             .await
             {
                 Ok(rows) => rows,
-                // 55P03: lock_not_available.
-                Err(e) if e.code().is_some_and(|c| c.code() == "55P03") => return Ok(None),
+                Err(e) if lock_not_available(&e) => return Ok(None),
                 Err(e) => return Err(self.lease.pg(e)),
             };
             let Some(row) = row.first() else {
@@ -298,6 +295,12 @@ impl Leases for PgLeases {
             fence: Some(Arc::new((replica.to_string(), epoch))),
         })
     }
+}
+
+/// Whether `e` is `lock_timeout` running out (55P03): another
+/// transaction holds the row, so this try is given up, not failed.
+fn lock_not_available(e: &tokio_postgres::Error) -> bool {
+    e.code().is_some_and(|c| c.code() == "55P03")
 }
 
 #[cfg(test)]
