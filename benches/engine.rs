@@ -265,6 +265,7 @@ fn shipped_world() -> World {
         channels: config.notify.keys().cloned().collect(),
         notifier: None,
         max_rule_memory: config.engine.max_rule_memory as usize,
+        shadow_is_live: false,
     }
 }
 

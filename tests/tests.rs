@@ -21,6 +21,7 @@ mod operability;
 mod properties;
 mod replay;
 mod replicas;
+mod rule_modes;
 mod scenarios;
 mod sim_http;
 mod sla_report;

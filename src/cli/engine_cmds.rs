@@ -120,6 +120,7 @@ pub async fn run(config: Config, only: Option<&str>) -> anyhow::Result<ExitCode>
         channels: names.clone(),
         notifier: notifier.clone(),
         max_rule_memory: ws.engine.max_rule_memory as usize,
+        shadow_is_live: false,
     };
     let parts: Vec<Part> = workspaces
         .iter()
@@ -428,27 +429,39 @@ async fn check_dir(config: &Config, dir: &Path, max_rule_memory: usize) -> anyho
         channels: config.notify.keys().cloned().collect(),
         notifier: None,
         max_rule_memory,
+        shadow_is_live: false,
     };
     let result = tokio::task::spawn_blocking(move || {
         let runtime = Runtime::with_world(world);
         let mut ok = 0;
         let mut errors = Vec::new();
         let mut warnings = Vec::new();
+        let mut modes = Vec::new();
         for path in files {
             let source = std::fs::read_to_string(&path).ok();
             match runtime.load_file(&path) {
                 Ok(rule) => {
                     ok += 1;
+                    if rule.mode != crate::rules::RuleMode::Live {
+                        modes.push(format!(
+                            "{}: mode {}",
+                            rule.path.display(),
+                            rule.mode.name()
+                        ));
+                    }
                     warnings.extend(crate::rules::lint(&rule, source.as_deref().unwrap_or("")));
                 }
                 Err(e) => errors.push(e.render(source.as_deref())),
             }
         }
-        (ok, errors, warnings)
+        (ok, errors, warnings, modes)
     })
     .await
     .context("rule check crashed")?;
-    let (ok, errors, warnings) = result;
+    let (ok, errors, warnings, modes) = result;
+    for m in &modes {
+        println!("{m}");
+    }
     for e in &errors {
         eprintln!("error: {e}\n");
     }

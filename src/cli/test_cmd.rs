@@ -75,6 +75,7 @@ pub async fn run(config: Config, workspace: Option<&str>, a: TestArgs) -> anyhow
                 channels: config.notify.keys().cloned().collect(),
                 notifier: None,
                 max_rule_memory: config.engine.max_rule_memory as usize,
+                shadow_is_live: true,
             };
             let r = run_scenario(&dir, file, s, world).await;
             match &r.failure {

@@ -10,7 +10,7 @@ use super::session::{action_of, Handled, Work};
 use super::{emit, store_io, Engine, EngineError};
 use crate::api::{Session, Timestamp};
 use crate::executor::Outcome;
-use crate::rules::Action;
+use crate::rules::{Action, RuleMode};
 use crate::store::{AuditFilter, Pending};
 use crate::tracking::Watcher;
 use crate::tracking::{EventKind, Tracked};
@@ -119,10 +119,25 @@ impl Engine {
                     ..Session::default()
                 });
             tracing::info!(session_id = %intent.session_id, rule = %intent.rule, action = %intent.action, "settling an action left unfinished by the last run");
-            let outcome = self
-                .executor
-                .reconcile(&mut session, &intent.rule, &action, intent.at)
-                .await;
+            // A rule switched to shadow or off meanwhile (or a shadow
+            // rule's own intent) is not acted on now.
+            let mode = self
+                .runtime
+                .rules()
+                .rules
+                .iter()
+                .find(|r| r.id == intent.rule)
+                .map(|r| r.mode)
+                .unwrap_or_default();
+            let outcome = match mode {
+                RuleMode::Shadow => Outcome::DryRun,
+                RuleMode::Off => Outcome::Skipped("the rule is off (mode \"off\")".into()),
+                RuleMode::Live => {
+                    self.executor
+                        .reconcile(&mut session, &intent.rule, &action, intent.at)
+                        .await
+                }
+            };
             if matches!(outcome, Outcome::Failed(_)) && !self.api.may_act() {
                 // This replica's time ran out while settling: left pending
                 // for the replica that takes over, not recorded as failed.

@@ -24,10 +24,14 @@ pub(super) fn refresh_rules(
     crate::telemetry::metrics::reload(workspace, report.errors.is_empty(), running);
     let views = status
         .into_iter()
-        .map(|r| RuleView {
-            id: r.id,
-            running: r.running,
-            error: r.error.map(|e| e.to_string()),
+        .map(|r| {
+            crate::telemetry::metrics::rule_mode(workspace, &r.id, r.mode.name());
+            RuleView {
+                id: r.id,
+                running: r.running,
+                mode: r.mode.name(),
+                error: r.error.map(|e| e.to_string()),
+            }
         })
         .collect();
     board.write().unwrap_or_else(|p| p.into_inner()).rules = views;

@@ -175,7 +175,14 @@ impl Engine {
                     let intent = intent_for(event, &run.rule, i, action, now);
                     let journal = (!journaled).then(|| w.journal(now));
                     let taken = self
-                        .take_action(&mut effective, action, intent, journal, &mut journaled)
+                        .take_action(
+                            &mut effective,
+                            action,
+                            intent,
+                            journal,
+                            &mut journaled,
+                            run.shadow,
+                        )
                         .await;
                     let Ok(taken) = taken else {
                         // Its intent could not be written: neither this
@@ -237,7 +244,10 @@ impl Engine {
     /// the intent could not be written.
     ///
     /// `journal`, the session's state and events, is written with the
-    /// intent; `journaled` is set once it has been.
+    /// intent; `journaled` is set once it has been. A `shadow` rule's
+    /// action is recorded as `dry_run` and never reaches the executor: it
+    /// neither calls the API nor counts against the loop guard, nor changes
+    /// the session the other rules see.
     async fn take_action(
         &self,
         session: &mut Session,
@@ -245,6 +255,7 @@ impl Engine {
         intent: Intent,
         journal: Option<Batch>,
         journaled: &mut bool,
+        shadow: bool,
     ) -> Result<Option<Outcome>, StoreError> {
         let written = intent.clone();
         let with_journal = journal.is_some();
@@ -256,6 +267,7 @@ impl Engine {
             *journaled = true;
         }
         let outcome = match begin {
+            Ok(Begin::New | Begin::Pending(_)) if shadow => Outcome::DryRun,
             Ok(Begin::New) => self.executor.execute(session, &intent.rule, action).await,
             Ok(Begin::Pending(old)) => {
                 self.executor

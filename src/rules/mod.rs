@@ -146,6 +146,39 @@ pub struct Handler {
     pub position: Position,
 }
 
+/// How a rule runs (SPEC §8), set by a top-level `mode("…");`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RuleMode {
+    /// It acts (the default).
+    #[default]
+    Live,
+    /// Its handlers run, its actions are only logged and recorded as
+    /// `dry_run`, while the other rules act.
+    Shadow,
+    /// Its handlers do not run at all; the file stays.
+    Off,
+}
+
+impl RuleMode {
+    /// The name rules and metrics use: `live`, `shadow` or `off`.
+    pub fn name(self) -> &'static str {
+        match self {
+            RuleMode::Live => "live",
+            RuleMode::Shadow => "shadow",
+            RuleMode::Off => "off",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<RuleMode> {
+        match name {
+            "live" => Some(RuleMode::Live),
+            "shadow" => Some(RuleMode::Shadow),
+            "off" => Some(RuleMode::Off),
+            _ => None,
+        }
+    }
+}
+
 /// A loaded rule file.
 #[derive(Debug, Clone)]
 pub struct Rule {
@@ -157,6 +190,8 @@ pub struct Rule {
     pub ast: Arc<AST>,
     /// Registered handlers, in registration order.
     pub handlers: Vec<Handler>,
+    /// Live, shadow or off.
+    pub mode: RuleMode,
 }
 
 /// Every loaded rule, in file-name order. Immutable once built: a reload
@@ -225,11 +260,15 @@ pub struct RuleRun {
     pub memory: Option<Memory>,
     /// Why the handler failed; its actions and memory writes are dropped.
     pub error: Option<RuleError>,
+    /// The rule runs in shadow mode: its actions are only logged.
+    pub shadow: bool,
 }
 
 thread_local! {
     /// Handlers registered by the file being loaded on this thread.
     static LOADING: RefCell<Option<Vec<Handler>>> = const { RefCell::new(None) };
+    /// The mode the file being loaded set, if it called `mode(…)`.
+    static LOADING_MODE: Cell<Option<RuleMode>> = const { Cell::new(None) };
     /// When the running script must stop.
     static DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
     /// (rule, session) of the running script, for `log`.
@@ -257,6 +296,9 @@ pub struct World {
     pub notifier: Option<Arc<crate::notifications::Notifier>>,
     /// Bytes of memory one rule may keep per session (`engine.max_rule_memory`).
     pub max_rule_memory: usize,
+    /// Runs shadow rules as if live: `skyrules test`, where the rule under
+    /// test is the one in shadow.
+    pub shadow_is_live: bool,
 }
 
 /// The default of `engine.max_rule_memory`: far above what `once` flags and
@@ -270,6 +312,7 @@ impl Default for World {
             channels: Vec::new(),
             notifier: None,
             max_rule_memory: DEFAULT_MAX_RULE_MEMORY,
+            shadow_is_live: false,
         }
     }
 }
@@ -347,17 +390,20 @@ impl Runtime {
             RuleError::new(path, e.1, msg)
         })?;
         LOADING.with(|l| *l.borrow_mut() = Some(Vec::new()));
+        LOADING_MODE.with(|m| m.set(None));
         CURRENT.with(|c| *c.borrow_mut() = (id.clone(), String::new()));
         DEADLINE.with(|d| d.set(Some(Instant::now() + limits::MAX_CALL_TIME)));
         let ran = self.engine.run_ast(&ast);
         DEADLINE.with(|d| d.set(None));
         let handlers = LOADING.with(|l| l.borrow_mut().take()).unwrap_or_default();
+        let mode = LOADING_MODE.with(|m| m.take()).unwrap_or_default();
         ran.map_err(|e| RuleError::from_eval(path, &e))?;
         Ok(Rule {
             id,
             path: path.to_path_buf(),
             ast: Arc::new(ast),
             handlers,
+            mode,
         })
     }
 
@@ -386,7 +432,7 @@ impl Runtime {
     ) -> Vec<RuleRun> {
         let event = &data.event;
         let mut runs = Vec::new();
-        for rule in &set.rules {
+        for rule in set.rules.iter().filter(|r| r.mode != RuleMode::Off) {
             let matching: Vec<&Handler> =
                 rule.handlers.iter().filter(|h| handles(h, event)).collect();
             if matching.is_empty() {
@@ -425,6 +471,7 @@ impl Runtime {
                     origins: Vec::new(),
                     memory: None,
                     error: Some(err),
+                    shadow: self.shadowed(rule),
                 });
                 continue;
             }
@@ -438,9 +485,17 @@ impl Runtime {
                 origins,
                 memory: changed,
                 error: None,
+                shadow: self.shadowed(rule),
             });
         }
         runs
+    }
+}
+
+impl Runtime {
+    /// Whether `rule`'s actions are only logged.
+    fn shadowed(&self, rule: &Rule) -> bool {
+        rule.mode == RuleMode::Shadow && !self.world.shadow_is_live
     }
 }
 
@@ -576,6 +631,34 @@ fn register_handler(
     })
 }
 
+/// `mode("…")`: only at load, once, with a known name.
+fn set_mode(ctx: &NativeCallContext, name: &str) -> Result<(), Box<EvalAltResult>> {
+    let pos = ctx.call_position();
+    let Some(mode) = RuleMode::from_name(name) else {
+        return Err(rt_err(
+            format!("unknown mode {name:?}; a rule's mode is \"live\", \"shadow\" or \"off\""),
+            pos,
+        ));
+    };
+    if LOADING.with(|l| l.borrow().is_none()) {
+        return Err(rt_err(
+            "mode(...) sets how the whole rule runs and only works at the top level of a rule file"
+                .into(),
+            pos,
+        ));
+    }
+    LOADING_MODE.with(|m| match m.get() {
+        Some(_) => Err(rt_err(
+            "mode(...) is set twice in this file; keep one".into(),
+            pos,
+        )),
+        None => {
+            m.set(Some(mode));
+            Ok(())
+        }
+    })
+}
+
 fn build_engine(world: Arc<World>) -> Engine {
     let mut engine = Engine::new();
     engine
@@ -620,6 +703,12 @@ fn build_engine(world: Arc<World>) -> Engine {
                 let c = c.borrow();
                 tracing::info!(rule = %c.0, session_id = %c.1, "{text}");
             })
+        });
+    F::new("mode")
+        .with_params_info(["mode: string", "()"])
+        .with_comments(["/// At the top of a rule file: `mode(\"shadow\");` runs the rule as a dry run\n/// while the others act, `mode(\"off\");` stops it, `mode(\"live\");` is the default."])
+        .register_into_engine(&mut engine, |ctx: NativeCallContext, name: &str| {
+            set_mode(&ctx, name)
         });
     let events = EventKind::ALL.map(|k| k.name()).join(", ");
     let w = world.clone();
@@ -713,6 +802,51 @@ mod tests {
 
     fn load(src: &str) -> Result<Rule, RuleError> {
         Runtime::new().load_source(Path::new("rules/t.rhai"), src)
+    }
+
+    #[test]
+    fn a_rule_sets_its_mode_once_at_the_top_level() {
+        let live = r#"on("visitor_message", |ev| ev.reply("hi"));"#;
+        assert_eq!(load(live).unwrap().mode, RuleMode::Live);
+        let shadow = load(&format!("mode(\"shadow\");\n{live}")).unwrap();
+        assert_eq!(shadow.mode, RuleMode::Shadow);
+        assert_eq!(
+            load(&format!("mode(\"off\");\n{live}")).unwrap().mode,
+            RuleMode::Off
+        );
+        let e = load(&format!("mode(\"shadow\");\nmode(\"off\");\n{live}")).unwrap_err();
+        assert!(e.to_string().contains("set twice"), "{e}");
+        assert_eq!(e.line, Some(2));
+        let e = load(&format!("mode(\"dark\");\n{live}")).unwrap_err();
+        assert!(
+            e.to_string().contains("\"live\", \"shadow\" or \"off\""),
+            "{e}"
+        );
+        // A mode set in a handler would change a rule mid-run: refused.
+        let rt = Runtime::new();
+        let rule = rt
+            .load_source(
+                Path::new("rules/t.rhai"),
+                r#"on("visitor_message", |ev| { mode("off"); });"#,
+            )
+            .unwrap();
+        let set = RuleSet { rules: vec![rule] };
+        let data = Arc::new(EventData::new(
+            crate::tracking::Event {
+                kind: EventKind::VisitorMessage,
+                session_id: "s".into(),
+                message: None,
+                timer: None,
+                waited: None,
+                at: chrono::Utc::now(),
+            },
+            &Session::default(),
+            &[],
+            chrono::Utc::now(),
+        ));
+        let runs = rt.evaluate(&set, &data, &mut HashMap::new());
+        let e = runs[0].error.as_ref().expect("an error");
+        assert!(e.to_string().contains("top level"), "{e}");
     }
 
     #[test]

@@ -34,6 +34,8 @@ pub struct FileStatus {
     pub id: String,
     /// Whether a version of the rule is running.
     pub running: bool,
+    /// The running version's mode (live when none runs).
+    pub mode: super::RuleMode,
     /// The latest load error, if the file on disk does not compile.
     pub error: Option<RuleError>,
 }
@@ -94,6 +96,7 @@ impl Reloader {
                 FileStatus {
                     id: r.id.clone(),
                     running: true,
+                    mode: r.mode,
                     error: None,
                 },
             );
@@ -103,6 +106,7 @@ impl Reloader {
             let entry = out.entry(id.clone()).or_insert(FileStatus {
                 id,
                 running: false,
+                mode: super::RuleMode::Live,
                 error: None,
             });
             entry.error = k.error.clone();

@@ -358,7 +358,12 @@ fn workspace_section(h: &mut String, b: &Board, heading: &str) {
             (Some(e), false) => format!("<span class=bad>not loaded:</span><div><code>{}</code></div>", esc(e)),
             (None, false) => "<span class=muted>not loaded</span>".to_string(),
         };
-        let _ = write!(h, "<tr><td>{}</td><td>{status}</td></tr>", esc(&r.id));
+        let mode = match r.mode {
+            "shadow" if r.running => " · <span class=warn>shadow: actions only logged</span>",
+            "off" if r.running => " · <span class=muted>off: not run</span>",
+            _ => "",
+        };
+        let _ = write!(h, "<tr><td>{}</td><td>{status}{mode}</td></tr>", esc(&r.id));
     }
     let _ = write!(h, "</table>");
 }

@@ -55,6 +55,9 @@ pub const SLA_HUMAN_WAIT: &str = "skyrules_sla_human_wait_seconds";
 /// A human agent's time to answer a waiting visitor (histogram).
 pub const SLA_AGENT_RESPONSE: &str = "skyrules_sla_agent_response_seconds";
 
+/// 1 for each rule's current `mode` (`live`, `shadow`, `off`), 0 for the
+/// others, by `workspace` and `rule`.
+pub const RULE_MODE: &str = "skyrules_rule_mode";
 /// 1 while this replica holds the `workspace`'s lease, else 0.
 pub const LEASE_HELD: &str = "skyrules_lease_held";
 /// Lease changes on this replica, by `workspace` and `change` (`taken`,
@@ -174,6 +177,10 @@ fn describe() {
         "Notifications delivered or given up on, by channel and result."
     );
     describe_gauge!(
+        RULE_MODE,
+        "1 for the rule's mode (live, shadow: actions only logged, off: not run), 0 for the others."
+    );
+    describe_gauge!(
         LEASE_HELD,
         "1 while this replica holds the workspace's lease (SPEC 7), else 0."
     );
@@ -287,6 +294,14 @@ pub fn reload(workspace: &Arc<str>, ok: bool, rules_loaded: usize) {
 pub(crate) fn store_write(workspace: &Arc<str>, op: &'static str, took: Duration) {
     histogram!(STORE_WRITE, "workspace" => workspace.clone(), "op" => op)
         .record(took.as_secs_f64());
+}
+
+/// `rule` of `workspace` runs in `mode`.
+pub(crate) fn rule_mode(workspace: &Arc<str>, rule: &str, mode: &'static str) {
+    for m in ["live", "shadow", "off"] {
+        gauge!(RULE_MODE, "workspace" => workspace.clone(), "rule" => rule.to_string(), "mode" => m)
+            .set(if m == mode { 1.0 } else { 0.0 });
+    }
 }
 
 /// This replica took, handed over or lost `workspace`'s lease.

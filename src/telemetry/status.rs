@@ -52,6 +52,8 @@ pub struct RuleView {
     pub id: String,
     /// Whether a version of it runs.
     pub running: bool,
+    /// `live`, `shadow` (actions only logged) or `off` (not run).
+    pub mode: &'static str,
     /// The file's current load error, if any.
     pub error: Option<String>,
 }
