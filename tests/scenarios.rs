@@ -178,6 +178,18 @@ fn a_passing_scenario_exits_0_with_a_tick() {
     lacks(&run, "✗");
 }
 
+/// `skyrules test` runs a rule in shadow as if it were live: it is the
+/// rule being tried out, and its scenarios say what it would do.
+#[test]
+fn a_shadow_rules_scenarios_run_as_if_it_were_live() {
+    let p = Project::new();
+    p.rule("greet", &format!("mode(\"shadow\");\n{GREET}"));
+    p.scenarios("greet.toml", GREET_PASSES);
+    let run = p.test(&[]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    has(&run, "1 passed, 0 failed");
+}
+
 #[test]
 fn a_failing_scenario_shows_step_expected_actual_and_the_acting_rule() {
     let p = Project::new();
