@@ -13,26 +13,16 @@
 use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::util::{self, wait_until, BlockingSim};
+use crate::util::{self, agent_texts, logged, wait_until, BlockingSim, Running};
 
 const KEY: &str = "configmap-test-key";
 /// The generous limit of every wait on a condition.
 const LIMIT: Duration = Duration::from_secs(60);
-
-/// A child that is killed when the test ends, whatever happens.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Publishes `files` (key, content) as version `n` of the ConfigMap mounted
 /// at `dir`, in the kubelet's order: the files in a new `..<timestamp>`
@@ -73,33 +63,11 @@ fn escalation(text: &str) -> String {
     format!(r#"on("human_requested", |ev| ev.reply("{text}"));"#)
 }
 
-fn agent_texts(sim: &BlockingSim, id: &str) -> Vec<String> {
-    sim.session(id)
-        .map(|d| {
-            d.messages
-                .iter()
-                .filter(|m| m.sender_type.to_string() == "agent")
-                .map(|m| m.text().to_string())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// Successful polls of the chat list so far.
 fn polls(sim: &BlockingSim) -> usize {
     sim.requests()
         .iter()
         .filter(|r| r.method == "GET" && r.path.ends_with("/web-chat/sessions") && r.status == 200)
-        .count()
-}
-
-/// The JSON log lines saying `message` about `rule`.
-fn logged(log: &Path, message: &str, rule: &str) -> usize {
-    fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["message"] == message && v["rule"] == rule)
         .count()
 }
 

@@ -5,12 +5,12 @@
 
 use std::fs;
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::json;
 
-use crate::util::{self, BlockingSim};
+use crate::util::{self, agent_texts, BlockingSim, Running};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -23,27 +23,6 @@ fn rule(signature: &str) -> String {
 }});
 "#
     )
-}
-
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn agent_texts(sim: &BlockingSim, id: &str) -> Vec<String> {
-    sim.session(id)
-        .map(|d| {
-            d.messages
-                .iter()
-                .filter(|m| m.sender_type.to_string() == "agent")
-                .map(|m| m.text().to_string())
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 fn write_config(

@@ -137,41 +137,42 @@ pub async fn run(config: Config, only: Option<&str>) -> anyhow::Result<ExitCode>
         tracing::info!("shutting down");
         stop.cancel();
     });
-    if let Some(url) = state_url {
-        let leases = crate::store::open_shared(&url).await?;
-        let replica = replica_options(&config, &workspaces)?;
-        let boards = parts.iter().map(|p| p.board()).collect::<Vec<_>>();
-        let server = serve(&config, &boards, metrics, http_token, &shutdown).await?;
-        let launch = launcher(parts, boards.clone());
-        let named: Vec<(Arc<str>, SharedBoard)> = workspaces
-            .iter()
-            .map(|w| Arc::<str>::from(w.name.as_str()))
-            .zip(boards)
-            .collect();
-        crate::replicas::Coordinator::new(replica, leases, launch, named)
-            .run(shutdown.clone())
-            .await;
-        shutdown.cancel();
-        if let Some(server) = server {
-            let _ = server.await;
+    let (server, failed) = match state_url {
+        Some(url) => {
+            let leases = crate::store::open_shared(&url).await?;
+            let replica = replica_options(&config, &workspaces)?;
+            let boards = parts.iter().map(|p| p.board()).collect::<Vec<_>>();
+            let server = serve(&config, &boards, metrics, http_token, &shutdown).await?;
+            let launch = launcher(parts, boards.clone());
+            let named: Vec<(Arc<str>, SharedBoard)> = workspaces
+                .iter()
+                .map(|w| Arc::<str>::from(w.name.as_str()))
+                .zip(boards)
+                .collect();
+            crate::replicas::Coordinator::new(replica, leases, launch, named)
+                .run(shutdown.clone())
+                .await;
+            (server, None)
         }
-        return Ok(ExitCode::SUCCESS);
-    }
-    let store = crate::store::open(&config.engine.state_path, None).await?;
-    let mut engines = Vec::new();
-    let mut boards = Vec::new();
-    for p in parts {
-        let (mut engine, span) = start_engine(&p.ws, p.api, store.workspace(&p.ws.name), p.world)
-            .await
-            .map_err(|e| named(&p.ws, several, e))?;
-        if several {
-            engine.keep_trying_when_refused();
+        None => {
+            let store = crate::store::open(&config.engine.state_path, None).await?;
+            let mut engines = Vec::new();
+            let mut boards = Vec::new();
+            for p in parts {
+                let (mut engine, span) =
+                    start_engine(&p.ws, p.api, store.workspace(&p.ws.name), p.world)
+                        .await
+                        .map_err(|e| named(&p.ws, several, e))?;
+                if several {
+                    engine.keep_trying_when_refused();
+                }
+                boards.push(engine.board());
+                engines.push((p.ws.name.clone(), engine, span));
+            }
+            let server = serve(&config, &boards, metrics, http_token, &shutdown).await?;
+            (server, run_engines(engines, &shutdown, several).await)
         }
-        boards.push(engine.board());
-        engines.push((p.ws.name.clone(), engine, span));
-    }
-    let server = serve(&config, &boards, metrics, http_token, &shutdown).await?;
-    let failed = run_engines(engines, &shutdown, several).await;
+    };
     shutdown.cancel();
     if let Some(server) = server {
         let _ = server.await;

@@ -234,7 +234,7 @@ impl Coordinator {
         match seen {
             Ok(table) => {
                 self.renewed(&table, started);
-                self.show(&table, None);
+                self.show(&table);
                 self.settle_finished().await;
                 if balance {
                     self.balance(&table).await;
@@ -359,7 +359,10 @@ impl Coordinator {
                     crate::telemetry::metrics::lease(&w, "lost", false);
                 }
             }
-            self.set_here(&w, false);
+            self.with_lease(&w, |l| {
+                l.held_here = false;
+                l.holder = None;
+            });
         }
     }
 
@@ -460,41 +463,39 @@ impl Coordinator {
                 leaving: false,
             },
         );
-        self.set_here(w, true);
-        if let Some(b) = self.boards.get(w) {
-            if let Some(l) = &mut b.write().unwrap_or_else(|p| p.into_inner()).lease {
-                l.epoch = got.epoch;
-            }
-        }
+        self.with_lease(w, |l| {
+            l.held_here = true;
+            l.holder = Some(l.replica.clone());
+            l.epoch = got.epoch;
+        });
         true
     }
 
-    /// Shows on every board who holds its workspace.
-    fn show(&self, table: &LeaseTable, error: Option<&str>) {
-        for (w, b) in &self.boards {
+    /// Shows on every board who holds its workspace, as a round read it.
+    fn show(&self, table: &LeaseTable) {
+        for w in self.boards.keys() {
             let row = table.leases.iter().find(|l| l.workspace == **w);
-            let mut b = b.write().unwrap_or_else(|p| p.into_inner());
-            let Some(l) = &mut b.lease else { continue };
-            l.held_here = self.held.contains_key(w);
-            l.holder = row.filter(|r| r.live).map(|r| r.holder.clone());
-            l.epoch = row.map(|r| r.epoch).unwrap_or(0);
-            l.error = error.map(str::to_string);
+            self.with_lease(w, |l| {
+                l.held_here = self.held.contains_key(w);
+                l.holder = row.filter(|r| r.live).map(|r| r.holder.clone());
+                l.epoch = row.map(|r| r.epoch).unwrap_or(0);
+                l.error = None;
+            });
         }
     }
 
+    /// Shows on every board that the leases cannot be reached.
     fn show_error(&self, e: &str) {
-        for b in self.boards.values() {
-            if let Some(l) = &mut b.write().unwrap_or_else(|p| p.into_inner()).lease {
-                l.error = Some(e.to_string());
-            }
+        for w in self.boards.keys() {
+            self.with_lease(w, |l| l.error = Some(e.to_string()));
         }
     }
 
-    fn set_here(&self, w: &Arc<str>, here: bool) {
+    /// Changes what `w`'s board says of its lease.
+    fn with_lease(&self, w: &Arc<str>, change: impl FnOnce(&mut LeaseView)) {
         if let Some(b) = self.boards.get(w) {
             if let Some(l) = &mut b.write().unwrap_or_else(|p| p.into_inner()).lease {
-                l.held_here = here;
-                l.holder = here.then(|| self.opts.id.clone());
+                change(l);
             }
         }
     }

@@ -317,3 +317,37 @@ fn dechunk(mut s: &str) -> String {
     }
     out
 }
+
+/// A child process killed (and reaped) when the test ends, whatever
+/// happens.
+pub struct Running(pub std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The texts of a chat's agent messages (skyrules' replies), oldest first.
+pub fn agent_texts(sim: &BlockingSim, id: &str) -> Vec<String> {
+    sim.session(id)
+        .map(|d| {
+            d.messages
+                .iter()
+                .filter(|m| m.sender_type == skyrules::api::SenderType::Agent)
+                .map(|m| m.text().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// How many JSON log lines of `log` say `message` about `rule`.
+pub fn logged(log: &std::path::Path, message: &str, rule: &str) -> usize {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["message"] == message && v["rule"] == rule)
+        .count()
+}
