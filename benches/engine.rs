@@ -416,7 +416,10 @@ fn bench_rules(c: &mut Criterion) {
         let rule = rt
             .load_source(Path::new("rules/refund.rhai"), SIMPLE_HANDLER)
             .expect("handler loads");
-        let set = RuleSet { rules: vec![rule] };
+        let set = RuleSet {
+            rules: vec![rule],
+            ..RuleSet::default()
+        };
         let cases = event_mix(now);
         let events: Vec<Arc<EventData>> = cases
             .iter()
@@ -755,6 +758,7 @@ fn store_cycle(now: Timestamp) -> StoreCycle {
             session_id: t.session.session_id.clone(),
             keys,
             memory,
+            ..Done::default()
         });
         events.push(Pending {
             tracked: t.clone(),

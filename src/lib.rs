@@ -22,4 +22,5 @@ pub mod sim;
 pub mod store;
 pub mod telemetry;
 pub mod tools;
+pub mod trace;
 pub mod tracking;

@@ -1628,6 +1628,9 @@ impl Store for Watched {
     fn pending_events(&self) -> Result<Vec<store::Pending>, StoreError> {
         self.inner.pending_events()
     }
+    fn trace(&self, session_id: &str) -> Result<Option<skyrules::trace::TraceRows>, StoreError> {
+        self.inner.trace(session_id)
+    }
     fn begin_action(
         &self,
         intent: &store::Intent,

@@ -17,6 +17,7 @@ mod sim_cmd;
 mod sla_cmd;
 mod state_cmd;
 mod test_cmd;
+mod why_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -84,6 +85,8 @@ enum Command {
     Analytics(api_cmds::AnalyticsArgs),
     /// Show what the engine did: time, rule, session, action, outcome
     Audit(audit_cmd::AuditArgs),
+    /// Why the rules did (or did not) act on one chat: every event and decision
+    Why(why_cmd::WhyArgs),
     /// Write Rhai definition files so editors complete and check rules
     Defs(defs_cmd::DefsArgs),
     /// Run the rules over past sessions and report what they would have done
@@ -174,6 +177,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Replay(a) => replay_cmd::run(load_config(g, Overrides::default())?, ws, a).await,
         Command::Defs(a) => defs_cmd::run(load_config(g, Overrides::default())?, ws, a).await,
         Command::Audit(a) => audit_cmd::run(load_config(g, Overrides::default())?, ws, a).await,
+        Command::Why(a) => why_cmd::run(load_config(g, Overrides::default())?, ws, a).await,
         Command::Sim(args) => sim_cmd::run(args).await,
         Command::State(cmd) => state_cmd::run(cmd).await,
         Command::Sessions(cmd) => {

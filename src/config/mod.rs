@@ -122,6 +122,9 @@ pub struct EngineConfig {
     /// session, serialized, in bytes.
     #[serde(deserialize_with = "size")]
     pub max_rule_memory: u64,
+    /// Events each session's decision trace (`skyrules why`) keeps, the
+    /// newest ones.
+    pub trace_length: usize,
 }
 
 impl Default for EngineConfig {
@@ -135,6 +138,7 @@ impl Default for EngineConfig {
             max_concurrency: 8,
             retention: Duration::from_secs(30 * 24 * 3600),
             max_rule_memory: crate::rules::DEFAULT_MAX_RULE_MEMORY as u64,
+            trace_length: crate::trace::DEFAULT_TRACE_LENGTH,
         }
     }
 }
@@ -361,6 +365,12 @@ impl Config {
         }
         if self.engine.max_concurrency == 0 {
             return Err(bad("engine.max_concurrency", "must be at least 1"));
+        }
+        if !(1..=100_000).contains(&self.engine.trace_length) {
+            return Err(bad(
+                "engine.trace_length",
+                "must be between 1 and 100000 events",
+            ));
         }
         if self.ha.lease < Duration::from_secs(1) {
             return Err(bad("ha.lease", "must be at least 1s"));

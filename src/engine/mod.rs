@@ -10,6 +10,7 @@
 
 mod duplicates;
 mod emit;
+mod explain;
 mod recovery;
 mod reloads;
 mod runner;
@@ -61,6 +62,8 @@ pub struct EngineOptions {
     pub max_concurrency: usize,
     /// The reply-loop guard.
     pub guard: Guard,
+    /// Events each session's decision trace keeps.
+    pub trace_length: usize,
 }
 
 /// The longest wait between two tries of a refused key or an unreadable

@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use super::explain::StepBuilder;
 use super::{emit, store_io, CycleEnd, Engine, COMMIT_AT};
 use crate::api::{Session, Timestamp};
 use crate::executor::Outcome;
@@ -69,7 +70,7 @@ impl Handled {
                 if !w.journaled {
                     d.keys.clear();
                 }
-                if !d.keys.is_empty() || !d.memory.is_empty() {
+                if !d.keys.is_empty() || !d.memory.is_empty() || !d.steps.is_empty() {
                     self.batch.done.push(d);
                 }
             }
@@ -129,6 +130,8 @@ impl Engine {
         for found in self.duplicates.check(&id, &w.pending.events, &history) {
             self.report_duplicate(&id, found, now).await;
         }
+        let mut steps = Vec::with_capacity(w.pending.events.len());
+        let mut last_rules = None;
         for event in &w.pending.events {
             emit::EventDispatched {
                 event,
@@ -136,17 +139,21 @@ impl Engine {
             }
             .emit(self);
             let rules = self.runtime.rules();
+            let mut step = StepBuilder::new(&rules, event, now);
             if !rules.rules.iter().any(|r| !r.handlers.is_empty()) {
+                steps.push(step);
+                last_rules = Some(rules);
                 continue;
             }
             let data = Arc::new(EventData::new(event.clone(), &effective, &history, now));
             let runtime = self.runtime.clone();
+            let set = rules.clone();
             // Rhai is CPU work: off the async workers.
             // A rule's `log()` lines carry the workspace too.
             let span = tracing::Span::current();
             let evaluated = tokio::task::spawn_blocking(move || {
                 let _entered = span.enter();
-                let runs = runtime.evaluate(&rules, &data, &mut memory);
+                let runs = runtime.evaluate(&set, &data, &mut memory);
                 (runs, memory)
             })
             .await;
@@ -165,16 +172,18 @@ impl Engine {
                         error,
                     }
                     .emit(self);
+                    step.ran(&rules, &run, &[]);
                     continue;
                 }
+                let mut taken = Vec::with_capacity(run.actions.len());
                 crate::telemetry::metrics::handler_run(self.api.workspace(), &run.rule, false);
-                if let Some(m) = run.memory {
+                if let Some(m) = run.memory.clone() {
                     writes.insert(run.rule.clone(), m);
                 }
                 for (i, action) in run.actions.iter().enumerate() {
                     let intent = intent_for(event, &run.rule, i, action, now);
                     let journal = (!journaled).then(|| w.journal(now));
-                    let taken = self
+                    let taken_now = self
                         .take_action(
                             &mut effective,
                             action,
@@ -184,7 +193,7 @@ impl Engine {
                             run.shadow,
                         )
                         .await;
-                    let Ok(taken) = taken else {
+                    let Ok(taken_now) = taken_now else {
                         // Its intent could not be written: neither this
                         // action nor any later one is taken now. The
                         // session's events stay journaled and are handled
@@ -193,25 +202,43 @@ impl Engine {
                         w.journaled = journaled;
                         return (w, None);
                     };
-                    if let Some(outcome) = taken {
+                    if let Some(outcome) = &taken_now {
                         emit::ActionFinished {
                             rule: &run.rule,
                             session_id: &id,
                             event: event.kind,
                             action,
-                            outcome: &outcome,
+                            outcome,
                             origin: run.origins.get(i).map(String::as_str),
                         }
                         .emit(self);
                     }
+                    taken.push((action, taken_now));
                 }
+                step.ran(&rules, &run, &taken);
             }
+            steps.push(step);
+            last_rules = Some(rules);
+        }
+        // Where the timers stand once this cycle's events are handled, on
+        // the last of them: the same for all, so written once.
+        if let (Some(last), Some(rules)) = (steps.last_mut(), &last_rules) {
+            let timer = w.pending.events.last().and_then(|e| e.timer.as_ref());
+            last.timers(
+                rules,
+                &w.pending.tracked,
+                now,
+                self.runtime.calendars(),
+                timer,
+            );
         }
         w.journaled = journaled;
         let done = Done {
             session_id: id,
             keys: w.pending.events.iter().map(|e| e.key()).collect(),
             memory: writes.into_iter().collect(),
+            steps: steps.into_iter().map(StepBuilder::finish).collect(),
+            keep_steps: self.opts.trace_length,
         };
         (w, Some(done))
     }

@@ -21,6 +21,7 @@ use rhai::{
 };
 
 use crate::hours::Calendars;
+use crate::trace::{RuleSetVersion, RuleVersion};
 use crate::tracking::{Event, EventKind, TimerSpec};
 pub use ev::{Action, EventData, Memory};
 
@@ -192,6 +193,8 @@ pub struct Rule {
     pub handlers: Vec<Handler>,
     /// Live, shadow or off.
     pub mode: RuleMode,
+    /// A short hash of the file's content: the version `why` names.
+    pub version: String,
 }
 
 /// Every loaded rule, in file-name order. Immutable once built: a reload
@@ -200,9 +203,31 @@ pub struct Rule {
 pub struct RuleSet {
     /// Rules sorted by id.
     pub rules: Vec<Rule>,
+    /// Every rule's id, version and mode, as the decision trace names
+    /// them; set when the set is published.
+    pub(crate) traced: Arc<RuleSetVersion>,
 }
 
 impl RuleSet {
+    /// The rules' ids, versions and modes, in id order.
+    fn versions(&self) -> RuleSetVersion {
+        RuleSetVersion::new(
+            self.rules
+                .iter()
+                .map(|r| RuleVersion {
+                    rule: r.id.clone(),
+                    version: r.version.clone(),
+                    mode: r.mode.name().to_string(),
+                })
+                .collect(),
+        )
+    }
+
+    /// The position of rule `id`.
+    pub(crate) fn index_of(&self, id: &str) -> Option<usize> {
+        self.rules.binary_search_by(|r| r.id.as_str().cmp(id)).ok()
+    }
+
     /// Every timer any rule registered, deduplicated.
     pub fn timers(&self) -> Vec<TimerSpec> {
         let mut t: Vec<TimerSpec> = self
@@ -353,7 +378,8 @@ impl Runtime {
     }
 
     /// Publishes a new rule set atomically: an event sees all of it or none.
-    pub(crate) fn publish(&self, set: RuleSet) {
+    pub(crate) fn publish(&self, mut set: RuleSet) {
+        set.traced = Arc::new(set.versions());
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(set);
     }
 
@@ -404,6 +430,7 @@ impl Runtime {
             ast: Arc::new(ast),
             handlers,
             mode,
+            version: crate::trace::short_hash(source.as_bytes()),
         })
     }
 
@@ -830,7 +857,10 @@ mod tests {
                 r#"on("visitor_message", |ev| { mode("off"); });"#,
             )
             .unwrap();
-        let set = RuleSet { rules: vec![rule] };
+        let set = RuleSet {
+            rules: vec![rule],
+            ..RuleSet::default()
+        };
         let data = Arc::new(EventData::new(
             crate::tracking::Event {
                 kind: EventKind::VisitorMessage,
@@ -901,7 +931,10 @@ mod tests {
                 "on(\"session_started\", |ev| { if ev.once(\"x\") { ev.reply(\"Hi {{visitor_name}}\"); } });",
             )
             .unwrap();
-        let set = RuleSet { rules: vec![a, b] };
+        let set = RuleSet {
+            rules: vec![a, b],
+            ..RuleSet::default()
+        };
         let s = Session {
             session_id: "s1".into(),
             ..Session::default()

@@ -2,7 +2,7 @@
 //! demo and by tests that do not restart. Its workspace views share one
 //! map of per-workspace state.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use super::{
@@ -11,6 +11,7 @@ use super::{
 };
 use crate::api::Timestamp;
 use crate::rules::Memory;
+use crate::trace::{Step, TraceRows};
 use crate::tracking::{Event, Tracked};
 
 /// Audit entries kept; older ones are dropped so a long demo stays small.
@@ -43,6 +44,7 @@ struct Inner {
     actions: Vec<(Intent, Option<Finished>)>,
     journal: Vec<(String, Event, Tracked)>,
     index: HashMap<String, usize>,
+    trace: HashMap<String, VecDeque<Step>>,
 }
 
 impl MemoryStore {
@@ -84,6 +86,13 @@ fn write(inner: &mut Inner, batch: &Batch) {
     }
     for d in &batch.done {
         finish(inner, &d.session_id, &d.keys, &d.memory);
+        if !d.steps.is_empty() {
+            let trace = inner.trace.entry(d.session_id.clone()).or_default();
+            trace.extend(d.steps.iter().cloned());
+            while trace.len() > d.keep_steps.max(1) {
+                trace.pop_front();
+            }
+        }
     }
 }
 
@@ -187,6 +196,30 @@ impl Store for MemoryStore {
         Ok(self.with(|inner| inner.actions.iter().map(|(i, _)| i.at).max()))
     }
 
+    fn trace(&self, session_id: &str) -> Result<Option<TraceRows>, StoreError> {
+        self.with(|inner| {
+            if !inner.loaded.sessions.contains_key(session_id)
+                && !inner.ended.contains_key(session_id)
+            {
+                return Ok(None);
+            }
+            let mut rows = TraceRows::default();
+            for step in inner.trace.get(session_id).into_iter().flatten() {
+                let version = &step.rules.version;
+                if !rows.rule_sets.iter().any(|(v, _)| v == version) {
+                    rows.rule_sets
+                        .push((version.clone(), step.rules.rules_json()));
+                }
+                let body = step.body_json().map_err(|e| StoreError::Io {
+                    path: "memory".into(),
+                    message: e.to_string(),
+                })?;
+                rows.steps.push((version.clone(), body));
+            }
+            Ok(Some(rows))
+        })
+    }
+
     fn purge(&self, before: Timestamp) -> Result<usize, StoreError> {
         Ok(self.with(|inner| {
             let old: Vec<String> = inner
@@ -198,6 +231,7 @@ impl Store for MemoryStore {
             for id in &old {
                 inner.ended.remove(id);
                 inner.memory.remove(id);
+                inner.trace.remove(id);
             }
             old.len()
         }))

@@ -47,6 +47,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::Timestamp;
 use crate::rules::Memory;
+use crate::trace::{Step, TraceRows};
 use crate::tracking::{Event, Tracked};
 
 pub use memory::MemoryStore;
@@ -287,6 +288,12 @@ pub struct Done {
     pub keys: Vec<String>,
     /// Rule memory the handlers changed, by rule.
     pub memory: Vec<(String, Memory)>,
+    /// What the rules decided about each event, to append to the
+    /// session's decision trace.
+    pub steps: Vec<Step>,
+    /// How many steps the session's trace keeps: older ones are dropped
+    /// as these are added.
+    pub keep_steps: usize,
 }
 
 /// Durable engine state of one workspace. Every method blocks: call from a
@@ -333,7 +340,11 @@ pub trait Store: Send + Sync + 'static {
     /// the engine wrote the state with (the server's, which a simulator or
     /// a skewed server can run far from this machine's).
     fn latest_action_at(&self) -> Result<Option<Timestamp>, StoreError>;
-    /// Forgets ended sessions (snapshots, messages, memory) that ended
+    /// One session's decision trace, oldest first, with the rule sets its
+    /// steps name; `None` when the state holds no such session (never
+    /// seen, or purged).
+    fn trace(&self, session_id: &str) -> Result<Option<TraceRows>, StoreError>;
+    /// Forgets ended sessions (snapshots, messages, memory, trace) that ended
     /// before `before`; returns how many. The audit log keeps its ids.
     fn purge(&self, before: Timestamp) -> Result<usize, StoreError>;
 }
@@ -494,6 +505,10 @@ pub(crate) struct WorkspaceDump {
     pub journal: Vec<JournalRow>,
     /// Actions with their outcomes, oldest first.
     pub actions: Vec<ActionRow>,
+    /// Decision-trace steps (session id, seq, rule set, step JSON).
+    pub trace: Vec<(String, i64, String, String)>,
+    /// The rule sets the steps name (version, rules JSON).
+    pub rule_sets: Vec<(String, String)>,
 }
 
 /// One journaled event, as stored.

@@ -30,6 +30,14 @@ pub(super) struct BatchRows {
     pub memory: Vec<(String, String, String)>,
     /// Keys of handled events.
     pub done: Vec<String>,
+    /// Decision-trace steps to append: (session id, rule-set version,
+    /// body JSON), in order.
+    pub trace: Vec<(String, String, String)>,
+    /// Per session with new steps, how many its trace keeps (a session
+    /// handled twice in one batch is listed twice; trimming twice is harmless).
+    pub trace_keep: Vec<(String, i64)>,
+    /// The rule sets the new steps name (version, rules JSON), each once.
+    pub rule_sets: Vec<(String, String)>,
 }
 
 impl BatchRows {
@@ -88,6 +96,21 @@ impl BatchRows {
                 }
             }
             rows.done.extend(d.keys.iter().cloned());
+            for step in &d.steps {
+                if !rows.rule_sets.iter().any(|(v, _)| *v == step.rules.version) {
+                    rows.rule_sets
+                        .push((step.rules.version.clone(), step.rules.rules_json()));
+                }
+                rows.trace.push((
+                    d.session_id.clone(),
+                    step.rules.version.clone(),
+                    step.body_json()?,
+                ));
+            }
+            if !d.steps.is_empty() {
+                let keep = i64::try_from(d.keep_steps.max(1)).unwrap_or(i64::MAX);
+                rows.trace_keep.push((d.session_id.clone(), keep));
+            }
         }
         Ok(rows)
     }

@@ -21,6 +21,7 @@ use super::{
 };
 use crate::api::{format_ts, Timestamp};
 use crate::rules::Memory;
+use crate::trace::TraceRows;
 use crate::tracking::Tracked;
 
 /// Schema migrations; entry N brings a file from version N to N+1.
@@ -138,6 +139,23 @@ const MIGRATIONS: &[&str] = &[
      DROP TABLE journal;
      ALTER TABLE journal_v3 RENAME TO journal;
      CREATE INDEX journal_session ON journal (workspace, session_id);",
+    // 3 → 4: the decision trace (SPEC §8), appended with each cycle's
+    // commit, trimmed to the newest steps, purged with the session. A step
+    // names the rule set it was decided under, stored once.
+    "CREATE TABLE trace (
+         workspace  TEXT NOT NULL,
+         session_id TEXT NOT NULL,
+         seq        INTEGER NOT NULL,
+         rule_set   TEXT NOT NULL,
+         step       TEXT NOT NULL,
+         PRIMARY KEY (workspace, session_id, seq)
+     ) WITHOUT ROWID;
+     CREATE TABLE rule_sets (
+         workspace TEXT NOT NULL,
+         version   TEXT NOT NULL,
+         rules     TEXT NOT NULL,
+         PRIMARY KEY (workspace, version)
+     ) WITHOUT ROWID;",
 ];
 
 /// The newest schema version this build knows.
@@ -284,6 +302,25 @@ impl SqliteStore {
                     dump_of(&mut by_name, r.get(0)?).actions.push(row);
                     Ok(())
                 },
+            )?;
+            each_row(
+                &tx,
+                "SELECT workspace, session_id, seq, rule_set, step FROM trace
+                 ORDER BY workspace, session_id, seq",
+                |r| {
+                    let row = (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?);
+                    dump_of(&mut by_name, r.get(0)?).trace.push(row);
+                    Ok(())
+                },
+            )?;
+            each_row(
+                &tx,
+                "SELECT workspace, version, rules FROM rule_sets ORDER BY workspace, version",
+                |r| {
+                    let row = (r.get(1)?, r.get(2)?);
+                    dump_of(&mut by_name, r.get(0)?).rule_sets.push(row);
+                    Ok(())
+                },
             )
         };
         read().map_err(|e| self.io(e))?;
@@ -341,6 +378,37 @@ impl SqliteStore {
             .map_err(|e| self.io(e))?;
         for k in &rows.done {
             done.execute(params![ws, k]).map_err(|e| self.io(e))?;
+        }
+        let mut sets = tx
+            .prepare_cached(
+                "INSERT OR IGNORE INTO rule_sets (workspace, version, rules) VALUES (?1, ?2, ?3)",
+            )
+            .map_err(|e| self.io(e))?;
+        for (version, rules) in &rows.rule_sets {
+            sets.execute(params![ws, version, rules])
+                .map_err(|e| self.io(e))?;
+        }
+        let mut step = tx
+            .prepare_cached(
+                "INSERT INTO trace (workspace, session_id, seq, rule_set, step)
+                 VALUES (?1, ?2, COALESCE((SELECT MAX(seq) FROM trace
+                                           WHERE workspace = ?1 AND session_id = ?2), 0) + 1,
+                         ?3, ?4)",
+            )
+            .map_err(|e| self.io(e))?;
+        for (session_id, set, body) in &rows.trace {
+            step.execute(params![ws, session_id, set, body])
+                .map_err(|e| self.io(e))?;
+        }
+        let mut trim = tx
+            .prepare_cached(
+                "DELETE FROM trace WHERE workspace = ?1 AND session_id = ?2
+                 AND seq <= (SELECT MAX(seq) FROM trace WHERE workspace = ?1 AND session_id = ?2) - ?3",
+            )
+            .map_err(|e| self.io(e))?;
+        for (session_id, keep) in &rows.trace_keep {
+            trim.execute(params![ws, session_id, keep])
+                .map_err(|e| self.io(e))?;
         }
         Ok(())
     }
@@ -723,13 +791,17 @@ impl Store for SqliteStore {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(|e| self.io(e))?;
         let cutoff = format_ts(&before);
-        tx.execute(
-            "DELETE FROM memory WHERE workspace = ?1 AND session_id IN
-                 (SELECT session_id FROM sessions
-                  WHERE workspace = ?1 AND ended_at IS NOT NULL AND ended_at < ?2)",
-            params![self.workspace, cutoff],
-        )
-        .map_err(|e| self.io(e))?;
+        for table in ["memory", "trace"] {
+            tx.execute(
+                &format!(
+                    "DELETE FROM {table} WHERE workspace = ?1 AND session_id IN
+                         (SELECT session_id FROM sessions
+                          WHERE workspace = ?1 AND ended_at IS NOT NULL AND ended_at < ?2)"
+                ),
+                params![self.workspace, cutoff],
+            )
+            .map_err(|e| self.io(e))?;
+        }
         let n = tx
             .execute(
                 "DELETE FROM sessions
@@ -737,8 +809,56 @@ impl Store for SqliteStore {
                 params![self.workspace, cutoff],
             )
             .map_err(|e| self.io(e))?;
+        // Rule sets no step names any more (a commit that names one again
+        // writes it again).
+        tx.execute(
+            "DELETE FROM rule_sets WHERE workspace = ?1
+             AND version NOT IN (SELECT rule_set FROM trace WHERE workspace = ?1)",
+            params![self.workspace],
+        )
+        .map_err(|e| self.io(e))?;
         tx.commit().map_err(|e| self.io(e))?;
         Ok(n)
+    }
+
+    fn trace(&self, session_id: &str) -> Result<Option<TraceRows>, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| self.io(e))?;
+        let known = tx
+            .query_row(
+                "SELECT 1 FROM sessions WHERE workspace = ?1 AND session_id = ?2",
+                params![self.workspace, session_id],
+                |_| Ok(()),
+            )
+            .optional()
+            .map_err(|e| self.io(e))?;
+        if known.is_none() {
+            return Ok(None);
+        }
+        let mut rows = TraceRows::default();
+        let mut read = || -> rusqlite::Result<()> {
+            let mut stmt = tx.prepare(
+                "SELECT rule_set, step FROM trace WHERE workspace = ?1 AND session_id = ?2
+                 ORDER BY seq",
+            )?;
+            rows.steps = stmt
+                .query_map(params![self.workspace, session_id], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?
+                .collect::<Result<_, _>>()?;
+            let mut stmt = tx.prepare(
+                "SELECT version, rules FROM rule_sets WHERE workspace = ?1 AND version IN
+                     (SELECT rule_set FROM trace WHERE workspace = ?1 AND session_id = ?2)",
+            )?;
+            rows.rule_sets = stmt
+                .query_map(params![self.workspace, session_id], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?
+                .collect::<Result<_, _>>()?;
+            Ok(())
+        };
+        read().map_err(|e| self.io(e))?;
+        Ok(Some(rows))
     }
 }
 

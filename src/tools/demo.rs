@@ -158,6 +158,7 @@ async fn start_engine(
             max_replies: 5,
             window: Duration::from_secs(600),
         },
+        trace_length: crate::trace::DEFAULT_TRACE_LENGTH,
     };
     let world = crate::rules::World {
         calendars: opts.calendars.clone(),

@@ -166,6 +166,7 @@ async fn run_history(
         dry_run: true,
         max_concurrency: 8,
         guard: opts.guard,
+        trace_length: crate::trace::DEFAULT_TRACE_LENGTH,
     };
     let world = crate::rules::World {
         calendars: opts.calendars.clone(),

@@ -25,4 +25,5 @@ pub use poll::{Cycle, Watcher};
 pub(crate) use sla_facts::SlaState;
 pub(crate) use timers::running_timers;
 pub use timers::{due_timers, due_timers_in};
+pub(crate) use timers::{timer_state, TimerState};
 pub use tracker::{SessionCycle, Tracker};

@@ -120,6 +120,53 @@ pub(crate) fn running_timers(
         .collect()
 }
 
+/// Where one timer stands for a session: what the decision trace shows
+/// for a rule's timer at an event.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum TimerState {
+    /// It fired for this occurrence (this message, this request) already.
+    Fired,
+    /// Its condition holds and it has not fired.
+    Running {
+        /// How long the condition has held (in open time, with hours).
+        waited: Duration,
+        /// When it falls due; `None` when its calendar does not open in time.
+        due: Option<Timestamp>,
+        /// Its calendar is closed now, so its clock is paused.
+        paused: bool,
+    },
+}
+
+/// Where `spec` stands for `t` at `now`; `None` when its condition does
+/// not hold (no visitor message waiting, no open request).
+pub(crate) fn timer_state(
+    t: &Tracked,
+    spec: &TimerSpec,
+    now: Timestamp,
+    calendars: &Calendars,
+) -> Option<TimerState> {
+    let (anchor, since) = timer_anchor(t, spec.kind)?;
+    if t.fired.contains(&fired_key(spec, &anchor)) {
+        return Some(TimerState::Fired);
+    }
+    let waited = spec.elapsed(since, now, calendars);
+    let calendar = spec.hours.as_deref().and_then(|h| calendars.get(h));
+    let (due, paused) = match calendar {
+        Some(cal) => (cal.deadline(since, spec.after), !cal.is_open(now)),
+        None => (
+            chrono::Duration::from_std(spec.after)
+                .ok()
+                .map(|d| since + d),
+            false,
+        ),
+    };
+    Some(TimerState::Running {
+        waited,
+        due,
+        paused,
+    })
+}
+
 /// Forgets fired keys whose occurrence is over (a newer message, a new
 /// request), so the set does not grow with the session's length.
 pub(super) fn prune_fired(t: &mut Tracked) {

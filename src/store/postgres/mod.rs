@@ -52,6 +52,7 @@ use super::{
 };
 use crate::api::{format_ts, Timestamp};
 use crate::rules::Memory;
+use crate::trace::TraceRows;
 use crate::tracking::Tracked;
 
 /// Schema steps; entry N brings a database from version N to N+1.
@@ -120,6 +121,21 @@ const MIGRATIONS: &[&str] = &[
          replica    TEXT PRIMARY KEY,
          expires_at TIMESTAMPTZ NOT NULL,
          workspaces TEXT[] NOT NULL
+     );"#,
+    // 2 → 3: the decision trace (SPEC §8), as in SQLite version 4.
+    r#"CREATE TABLE trace (
+         workspace  TEXT NOT NULL,
+         session_id TEXT NOT NULL,
+         seq        BIGINT NOT NULL,
+         rule_set   TEXT NOT NULL,
+         step       TEXT NOT NULL,
+         PRIMARY KEY (workspace, session_id, seq)
+     );
+     CREATE TABLE rule_sets (
+         workspace TEXT NOT NULL,
+         version   TEXT NOT NULL,
+         rules     TEXT NOT NULL,
+         PRIMARY KEY (workspace, version)
      );"#,
 ];
 
@@ -291,6 +307,7 @@ impl PgStore {
                  UNION SELECT workspace FROM memory WHERE workspace = ANY($1)
                  UNION SELECT workspace FROM journal WHERE workspace = ANY($1)
                  UNION SELECT workspace FROM actions WHERE workspace = ANY($1)
+                 UNION SELECT workspace FROM trace WHERE workspace = ANY($1)
                  ORDER BY 1",
                 &[&names],
             )
@@ -327,6 +344,9 @@ impl PgStore {
                     .await
                     .map_err(|e| self.pg(e))?;
                 insert_actions(&tx, ws, &w.actions)
+                    .await
+                    .map_err(|e| self.pg(e))?;
+                copy_trace(&tx, ws, &w.trace, &w.rule_sets)
                     .await
                     .map_err(|e| self.pg(e))?;
             }
@@ -389,7 +409,7 @@ impl PgStore {
             )
             .await?;
         }
-        Ok(())
+        append_trace(tx, ws, rows).await
     }
 
     fn rows_of(&self, batch: &Batch) -> Result<BatchRows, StoreError> {
@@ -717,15 +737,18 @@ impl Store for PgStore {
             let tx = client.transaction().await.map_err(|e| self.pg(e))?;
             self.check_fence(&tx).await?;
             let ws = self.workspace.as_str();
-            execute(
-                &tx,
+            for sql in [
                 "DELETE FROM memory WHERE workspace = $1 AND session_id IN
                      (SELECT session_id FROM sessions
                       WHERE workspace = $1 AND ended_at IS NOT NULL AND ended_at < $2)",
-                &[&ws, &cutoff],
-            )
-            .await
-            .map_err(|e| self.pg(e))?;
+                "DELETE FROM trace WHERE workspace = $1 AND session_id IN
+                     (SELECT session_id FROM sessions
+                      WHERE workspace = $1 AND ended_at IS NOT NULL AND ended_at < $2)",
+            ] {
+                execute(&tx, sql, &[&ws, &cutoff])
+                    .await
+                    .map_err(|e| self.pg(e))?;
+            }
             let n = execute(
                 &tx,
                 "DELETE FROM sessions WHERE workspace = $1 AND ended_at IS NOT NULL AND ended_at < $2",
@@ -733,8 +756,64 @@ impl Store for PgStore {
             )
             .await
             .map_err(|e| self.pg(e))?;
+            // Rule sets no step names any more (a commit that names one
+            // again writes it again).
+            execute(
+                &tx,
+                "DELETE FROM rule_sets r WHERE r.workspace = $1 AND NOT EXISTS
+                     (SELECT 1 FROM trace t WHERE t.workspace = $1 AND t.rule_set = r.version)",
+                &[&ws],
+            )
+            .await
+            .map_err(|e| self.pg(e))?;
             tx.commit().await.map_err(|e| self.pg(e))?;
             Ok(n as usize)
+        })
+    }
+
+    fn trace(&self, session_id: &str) -> Result<Option<TraceRows>, StoreError> {
+        self.call(async {
+            let mut client = self.client().await?;
+            // One snapshot: a commit between the reads cannot name a rule
+            // set the second read misses.
+            let tx = client
+                .build_transaction()
+                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .await
+                .map_err(|e| self.pg(e))?;
+            let known = query(
+                &tx,
+                "SELECT 1 FROM sessions WHERE workspace = $1 AND session_id = $2",
+                &[&self.workspace, &session_id],
+            )
+            .await
+            .map_err(|e| self.pg(e))?;
+            if known.is_empty() {
+                return Ok(None);
+            }
+            let steps = query(
+                &tx,
+                "SELECT rule_set, step FROM trace WHERE workspace = $1 AND session_id = $2
+                 ORDER BY seq",
+                &[&self.workspace, &session_id],
+            )
+            .await
+            .map_err(|e| self.pg(e))?;
+            let sets = query(
+                &tx,
+                "SELECT version, rules FROM rule_sets WHERE workspace = $1 AND version IN
+                     (SELECT rule_set FROM trace WHERE workspace = $1 AND session_id = $2)",
+                &[&self.workspace, &session_id],
+            )
+            .await
+            .map_err(|e| self.pg(e))?;
+            tx.commit().await.map_err(|e| self.pg(e))?;
+            Ok(Some(TraceRows {
+                steps: steps.iter().map(|r| (r.get(0), r.get(1))).collect(),
+                rule_sets: sets.iter().map(|r| (r.get(0), r.get(1))).collect(),
+            }))
         })
     }
 }
@@ -806,6 +885,57 @@ async fn upsert_memory(
     Ok(())
 }
 
+/// Appends decision-trace steps after each session's newest, writes the
+/// rule sets they name, and trims each session to the steps it keeps.
+async fn append_trace(
+    c: &impl GenericClient,
+    ws: &str,
+    rows: &BatchRows,
+) -> Result<(), tokio_postgres::Error> {
+    if rows.trace.is_empty() {
+        return Ok(());
+    }
+    let versions: Vec<&str> = rows.rule_sets.iter().map(|r| r.0.as_str()).collect();
+    let rules: Vec<&str> = rows.rule_sets.iter().map(|r| r.1.as_str()).collect();
+    execute(
+        c,
+        "INSERT INTO rule_sets (workspace, version, rules)
+         SELECT $1::text, * FROM UNNEST($2::text[], $3::text[])
+         ON CONFLICT DO NOTHING",
+        &[&ws, &versions, &rules],
+    )
+    .await?;
+    let ids: Vec<&str> = rows.trace.iter().map(|t| t.0.as_str()).collect();
+    let sets: Vec<&str> = rows.trace.iter().map(|t| t.1.as_str()).collect();
+    let bodies: Vec<&str> = rows.trace.iter().map(|t| t.2.as_str()).collect();
+    execute(
+        c,
+        "INSERT INTO trace (workspace, session_id, seq, rule_set, step)
+         SELECT $1::text, u.s,
+                COALESCE((SELECT MAX(t.seq) FROM trace t
+                          WHERE t.workspace = $1 AND t.session_id = u.s), 0)
+                    + ROW_NUMBER() OVER (PARTITION BY u.s ORDER BY u.n),
+                u.r, u.b
+         FROM UNNEST($2::text[], $3::text[], $4::text[]) WITH ORDINALITY AS u (s, r, b, n)",
+        &[&ws, &ids, &sets, &bodies],
+    )
+    .await?;
+    let ids: Vec<&str> = rows.trace_keep.iter().map(|t| t.0.as_str()).collect();
+    let keep: Vec<i64> = rows.trace_keep.iter().map(|t| t.1).collect();
+    execute(
+        c,
+        "DELETE FROM trace t
+         USING (SELECT k.s, MAX(k.keep) AS keep
+                FROM UNNEST($2::text[], $3::bigint[]) AS k (s, keep) GROUP BY k.s) k
+         WHERE t.workspace = $1 AND t.session_id = k.s
+           AND t.seq <= (SELECT MAX(m.seq) FROM trace m
+                         WHERE m.workspace = $1 AND m.session_id = k.s) - k.keep",
+        &[&ws, &ids, &keep],
+    )
+    .await?;
+    Ok(())
+}
+
 /// Journals events in order; a key already journaled keeps its row.
 async fn insert_journal(
     c: &impl GenericClient,
@@ -827,6 +957,36 @@ async fn insert_journal(
          ORDER BY n
          ON CONFLICT (workspace, key) DO NOTHING",
         &[&ws, &keys, &ids, &events, &contexts],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Inserts a copy's decision trace as it was numbered, and its rule sets.
+async fn copy_trace(
+    c: &impl GenericClient,
+    ws: &str,
+    trace: &[(String, i64, String, String)],
+    rule_sets: &[(String, String)],
+) -> Result<(), tokio_postgres::Error> {
+    let versions: Vec<&str> = rule_sets.iter().map(|r| r.0.as_str()).collect();
+    let rules: Vec<&str> = rule_sets.iter().map(|r| r.1.as_str()).collect();
+    execute(
+        c,
+        "INSERT INTO rule_sets (workspace, version, rules)
+         SELECT $1::text, * FROM UNNEST($2::text[], $3::text[])",
+        &[&ws, &versions, &rules],
+    )
+    .await?;
+    let ids: Vec<&str> = trace.iter().map(|t| t.0.as_str()).collect();
+    let seqs: Vec<i64> = trace.iter().map(|t| t.1).collect();
+    let sets: Vec<&str> = trace.iter().map(|t| t.2.as_str()).collect();
+    let bodies: Vec<&str> = trace.iter().map(|t| t.3.as_str()).collect();
+    execute(
+        c,
+        "INSERT INTO trace (workspace, session_id, seq, rule_set, step)
+         SELECT $1::text, * FROM UNNEST($2::text[], $3::bigint[], $4::text[], $5::text[])",
+        &[&ws, &ids, &seqs, &sets, &bodies],
     )
     .await?;
     Ok(())

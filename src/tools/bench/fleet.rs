@@ -97,6 +97,9 @@ impl Store for Timed {
     fn pending_events(&self) -> Result<Vec<Pending>, StoreError> {
         self.inner.pending_events()
     }
+    fn trace(&self, session_id: &str) -> Result<Option<crate::trace::TraceRows>, StoreError> {
+        self.inner.trace(session_id)
+    }
     fn begin_action(&self, intent: &Intent, journal: Option<&Batch>) -> Result<Begin, StoreError> {
         self.inner.begin_action(intent, journal)
     }

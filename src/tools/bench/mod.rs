@@ -588,6 +588,7 @@ fn engine_options(rules_dir: &Path, opts: &BenchOptions) -> EngineOptions {
             max_replies: 5,
             window: Duration::from_secs(600),
         },
+        trace_length: crate::trace::DEFAULT_TRACE_LENGTH,
     }
 }
 
