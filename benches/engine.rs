@@ -416,10 +416,7 @@ fn bench_rules(c: &mut Criterion) {
         let rule = rt
             .load_source(Path::new("rules/refund.rhai"), SIMPLE_HANDLER)
             .expect("handler loads");
-        let set = RuleSet {
-            rules: vec![rule],
-            ..RuleSet::default()
-        };
+        let set = RuleSet::new(vec![rule]);
         let cases = event_mix(now);
         let events: Vec<Arc<EventData>> = cases
             .iter()

@@ -114,7 +114,7 @@ pub struct RuleSetVersion {
 
 impl RuleSetVersion {
     /// The version of a set of rules, given in id order.
-    pub(crate) fn new(rules: Vec<RuleVersion>) -> RuleSetVersion {
+    pub fn new(rules: Vec<RuleVersion>) -> RuleSetVersion {
         let mut text = String::new();
         for r in &rules {
             text.push_str(&format!("{}\n{}\n{}\n", r.rule, r.version, r.mode));

@@ -19,6 +19,7 @@ use skyrules::store::{
     AuditFilter, Batch, Begin, Done, Intent, MemoryStore, Pending, PgStore, SqliteStore, Store,
     StoreError,
 };
+use skyrules::trace::{self, Decision, RuleSetVersion, RuleVersion, Step, TraceRows, Verdict};
 use skyrules::tracking::{diff, Event, Tracked};
 
 use crate::util;
@@ -131,6 +132,7 @@ contract!(
     purge_forgets_old_ended_sessions,
     workspaces_are_isolated,
     a_commit_of_1000_sessions,
+    a_trace_appends_keeps_the_newest_and_is_purged_with_its_session,
 );
 
 // ---------------------------------------------------------------------------
@@ -387,6 +389,7 @@ fn a_journal_written_with_an_intent_is_pending_until_done(f: &Fixture) {
             session_id: "s1".into(),
             keys: vec![events[0].key(), events[1].key()],
             memory: vec![("greet".into(), memory(json!({ "greeted": true })))],
+            ..Done::default()
         }],
         ..Batch::default()
     })
@@ -401,6 +404,7 @@ fn a_journal_written_with_an_intent_is_pending_until_done(f: &Fixture) {
             session_id: "s1".into(),
             keys: vec![events[2].key()],
             memory: vec![],
+            ..Done::default()
         }],
         ..Batch::default()
     })
@@ -415,6 +419,7 @@ fn memory_round_trips(f: &Fixture) {
         session_id: "s1".into(),
         keys: vec![],
         memory: vec![(rule.into(), memory(value))],
+        ..Done::default()
     };
     s.commit(&Batch {
         at: at(1, 10, 0),
@@ -612,6 +617,7 @@ fn purge_forgets_old_ended_sessions(f: &Fixture) {
         session_id: id.into(),
         keys: vec![],
         memory: vec![("r".into(), memory(json!({ "x": 1 })))],
+        ..Done::default()
     };
     s.commit(&Batch {
         at: at(1, 10, 0),
@@ -651,6 +657,108 @@ fn purge_forgets_old_ended_sessions(f: &Fixture) {
     assert_eq!(s.purge(at(2, 0, 0)).unwrap(), 0);
 }
 
+/// A step of session `id` for message `n`, decided under `rules`.
+fn step(id: &str, n: i64, rules: &Arc<RuleSetVersion>, verdict: Verdict) -> Step {
+    Step {
+        session_id: id.into(),
+        seen_at: at(1, 10, n as u32),
+        at: at(1, 10, n as u32),
+        event: skyrules::tracking::EventKind::VisitorMessage,
+        key: format!("m{n}"),
+        cause: format!("message {n}"),
+        rules: rules.clone(),
+        decisions: vec![Decision {
+            rule: 0,
+            verdict,
+            detail: format!("step {n}"),
+        }],
+    }
+}
+
+fn a_trace_appends_keeps_the_newest_and_is_purged_with_its_session(f: &Fixture) {
+    let s = f.store.as_ref();
+    let set = |version: &str| {
+        Arc::new(RuleSetVersion::new(vec![RuleVersion {
+            rule: "escalate".into(),
+            version: version.into(),
+            mode: "live".into(),
+        }]))
+    };
+    let (v1, v2) = (set("11111111"), set("22222222"));
+    let append = |steps: Vec<Step>| Done {
+        session_id: "s".into(),
+        steps,
+        keep_steps: 2,
+        ..Done::default()
+    };
+    assert_eq!(s.trace("s").unwrap(), None, "an unknown session has no trace");
+    s.commit(&Batch {
+        at: at(1, 10, 0),
+        sessions: vec![tracked("s", at(1, 9, 0))],
+        done: vec![append(vec![
+            step("s", 1, &v1, Verdict::NoAction),
+            step("s", 2, &v1, Verdict::Acted),
+            step("s", 3, &v1, Verdict::Failed),
+        ])],
+        ..Batch::default()
+    })
+    .unwrap();
+    let details = |rows: &TraceRows| -> Vec<(String, String)> {
+        trace::entries("s", rows)
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.version.unwrap(), e.detail))
+            .collect()
+    };
+    let rows = s.trace("s").unwrap().expect("a tracked session has a trace");
+    assert_eq!(
+        details(&rows),
+        [
+            ("11111111".to_string(), "step 2".to_string()),
+            ("11111111".to_string(), "step 3".to_string())
+        ],
+        "the newest two, oldest first"
+    );
+    // A reload: the next step names another rule set; both read back.
+    s.commit(&Batch {
+        at: at(1, 10, 5),
+        done: vec![append(vec![step("s", 4, &v2, Verdict::Acted)])],
+        ..Batch::default()
+    })
+    .unwrap();
+    let rows = s.trace("s").unwrap().unwrap();
+    assert_eq!(
+        details(&rows),
+        [
+            ("11111111".to_string(), "step 3".to_string()),
+            ("22222222".to_string(), "step 4".to_string())
+        ]
+    );
+    assert_eq!(
+        f.store.workspace("other").trace("s").unwrap(),
+        None,
+        "another workspace's session"
+    );
+    // Ended and purged: gone, trace and all. Seen again later, it starts
+    // with an empty trace.
+    s.commit(&Batch {
+        at: at(1, 11, 0),
+        ended: vec![tracked("s", at(1, 9, 0))],
+        ..Batch::default()
+    })
+    .unwrap();
+    assert!(s.trace("s").unwrap().is_some(), "kept until the purge");
+    assert_eq!(s.purge(at(2, 0, 0)).unwrap(), 1);
+    assert_eq!(s.trace("s").unwrap(), None);
+    s.commit(&Batch {
+        at: at(3, 10, 0),
+        sessions: vec![tracked("s", at(3, 9, 0))],
+        ..Batch::default()
+    })
+    .unwrap();
+    assert_eq!(s.trace("s").unwrap().unwrap().steps, vec![]);
+}
+
 fn workspaces_are_isolated(f: &Fixture) {
     let a = f.store.workspace("acme");
     let b = f.store.workspace("bravo");
@@ -686,6 +794,7 @@ fn workspaces_are_isolated(f: &Fixture) {
             session_id: "s1".into(),
             keys: vec![events[0].key()],
             memory: vec![("r".into(), memory(json!({ "in": "bravo" })))],
+            ..Done::default()
         }],
         ..Batch::default()
     })
@@ -768,6 +877,7 @@ fn a_commit_of_1000_sessions(f: &Fixture) {
             session_id: format!("sess_{n:04}"),
             keys: vec![],
             memory: vec![("r".into(), memory(json!({ "n": n })))],
+            ..Done::default()
         });
     }
     let started = Instant::now();
@@ -984,6 +1094,7 @@ fn state_copy_moves_every_workspace_into_postgres_once() {
                     session_id: "s1".into(),
                     keys: vec![events[0].key()],
                     memory: vec![("r".into(), memory(json!({ "in": name })))],
+                    ..Done::default()
                 }],
             };
             ws.begin_action(

@@ -209,6 +209,16 @@ pub struct RuleSet {
 }
 
 impl RuleSet {
+    /// A set of these rules, in id order.
+    pub fn new(rules: Vec<Rule>) -> RuleSet {
+        let mut set = RuleSet::default();
+        for r in rules {
+            set.upsert(r);
+        }
+        set.traced = Arc::new(set.versions());
+        set
+    }
+
     /// The rules' ids, versions and modes, in id order.
     fn versions(&self) -> RuleSetVersion {
         RuleSetVersion::new(
@@ -857,10 +867,7 @@ mod tests {
                 r#"on("visitor_message", |ev| { mode("off"); });"#,
             )
             .unwrap();
-        let set = RuleSet {
-            rules: vec![rule],
-            ..RuleSet::default()
-        };
+        let set = RuleSet::new(vec![rule]);
         let data = Arc::new(EventData::new(
             crate::tracking::Event {
                 kind: EventKind::VisitorMessage,
@@ -931,10 +938,7 @@ mod tests {
                 "on(\"session_started\", |ev| { if ev.once(\"x\") { ev.reply(\"Hi {{visitor_name}}\"); } });",
             )
             .unwrap();
-        let set = RuleSet {
-            rules: vec![a, b],
-            ..RuleSet::default()
-        };
+        let set = RuleSet::new(vec![a, b]);
         let s = Session {
             session_id: "s1".into(),
             ..Session::default()
