@@ -169,6 +169,7 @@ impl Ops {
         tokio::spawn(skyrules::telemetry::http::serve(
             listener,
             vec![engine.board()],
+            engine.store(),
             Some(metrics),
             None,
             http_stop.clone(),
@@ -987,6 +988,7 @@ async fn the_token_guards_everything_but_healthz() {
     let server = tokio::spawn(skyrules::telemetry::http::serve(
         listener,
         vec![board],
+        Arc::new(MemoryStore::new()),
         Some(metrics),
         Some(TOKEN.to_string()),
         stop.clone(),
@@ -994,7 +996,7 @@ async fn the_token_guards_everything_but_healthz() {
     let web = web();
     let url = |p: &str| format!("http://{addr}{p}");
 
-    for path in ["/", "/status.json", "/metrics", "/readyz"] {
+    for path in ["/", "/status.json", "/metrics", "/readyz", "/sessions/s1", "/sessions/s1.json"] {
         let resp = web.get(url(path)).send().await.expect("GET");
         assert_eq!(resp.status().as_u16(), 401, "{path} without a token");
         assert_eq!(

@@ -143,7 +143,11 @@ pub async fn run(config: Config, only: Option<&str>) -> anyhow::Result<ExitCode>
             let leases = crate::store::open_shared(&url).await?;
             let replica = replica_options(&config, &workspaces)?;
             let boards = parts.iter().map(|p| p.board()).collect::<Vec<_>>();
-            let server = serve(&config, &boards, metrics, http_token, &shutdown).await?;
+            // The page reads timelines on every replica, standbys too.
+            let readable =
+                crate::store::open_read_only(&config.engine.state_path, Some(&url)).await?;
+            let server =
+                serve(&config, &boards, readable, metrics, http_token, &shutdown).await?;
             let launch = launcher(parts, boards.clone());
             let named: Vec<(Arc<str>, SharedBoard)> = workspaces
                 .iter()
@@ -170,7 +174,15 @@ pub async fn run(config: Config, only: Option<&str>) -> anyhow::Result<ExitCode>
                 boards.push(engine.board());
                 engines.push((p.ws.name.clone(), engine, span));
             }
-            let server = serve(&config, &boards, metrics, http_token, &shutdown).await?;
+            let server = serve(
+                &config,
+                &boards,
+                store.clone(),
+                metrics,
+                http_token,
+                &shutdown,
+            )
+            .await?;
             (server, run_engines(engines, &shutdown, several).await)
         }
     };
@@ -280,6 +292,7 @@ fn launcher(parts: Vec<Part>, boards: Vec<SharedBoard>) -> crate::replicas::Laun
 async fn serve(
     config: &Config,
     boards: &[SharedBoard],
+    state: Arc<dyn crate::store::Store>,
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     token: Option<String>,
     shutdown: &CancellationToken,
@@ -291,7 +304,14 @@ async fn serve(
     let shown = listener.local_addr().unwrap_or(addr);
     tracing::info!(address = %shown, "status page, /metrics, /healthz and /readyz at http://{shown}/");
     let server =
-        crate::telemetry::http::serve(listener, boards.to_vec(), metrics, token, shutdown.clone());
+        crate::telemetry::http::serve(
+            listener,
+            boards.to_vec(),
+            state,
+            metrics,
+            token,
+            shutdown.clone(),
+        );
     Ok(Some(tokio::spawn(async move {
         if let Err(e) = server.await {
             tracing::error!(error = %e, "the status listener stopped");

@@ -321,6 +321,12 @@ impl Engine {
         self.cut_short.clone()
     }
 
+    /// The state this engine writes, for readers beside it (the status
+    /// page's session timelines).
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.store.clone()
+    }
+
     /// The status board (readiness, sessions, timers, actions, rules).
     pub fn board(&self) -> SharedBoard {
         self.board_watched

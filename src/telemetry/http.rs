@@ -9,7 +9,7 @@
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 
-use axum::extract::{Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
@@ -19,7 +19,11 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use std::sync::Arc;
+
 use crate::escape::html as esc;
+use crate::store::Store;
+use crate::trace::{Entry, Verdict};
 use crate::telemetry::status::{Board, SharedBoard};
 
 /// Why the listener could not start.
@@ -41,6 +45,9 @@ pub enum HttpError {
 #[derive(Clone)]
 struct AppState {
     boards: Vec<SharedBoard>,
+    /// The state the boards' engines write: session timelines are read
+    /// from it, one workspace's view per board.
+    state: Arc<dyn Store>,
     metrics: Option<PrometheusHandle>,
     token: Option<String>,
 }
@@ -55,16 +62,19 @@ pub async fn bind(addr: SocketAddr, token: Option<&str>) -> Result<TcpListener, 
         .map_err(|source| HttpError::Bind { addr, source })
 }
 
-/// Serves until `shutdown`.
+/// Serves until `shutdown`: the boards, and session timelines read from
+/// `state`.
 pub async fn serve(
     listener: TcpListener,
     boards: Vec<SharedBoard>,
+    state: Arc<dyn Store>,
     metrics: Option<PrometheusHandle>,
     token: Option<String>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let state = AppState {
         boards,
+        state,
         metrics,
         token,
     };
@@ -73,6 +83,7 @@ pub async fn serve(
         .route("/status.json", get(status_json))
         .route("/metrics", get(metrics_text))
         .route("/readyz", get(readyz))
+        .route("/sessions/{id}", get(session_page))
         .layer(middleware::from_fn_with_state(state.clone(), auth))
         .route("/healthz", get(|| async { "ok\n" }))
         .with_state(state);
@@ -291,7 +302,8 @@ fn workspace_section(h: &mut String, b: &Board, heading: &str) {
                 .collect();
             let _ = write!(
                 h,
-                "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                "<tr><td><a href=\"{}\"><code>{}</code></a></td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                session_link(&sv.session_id, &b.workspace),
                 esc(&sv.session_id),
                 esc(sv.visitor.as_deref().unwrap_or("—")),
                 esc(&sv.handled_by),
@@ -328,10 +340,11 @@ fn workspace_section(h: &mut String, b: &Board, heading: &str) {
             };
             let _ = write!(
                 h,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td><td class=hide-sm>{}</td><td class={class}>{}{}</td></tr>",
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td><a href=\"{}\"><code>{}</code></a></td><td class=hide-sm>{}</td><td class={class}>{}{}</td></tr>",
                 a.at.format("%H:%M:%S"),
                 esc(&a.rule),
                 esc(&a.action),
+                session_link(&a.session_id, &b.workspace),
                 esc(&a.session_id),
                 esc(&a.event),
                 esc(&a.outcome),
@@ -366,6 +379,190 @@ fn workspace_section(h: &mut String, b: &Board, heading: &str) {
         let _ = write!(h, "<tr><td>{}</td><td>{status}{mode}</td></tr>", esc(&r.id));
     }
     let _ = write!(h, "</table>");
+}
+
+/// The page of one session's timeline, for `href`.
+fn session_link(session_id: &str, workspace: &str) -> String {
+    format!(
+        "/sessions/{}?workspace={}",
+        esc(&percent(session_id)),
+        esc(&percent(workspace))
+    )
+}
+
+/// Percent-encodes everything but unreserved characters, for a path
+/// segment or a query value.
+fn percent(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Query of `/sessions/{id}`.
+#[derive(serde::Deserialize)]
+struct SessionQuery {
+    /// The workspace; the first whose state holds the session when absent.
+    workspace: Option<String>,
+    /// Only this rule's decisions.
+    rule: Option<String>,
+}
+
+/// `/sessions/{id}` (the timeline as HTML) and `/sessions/{id}.json` (the
+/// same entries as `skyrules why --json`).
+async fn session_page(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<SessionQuery>,
+) -> Response {
+    let (id, json) = match id.strip_suffix(".json") {
+        Some(base) => (base.to_string(), true),
+        None => (id, false),
+    };
+    let workspaces: Vec<String> = s.boards.iter().map(|b| read(b).workspace.clone()).collect();
+    if let Some(w) = &q.workspace {
+        if !workspaces.contains(w) {
+            return not_found(json, &format!("no workspace {w:?} here; workspaces: {}", workspaces.join(", ")));
+        }
+    }
+    let candidates: Vec<String> = match &q.workspace {
+        Some(w) => vec![w.clone()],
+        None => workspaces.clone(),
+    };
+    let state = s.state.clone();
+    let sid = id.clone();
+    let found = tokio::task::spawn_blocking(move || {
+        for w in candidates {
+            match state.workspace(&w).trace(&sid) {
+                Ok(Some(rows)) => return Ok(Some((w, rows))),
+                Ok(None) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Ok(None)
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("reading the trace crashed: {e}")));
+    let (workspace, rows) = match found {
+        Ok(Some(found)) => found,
+        Ok(None) => {
+            return not_found(
+                json,
+                &format!("session {id} is not in the state: never seen, or ended and purged"),
+            )
+        }
+        Err(e) => {
+            return (StatusCode::SERVICE_UNAVAILABLE, format!("cannot read the state: {e}\n"))
+                .into_response()
+        }
+    };
+    let mut entries = match crate::trace::entries(&id, &rows) {
+        Ok(e) => e,
+        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    };
+    if let Some(rule) = &q.rule {
+        entries.retain(|e| e.rule.as_deref() == Some(rule.as_str()));
+    }
+    if json {
+        return axum::Json(entries).into_response();
+    }
+    Html(timeline_page(&id, &workspace, q.rule.as_deref(), &entries)).into_response()
+}
+
+fn not_found(json: bool, why: &str) -> Response {
+    if json {
+        return (StatusCode::NOT_FOUND, axum::Json(serde_json::json!({ "error": why }))).into_response();
+    }
+    (
+        StatusCode::NOT_FOUND,
+        Html(format!(
+            "<!doctype html><html lang=en><head><meta charset=utf-8><title>skyrules: not found</title><style>{STYLE}</style></head><body><h1>Not found</h1><p>{}</p><p><a href=/>Back to the status page</a></p></body></html>",
+            esc(why)
+        )),
+    )
+        .into_response()
+}
+
+/// The CSS class of a verdict on the page.
+fn verdict_class(v: Verdict) -> &'static str {
+    match v {
+        Verdict::Acted => "ok",
+        Verdict::Failed => "bad",
+        Verdict::Capped | Verdict::Skipped | Verdict::DryRun => "warn",
+        _ => "muted",
+    }
+}
+
+/// One session's timeline: an event per row group, one row per rule that
+/// decided something, the rules without a handler on one muted line.
+fn timeline_page(id: &str, workspace: &str, rule: Option<&str>, entries: &[Entry]) -> String {
+    let mut h = String::new();
+    let _ = write!(
+        h,
+        "<!doctype html><html lang=en><head><meta charset=utf-8><meta name=viewport content=\"width=device-width,initial-scale=1\"><title>skyrules: session {0}</title><style>{STYLE}</style></head><body><p><a href=/>← status</a></p><h1>Session <code>{0}</code></h1><div class=muted>Workspace {1}{2} · every event the engine saw, oldest first, and what each rule made of it · <a href=\"{3}.json?workspace={4}\">json</a></div>",
+        esc(id),
+        esc(workspace),
+        rule.map(|r| format!(" · rule {}", esc(r))).unwrap_or_default(),
+        esc(&percent(id)),
+        esc(&percent(workspace)),
+    );
+    if entries.is_empty() {
+        let _ = write!(h, "<p class=muted>No events recorded.</p></body></html>");
+        return h;
+    }
+    let _ = write!(
+        h,
+        "<table id=timeline><tr><th>Time</th><th>Event</th><th>Rule</th><th class=hide-sm>Version</th><th>Outcome</th><th>Detail</th></tr>"
+    );
+    let mut i = 0;
+    while i < entries.len() {
+        let head = &entries[i];
+        let mut j = i;
+        while j < entries.len()
+            && entries[j].key == head.key
+            && entries[j].seen_at == head.seen_at
+        {
+            j += 1;
+        }
+        let _ = write!(
+            h,
+            "<tr class=event><td>{}</td><td colspan=5><b>{}</b> <span class=muted>{}</span></td></tr>",
+            head.at.format("%Y-%m-%d %H:%M:%S"),
+            esc(&head.event),
+            esc(&head.cause)
+        );
+        let mut idle = Vec::new();
+        for e in &entries[i..j] {
+            if e.outcome == Verdict::NoHandler && e.rule.is_some() {
+                idle.push(esc(e.rule.as_deref().unwrap_or_default()));
+                continue;
+            }
+            let _ = write!(
+                h,
+                "<tr class=decision><td></td><td></td><td>{}</td><td class=hide-sm><code>{}</code></td><td class={}>{}</td><td>{}</td></tr>",
+                esc(e.rule.as_deref().unwrap_or("—")),
+                esc(e.version.as_deref().unwrap_or("")),
+                verdict_class(e.outcome),
+                e.outcome.name(),
+                esc(&e.detail)
+            );
+        }
+        if !idle.is_empty() {
+            let _ = write!(
+                h,
+                "<tr class=decision><td></td><td></td><td colspan=4 class=muted>no handler: {}</td></tr>",
+                idle.join(", ")
+            );
+        }
+        i = j;
+    }
+    let _ = write!(h, "</table></body></html>");
+    h
 }
 
 #[cfg(test)]

@@ -233,6 +233,7 @@ async fn serve_status(
             Ok(Some(tokio::spawn(crate::telemetry::http::serve(
                 l,
                 vec![engine.board()],
+                engine.store(),
                 metrics,
                 None,
                 stop.clone(),
