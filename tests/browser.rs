@@ -306,6 +306,49 @@ fn the_status_page_renders_sessions_and_actions_in_chromium() {
     );
     println!("screenshot: {}", shot.display());
 
+    // A session's timeline, linked from the page: the session an action
+    // was taken on shows that rule's decision.
+    assert!(
+        dom.contains("href=\"/sessions/sess_"),
+        "sessions link to their timelines:\n{dom}"
+    );
+    let (_, body) = util::http_get(&addr, "/status.json").expect("status.json");
+    let all: Value = serde_json::from_str(&body).expect("json");
+    let acted = &all["workspaces"][0]["actions"][0];
+    let (session, rule) = (
+        acted["session_id"].as_str().expect("an action's session"),
+        acted["rule"].as_str().expect("an action's rule"),
+    );
+    let url = format!("http://{addr}/sessions/{session}?workspace=default");
+    let dom = run_chromium(
+        &chromium,
+        &tmp.path().join("profile-timeline"),
+        &["--dump-dom".to_string()],
+        &url,
+    );
+    assert!(
+        dom.contains(&format!("<code>{session}</code>")),
+        "the session's page:\n{dom}"
+    );
+    assert!(dom.contains("id=\"timeline\""), "a timeline table:\n{dom}");
+    let decision = dom
+        .split("<tr class=\"decision\">")
+        .any(|row| row.contains(&format!("<td>{rule}</td>")) && row.contains(">acted</td>"));
+    assert!(decision, "{rule} shows as acted on {session}:\n{dom}");
+    let shot = artifacts_dir().join("session-timeline.png");
+    let _ = std::fs::remove_file(&shot);
+    run_chromium(
+        &chromium,
+        &tmp.path().join("profile-timeline-shot"),
+        &[format!("--screenshot={}", shot.display())],
+        &url,
+    );
+    assert!(
+        std::fs::read(&shot).is_ok_and(|png| png.starts_with(b"\x89PNG")),
+        "a timeline screenshot at {shot:?}"
+    );
+    println!("screenshot: {}", shot.display());
+
     let status = demo.interrupt();
     assert_eq!(
         status.code(),

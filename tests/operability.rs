@@ -996,7 +996,14 @@ async fn the_token_guards_everything_but_healthz() {
     let web = web();
     let url = |p: &str| format!("http://{addr}{p}");
 
-    for path in ["/", "/status.json", "/metrics", "/readyz", "/sessions/s1", "/sessions/s1.json"] {
+    for path in [
+        "/",
+        "/status.json",
+        "/metrics",
+        "/readyz",
+        "/sessions/s1",
+        "/sessions/s1.json",
+    ] {
         let resp = web.get(url(path)).send().await.expect("GET");
         assert_eq!(resp.status().as_u16(), 401, "{path} without a token");
         assert_eq!(

@@ -691,7 +691,11 @@ fn a_trace_appends_keeps_the_newest_and_is_purged_with_its_session(f: &Fixture) 
         keep_steps: 2,
         ..Done::default()
     };
-    assert_eq!(s.trace("s").unwrap(), None, "an unknown session has no trace");
+    assert_eq!(
+        s.trace("s").unwrap(),
+        None,
+        "an unknown session has no trace"
+    );
     s.commit(&Batch {
         at: at(1, 10, 0),
         sessions: vec![tracked("s", at(1, 9, 0))],
@@ -710,7 +714,10 @@ fn a_trace_appends_keeps_the_newest_and_is_purged_with_its_session(f: &Fixture) 
             .map(|e| (e.version.unwrap(), e.detail))
             .collect()
     };
-    let rows = s.trace("s").unwrap().expect("a tracked session has a trace");
+    let rows = s
+        .trace("s")
+        .unwrap()
+        .expect("a tracked session has a trace");
     assert_eq!(
         details(&rows),
         [

@@ -26,4 +26,5 @@ mod scenarios;
 mod sim_http;
 mod sla_report;
 mod store_contract;
+mod why;
 mod workspaces;

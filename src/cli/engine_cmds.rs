@@ -146,8 +146,7 @@ pub async fn run(config: Config, only: Option<&str>) -> anyhow::Result<ExitCode>
             // The page reads timelines on every replica, standbys too.
             let readable =
                 crate::store::open_read_only(&config.engine.state_path, Some(&url)).await?;
-            let server =
-                serve(&config, &boards, readable, metrics, http_token, &shutdown).await?;
+            let server = serve(&config, &boards, readable, metrics, http_token, &shutdown).await?;
             let launch = launcher(parts, boards.clone());
             let named: Vec<(Arc<str>, SharedBoard)> = workspaces
                 .iter()
@@ -303,15 +302,14 @@ async fn serve(
     let listener = crate::telemetry::http::bind(addr, token.as_deref()).await?;
     let shown = listener.local_addr().unwrap_or(addr);
     tracing::info!(address = %shown, "status page, /metrics, /healthz and /readyz at http://{shown}/");
-    let server =
-        crate::telemetry::http::serve(
-            listener,
-            boards.to_vec(),
-            state,
-            metrics,
-            token,
-            shutdown.clone(),
-        );
+    let server = crate::telemetry::http::serve(
+        listener,
+        boards.to_vec(),
+        state,
+        metrics,
+        token,
+        shutdown.clone(),
+    );
     Ok(Some(tokio::spawn(async move {
         if let Err(e) = server.await {
             tracing::error!(error = %e, "the status listener stopped");

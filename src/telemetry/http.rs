@@ -23,8 +23,8 @@ use std::sync::Arc;
 
 use crate::escape::html as esc;
 use crate::store::Store;
-use crate::trace::{Entry, Verdict};
 use crate::telemetry::status::{Board, SharedBoard};
+use crate::trace::{Entry, Verdict};
 
 /// Why the listener could not start.
 #[derive(Debug, thiserror::Error)]
@@ -222,7 +222,7 @@ th,td{text-align:left;padding:6px 8px;border-bottom:1px solid #e6e8ec;vertical-a
 th{background:#eef0f4;font-weight:600;font-size:13px}
 .timer{white-space:nowrap}.bar{display:inline-block;width:70px;height:8px;background:#e3e6eb;border-radius:4px;vertical-align:middle;margin-left:4px}
 .bar i{display:block;height:8px;border-radius:4px;background:#3b6fd8}.bar i.late{background:#b3261e}
-code{font-size:13px}
+code{font-size:13px}tr.event td{background:#fafbfc}tr.event td:first-child{white-space:nowrap}
 @media (max-width:640px){.hide-sm{display:none}td,th{padding:5px}}";
 
 /// The status page for people: per workspace, sessions and their timers,
@@ -427,7 +427,13 @@ async fn session_page(
     let workspaces: Vec<String> = s.boards.iter().map(|b| read(b).workspace.clone()).collect();
     if let Some(w) = &q.workspace {
         if !workspaces.contains(w) {
-            return not_found(json, &format!("no workspace {w:?} here; workspaces: {}", workspaces.join(", ")));
+            return not_found(
+                json,
+                &format!(
+                    "no workspace {w:?} here; workspaces: {}",
+                    workspaces.join(", ")
+                ),
+            );
         }
     }
     let candidates: Vec<String> = match &q.workspace {
@@ -457,7 +463,10 @@ async fn session_page(
             )
         }
         Err(e) => {
-            return (StatusCode::SERVICE_UNAVAILABLE, format!("cannot read the state: {e}\n"))
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("cannot read the state: {e}\n"),
+            )
                 .into_response()
         }
     };
@@ -476,7 +485,11 @@ async fn session_page(
 
 fn not_found(json: bool, why: &str) -> Response {
     if json {
-        return (StatusCode::NOT_FOUND, axum::Json(serde_json::json!({ "error": why }))).into_response();
+        return (
+            StatusCode::NOT_FOUND,
+            axum::Json(serde_json::json!({ "error": why })),
+        )
+            .into_response();
     }
     (
         StatusCode::NOT_FOUND,
@@ -523,9 +536,7 @@ fn timeline_page(id: &str, workspace: &str, rule: Option<&str>, entries: &[Entry
     while i < entries.len() {
         let head = &entries[i];
         let mut j = i;
-        while j < entries.len()
-            && entries[j].key == head.key
-            && entries[j].seen_at == head.seen_at
+        while j < entries.len() && entries[j].key == head.key && entries[j].seen_at == head.seen_at
         {
             j += 1;
         }
