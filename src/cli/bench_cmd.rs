@@ -34,6 +34,10 @@ pub(crate) struct BenchArgs {
     /// Traffic seed
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Events each session's decision trace keeps (`engine.trace_length`);
+    /// 0 turns the trace off, to measure what it costs
+    #[arg(long, default_value_t = crate::trace::DEFAULT_TRACE_LENGTH)]
+    trace_length: usize,
     /// SkyLight accounts, each its own simulator with --sessions chats, run
     /// by one process on one state (PostgreSQL when SKYRULES_BENCH_STATE_URL
     /// names a database to spare, else SQLite)
@@ -64,6 +68,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
         history: a.history,
         poll_interval: dur("--poll-interval", &a.poll_interval)?,
         seed: a.seed,
+        trace_length: a.trace_length,
     };
     if a.workspaces == 0 {
         return Err(UserError("--workspaces must be at least 1".into()).into());

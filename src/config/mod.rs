@@ -123,7 +123,7 @@ pub struct EngineConfig {
     #[serde(deserialize_with = "size")]
     pub max_rule_memory: u64,
     /// Events each session's decision trace (`skyrules why`) keeps, the
-    /// newest ones.
+    /// newest ones; 0 keeps none.
     pub trace_length: usize,
 }
 
@@ -366,10 +366,10 @@ impl Config {
         if self.engine.max_concurrency == 0 {
             return Err(bad("engine.max_concurrency", "must be at least 1"));
         }
-        if !(1..=100_000).contains(&self.engine.trace_length) {
+        if self.engine.trace_length > 100_000 {
             return Err(bad(
                 "engine.trace_length",
-                "must be between 1 and 100000 events",
+                "must be at most 100000 events (0 turns the trace off)",
             ));
         }
         if self.ha.lease < Duration::from_secs(1) {

@@ -62,7 +62,7 @@ pub struct EngineOptions {
     pub max_concurrency: usize,
     /// The reply-loop guard.
     pub guard: Guard,
-    /// Events each session's decision trace keeps.
+    /// Events each session's decision trace keeps; 0 records none.
     pub trace_length: usize,
 }
 

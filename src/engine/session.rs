@@ -139,9 +139,11 @@ impl Engine {
             }
             .emit(self);
             let rules = self.runtime.rules();
-            let mut step = StepBuilder::new(&rules, event, now);
+            // `engine.trace_length = 0`: no trace, and nothing spent on it.
+            let mut step =
+                (self.opts.trace_length > 0).then(|| StepBuilder::new(&rules, event, now));
             if !rules.rules.iter().any(|r| !r.handlers.is_empty()) {
-                steps.push(step);
+                steps.extend(step);
                 last_rules = Some(rules);
                 continue;
             }
@@ -172,7 +174,9 @@ impl Engine {
                         error,
                     }
                     .emit(self);
-                    step.ran(&rules, &run, &[]);
+                    if let Some(step) = step.as_mut() {
+                        step.ran(&rules, &run, &[]);
+                    }
                     continue;
                 }
                 let mut taken = Vec::with_capacity(run.actions.len());
@@ -215,9 +219,11 @@ impl Engine {
                     }
                     taken.push((action, taken_now));
                 }
-                step.ran(&rules, &run, &taken);
+                if let Some(step) = step.as_mut() {
+                    step.ran(&rules, &run, &taken);
+                }
             }
-            steps.push(step);
+            steps.extend(step);
             last_rules = Some(rules);
         }
         // Where the timers stand once this cycle's events are handled, on

@@ -329,6 +329,32 @@ impl SqliteStore {
         })
     }
 
+    /// What the decision trace takes in the file: (bytes of its rows'
+    /// columns, steps, sessions in the state). For the load benchmark's
+    /// per-session figure.
+    pub(crate) fn trace_size(&self) -> Result<(u64, u64, u64), StoreError> {
+        let conn = self.conn();
+        let (bytes, steps): (i64, i64) = conn
+            .query_row(
+                "SELECT COALESCE(SUM(length(workspace) + length(session_id) + 8
+                                     + length(rule_set) + length(step)), 0),
+                        COUNT(*)
+                 FROM trace WHERE workspace = ?1",
+                [&self.workspace],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(|e| self.io(e))?;
+        let sessions: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM sessions WHERE workspace = ?1",
+                [&self.workspace],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.io(e))?;
+        let n = |v: i64| u64::try_from(v).unwrap_or(0);
+        Ok((n(bytes), n(steps), n(sessions)))
+    }
+
     /// Writes a batch inside the caller's transaction.
     fn write_in(&self, tx: &rusqlite::Transaction<'_>, batch: &Batch) -> Result<(), StoreError> {
         let rows = BatchRows::new(batch).map_err(|e| self.io(e))?;

@@ -51,6 +51,9 @@ pub struct BenchOptions {
     pub poll_interval: Duration,
     /// Traffic seed.
     pub seed: u64,
+    /// Events each session's decision trace keeps (0: no trace), to
+    /// measure what the trace costs.
+    pub trace_length: usize,
 }
 
 /// The engine's memory at one moment of the measured run.
@@ -161,6 +164,13 @@ pub struct BenchReport {
     /// The engine's memory at even steps over the run, for growth over a
     /// long run.
     pub memory_timeline: Vec<MemoryPoint>,
+    /// Events each session's decision trace keeps (0: trace off).
+    pub trace_length: usize,
+    /// Decision-trace steps in the state at the end.
+    pub trace_steps: u64,
+    /// Bytes the decision trace takes in the state per session it holds,
+    /// on average (its rows' columns, without SQLite's page overhead).
+    pub trace_bytes_per_session: f64,
 }
 
 /// utime + stime of a process, in seconds.
@@ -490,6 +500,11 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
     let log = request_log(&http, &sim).await?;
     let reactions = reactions(&http, &sim, &traffic.asked).await?;
     let _ = sim.child.kill().await;
+    let state = scratch.path().join("bench.db");
+    let (trace_bytes, trace_steps, tracked) = tokio::task::spawn_blocking(move || {
+        SqliteStore::open_read_only(&state).and_then(|s| s.trace_size())
+    })
+    .await??;
     drop(scratch);
     // Cycles during the drain count too: the request log covers them.
     let cycles = samples.cycle_ms.len().max(1) as f64;
@@ -534,6 +549,9 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
         heap_last_mib: heap.last().copied().unwrap_or(0.0),
         sim_peak_rss_mib: sim_peak,
         memory_timeline: timeline,
+        trace_length: opts.trace_length,
+        trace_steps,
+        trace_bytes_per_session: trace_bytes as f64 / tracked.max(1) as f64,
     })
 }
 
@@ -588,7 +606,7 @@ fn engine_options(rules_dir: &Path, opts: &BenchOptions) -> EngineOptions {
             max_replies: 5,
             window: Duration::from_secs(600),
         },
-        trace_length: crate::trace::DEFAULT_TRACE_LENGTH,
+        trace_length: opts.trace_length,
     }
 }
 
@@ -825,7 +843,8 @@ pub fn render(r: &BenchReport) -> String {
          \n  engine memory            peak {:.1} MiB resident; {:.1} MiB after the first cycle, {:.1} MiB after the last\
          \n  engine heap in use       {:.1} MiB after the first cycle, {:.1} MiB after the last\
          \n  engine memory over time  {}\
-         \n  simulator memory         peak {:.1} MiB resident\n",
+         \n  simulator memory         peak {:.1} MiB resident\
+         \n  decision trace           {}\n",
         r.sessions,
         r.history,
         r.changed_per_cycle,
@@ -864,5 +883,13 @@ pub fn render(r: &BenchReport) -> String {
         r.heap_last_mib,
         timeline(&r.memory_timeline),
         r.sim_peak_rss_mib,
+        if r.trace_length == 0 {
+            "off (--trace-length 0)".to_string()
+        } else {
+            format!(
+                "{} steps kept, {:.0} bytes per session in the state on average (newest {} per session)",
+                r.trace_steps, r.trace_bytes_per_session, r.trace_length
+            )
+        },
     )
 }
