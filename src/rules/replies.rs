@@ -102,7 +102,11 @@ impl Replies {
         let table: BTreeMap<String, toml::Spanned<toml::Value>> =
             toml::from_str(source).map_err(|e| {
                 let at = e.span().map(|s| s.start).unwrap_or(0);
-                error(at, e.message().trim().to_string())
+                let mut message = e.message().trim().replace('\n', "; ");
+                if let Some(name) = name_on_line(source, at) {
+                    message.push_str(&format!(" (reply {name:?})"));
+                }
+                error(at, message)
             })?;
         let mut texts = BTreeMap::new();
         for (name, value) in table {
@@ -210,6 +214,15 @@ fn is_name(name: &str) -> bool {
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+/// The reply named on the line of byte `offset` (`name = …`), if it looks
+/// like one: a TOML error points at a place, people think in replies.
+fn name_on_line(text: &str, offset: usize) -> Option<String> {
+    let line = text.lines().nth(line_col(text, offset).0 - 1)?;
+    let (key, _) = line.split_once('=')?;
+    let key = key.trim().trim_matches(|c| c == '"' || c == '\'');
+    is_name(key).then(|| key.to_string())
 }
 
 /// 1-based line and column (in characters) of byte `offset` of `text`.
@@ -334,9 +347,13 @@ pub(crate) struct Use {
 /// included, in source order. Read from the AST, so comments, strings that
 /// merely contain "canned(" and other functions of that name are not
 /// counted; a call written as a method (`"x".canned()`) counts as one
-/// with a computed name.
+/// with a computed name. A rule that defines its own `fn canned` calls
+/// that one, so it has none.
 pub(crate) fn uses(ast: &AST) -> Vec<Use> {
     let mut out = Vec::new();
+    if ast.iter_functions().any(|f| f.name == "canned") {
+        return out;
+    }
     ast.walk(&mut |path: &[ASTNode]| {
         let Some(ASTNode::Expr(expr)) = path.last() else {
             return true;
@@ -620,6 +637,9 @@ mod tests {
         let e = parse("apology = \"Sorry\"\nthanks = \"unclosed\n").unwrap_err();
         assert_eq!(e.path, Path::new(FILE));
         assert_eq!(e.line, Some(2), "{e}");
+        assert!(e.message.ends_with("(reply \"thanks\")"), "{e}");
+        let e = parse("apology = \"Sorry\"\napology = \"Again\"\n").unwrap_err();
+        assert!(e.message.contains("duplicate"), "{e}");
         let ok = parse("# comment\nwait-2 = 'Still here'\nwait_1 = \"\"\"\nSorry\"\"\"\n").unwrap();
         assert_eq!(ok.len(), 2);
         assert_eq!(ok.texts["wait-2"].line, 2);
@@ -647,6 +667,13 @@ on("visitor_message", |ev| {
         assert_eq!(named, [(Some("bye"), 2), (Some("hello"), 5), (None, 6)]);
         assert_eq!(found[0].fields.as_deref(), Some(&["when".to_string()][..]));
         assert_eq!(found[1].fields.as_deref(), Some(&[][..]));
+        let own = rt
+            .load_source(
+                Path::new("rules/own.rhai"),
+                "fn canned(x) { x }\non(\"visitor_message\", |ev| ev.reply(canned(\"raw text\")));",
+            )
+            .unwrap();
+        assert!(uses(&own.ast).is_empty(), "its own canned is not ours");
     }
 
     #[test]
