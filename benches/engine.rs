@@ -272,13 +272,16 @@ fn shipped_world() -> World {
 /// The six shipped rules that need no configuration.
 fn no_config_runtime() -> (Runtime, RuleSet) {
     let rt = Runtime::new();
-    let mut set = RuleSet::default();
     // The shipped rules that need no configuration (no calendars, no
-    // channels), exactly as the binary embeds them.
-    for (name, text) in skyrules::tools::embedded_rules::RULES {
-        let path = manifest_dir().join("rules").join(name);
-        set.upsert(rt.load_source(&path, text).expect("shipped rule loads"));
-    }
+    // channels) and their canned replies, exactly as the binary embeds them.
+    let dir = tempfile::tempdir().expect("tempdir");
+    skyrules::tools::embedded_rules::write(dir.path()).expect("write the embedded rules");
+    let (set, errors) = rt.load_dir(dir.path()).expect("rules dir");
+    assert!(errors.is_empty(), "embedded rules fail to load: {errors:?}");
+    assert_eq!(
+        set.rules.len(),
+        skyrules::tools::embedded_rules::RULES.len()
+    );
     (rt, set)
 }
 

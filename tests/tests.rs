@@ -7,6 +7,7 @@ mod util;
 
 mod browser;
 mod business_hours;
+mod canned;
 mod cli;
 mod client;
 mod commands;

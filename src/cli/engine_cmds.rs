@@ -439,8 +439,8 @@ pub async fn check(
     })
 }
 
-/// Checks one rules directory and prints what it found; whether every
-/// rule loaded.
+/// Checks one rules directory and its canned replies and prints what it
+/// found; whether there was no error.
 async fn check_dir(config: &Config, dir: &Path, max_rule_memory: usize) -> anyhow::Result<bool> {
     ensure_rules_dir(dir, "engine.rules_dir")?;
     let files = crate::rules::rule_files(dir).map_err(|e| UserError(e.to_string()))?;
@@ -451,35 +451,49 @@ async fn check_dir(config: &Config, dir: &Path, max_rule_memory: usize) -> anyho
         max_rule_memory,
         shadow_is_live: false,
     };
+    let canned_dir = dir.to_path_buf();
     let result = tokio::task::spawn_blocking(move || {
         let runtime = Runtime::with_world(world);
-        let mut ok = 0;
         let mut errors = Vec::new();
         let mut warnings = Vec::new();
-        let mut modes = Vec::new();
+        let mut listed = Vec::new();
+        let mut loaded = Vec::new();
+        let mut failed = 0;
         for path in files {
             let source = std::fs::read_to_string(&path).ok();
             match runtime.load_file(&path) {
                 Ok(rule) => {
-                    ok += 1;
                     if rule.mode != crate::rules::RuleMode::Live {
-                        modes.push(format!(
+                        listed.push(format!(
                             "{}: mode {}",
                             rule.path.display(),
                             rule.mode.name()
                         ));
                     }
                     warnings.extend(crate::rules::lint(&rule, source.as_deref().unwrap_or("")));
+                    loaded.push((rule, source));
                 }
-                Err(e) => errors.push(e.render(source.as_deref())),
+                Err(e) => {
+                    failed += 1;
+                    errors.push(e.render(source.as_deref()));
+                }
             }
         }
-        (ok, errors, warnings, modes)
+        let canned = check_canned(&canned_dir, &loaded);
+        errors.extend(canned.errors);
+        warnings.extend(canned.warnings);
+        listed.extend(canned.shown);
+        let summary = Summary {
+            ok: loaded.len() - canned.bad_rules,
+            with_errors: failed + canned.bad_rules,
+            broken_replies: canned.broken,
+        };
+        (summary, errors, warnings, listed, canned.notes)
     })
     .await
     .context("rule check crashed")?;
-    let (ok, errors, warnings, modes) = result;
-    for m in &modes {
+    let (summary, errors, warnings, listed, notes) = result;
+    for m in &listed {
         println!("{m}");
     }
     for e in &errors {
@@ -488,13 +502,92 @@ async fn check_dir(config: &Config, dir: &Path, max_rule_memory: usize) -> anyho
     for w in &warnings {
         eprintln!("warning: {w}");
     }
+    for n in &notes {
+        eprintln!("note: {n}");
+    }
     println!(
-        "{ok} rule(s) ok, {} with errors, {} warning(s) in {}",
-        errors.len(),
+        "{} rule(s) ok, {} with errors, {} warning(s) in {}{}",
+        summary.ok,
+        summary.with_errors,
         warnings.len(),
-        dir.display()
+        dir.display(),
+        summary
+            .broken_replies
+            .map(|f| format!("; {} does not load", f.display()))
+            .unwrap_or_default()
     );
     Ok(errors.is_empty())
+}
+
+/// What `skyrules check` says about a directory's canned replies.
+struct CannedCheck {
+    /// Rendered errors: the replies file does not parse, or a rule names a
+    /// reply it lacks.
+    errors: Vec<String>,
+    warnings: Vec<String>,
+    notes: Vec<String>,
+    /// The line saying how many replies there are.
+    shown: Option<String>,
+    /// Rules that name a reply the file lacks.
+    bad_rules: usize,
+    /// The replies file, when it does not parse.
+    broken: Option<PathBuf>,
+}
+
+/// Checks `dir`'s replies file and the `canned("…")` calls of the rules
+/// that loaded (not when the file does not parse: every name would look
+/// unknown).
+fn check_canned(dir: &Path, loaded: &[(crate::rules::Rule, Option<String>)]) -> CannedCheck {
+    let replies = match crate::rules::Replies::load(dir) {
+        Ok(r) => r,
+        Err(e) => {
+            let source = std::fs::read_to_string(&e.path).ok();
+            return CannedCheck {
+                errors: vec![e.render(source.as_deref())],
+                warnings: Vec::new(),
+                notes: Vec::new(),
+                shown: None,
+                bad_rules: 0,
+                broken: Some(e.path),
+            };
+        }
+    };
+    let rules: Vec<&crate::rules::Rule> = loaded.iter().map(|(r, _)| r).collect();
+    let found = crate::rules::replies::check(&replies, &rules);
+    let mut bad: Vec<&Path> = Vec::new();
+    let errors = found
+        .errors
+        .iter()
+        .map(|e| {
+            if !bad.contains(&e.path.as_path()) {
+                bad.push(&e.path);
+            }
+            let source = loaded.iter().find(|(r, _)| r.path == e.path);
+            e.render(source.and_then(|(_, s)| s.as_deref()))
+        })
+        .collect();
+    let n = replies.len();
+    CannedCheck {
+        errors,
+        warnings: found.warnings,
+        notes: found.notes,
+        shown: replies.exists().then(|| {
+            let s = if n == 1 { "reply" } else { "replies" };
+            format!("{}: {n} canned {s}", replies.file().display())
+        }),
+        bad_rules: bad.len(),
+        broken: None,
+    }
+}
+
+/// The last line of `skyrules check`.
+struct Summary {
+    /// Rules that load and name only replies the file has.
+    ok: usize,
+    /// Rules that do not load or name a reply the file lacks.
+    with_errors: usize,
+    /// The replies file, when it does not parse.
+    broken_replies: Option<PathBuf>,
 }
 
 /// Loads the config for an engine command.

@@ -3,12 +3,14 @@
 //! Owns: the sandboxed `Engine` (built once), loading a directory of
 //! `*.rhai` files into a [`RuleSet`] (each file compiled to an `AST` once,
 //! its top-level code run once to register handlers), and calling the
-//! matching handlers for an event. Does not own: where events come from
+//! matching handlers for an event; the canned replies of `replies.toml`
+//! live in [`replies`]. Does not own: where events come from
 //! (the watcher), carrying out actions (the executor) or keeping memory
 //! (the state store) — handlers only record intents through [`ev`].
 
 pub mod ev;
 pub mod reload;
+pub(crate) mod replies;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -24,6 +26,7 @@ use crate::hours::Calendars;
 use crate::trace::{RuleSetVersion, RuleVersion};
 use crate::tracking::{Event, EventKind, TimerSpec};
 pub use ev::{Action, EventData, Memory};
+pub(crate) use replies::Replies;
 
 /// Limits of the sandbox. Generous for real rules, small enough that a
 /// runaway handler fails in well under a second.
@@ -197,8 +200,9 @@ pub struct Rule {
     pub version: String,
 }
 
-/// Every loaded rule, in file-name order. Immutable once built: a reload
-/// builds a new set and publishes it whole.
+/// Every loaded rule, in file-name order, and the canned replies they
+/// send. Immutable once built: a reload builds a new set and publishes it
+/// whole, so an event never sees new rules with old replies.
 #[derive(Debug, Clone, Default)]
 pub struct RuleSet {
     /// Rules sorted by id.
@@ -206,6 +210,8 @@ pub struct RuleSet {
     /// Every rule's id, version and mode, as the decision trace names
     /// them; set when the set is published.
     pub(crate) traced: Arc<RuleSetVersion>,
+    /// The rules directory's `replies.toml`, what `canned(…)` reads.
+    pub(crate) replies: Arc<Replies>,
 }
 
 impl RuleSet {
@@ -444,11 +450,16 @@ impl Runtime {
         })
     }
 
-    /// Loads every `*.rhai` in `dir`, in file-name order. Returns the rules
-    /// that loaded and the errors of those that did not.
+    /// Loads every `*.rhai` in `dir`, in file-name order, and its canned
+    /// replies. Returns the rules that loaded and the errors of those that
+    /// did not (and of a replies file that does not parse).
     pub fn load_dir(&self, dir: &Path) -> Result<(RuleSet, Vec<RuleError>), RuleError> {
         let mut set = RuleSet::default();
         let mut errors = Vec::new();
+        match Replies::load(dir) {
+            Ok(r) => set.replies = Arc::new(r),
+            Err(e) => errors.push(e),
+        }
         for path in rule_files(dir)? {
             match self.load_file(&path) {
                 Ok(rule) => set.upsert(rule),
@@ -469,6 +480,7 @@ impl Runtime {
     ) -> Vec<RuleRun> {
         let event = &data.event;
         let mut runs = Vec::new();
+        let _replies = replies::in_use(set.replies.clone());
         for rule in set.rules.iter().filter(|r| r.mode != RuleMode::Off) {
             let matching: Vec<&Handler> =
                 rule.handlers.iter().filter(|h| handles(h, event)).collect();
@@ -780,6 +792,7 @@ fn build_engine(world: Arc<World>) -> Engine {
                 register_handler(&ctx, &w, kind, Some(after), Some(opts), f)
             },
         );
+    replies::register(&mut engine);
     ev::register(&mut engine, world);
     engine
 }

@@ -4,8 +4,12 @@
 //! a new file and renaming it over the old one), debouncing, and rescanning.
 //! A rescan recompiles only files whose content changed, keeps the previous
 //! version of a file that no longer compiles, drops deleted files, and
-//! publishes the new rule set in one step. A slow periodic rescan backs up
-//! the watcher, for file systems where notifications do not arrive.
+//! publishes the new rule set in one step. The canned replies
+//! (`replies.toml`) are read by the same rescan and published in the same
+//! step; a replies file that stops parsing keeps the previous replies, as
+//! a rule file that stops compiling keeps its previous version. A slow
+//! periodic rescan backs up the watcher, for file systems where
+//! notifications do not arrive.
 //!
 //! A Kubernetes ConfigMap mounted as the rules directory is followed too:
 //! its `NAME.rhai` entries are symlinks through `..data`, which an update
@@ -20,6 +24,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use super::replies::{self, Replies};
 use super::{is_rule_file, rule_files, RuleError, RuleSet, Runtime};
 
 /// Time between periodic rescans when no notification arrives.
@@ -47,14 +52,29 @@ pub struct ReloadReport {
     pub loaded: Vec<String>,
     /// Rules removed because their file was deleted.
     pub removed: Vec<String>,
-    /// Files that failed to load (their previous version, if any, stays).
+    /// Files that failed to load (their previous version, if any, stays);
+    /// the replies file among them when it does not parse.
     pub errors: Vec<RuleError>,
+    /// The canned replies now in use, when the replies file changed.
+    pub replies: Option<RepliesChange>,
+}
+
+/// What became of the canned replies in a rescan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RepliesChange {
+    /// `replies.toml` was (re)read; this many replies are in use.
+    Loaded(usize),
+    /// `replies.toml` was deleted: there are no canned replies.
+    Removed,
 }
 
 impl ReloadReport {
     /// True when nothing changed.
     pub fn is_empty(&self) -> bool {
-        self.loaded.is_empty() && self.removed.is_empty() && self.errors.is_empty()
+        self.loaded.is_empty()
+            && self.removed.is_empty()
+            && self.errors.is_empty()
+            && self.replies.is_none()
     }
 }
 
@@ -68,6 +88,9 @@ pub struct Reloader {
     runtime: Arc<Runtime>,
     dir: PathBuf,
     known: Mutex<HashMap<PathBuf, Known>>,
+    /// The replies file as last read; `None` while there is none. Locked
+    /// after `known`.
+    replies: Mutex<Option<Known>>,
 }
 
 impl Reloader {
@@ -77,6 +100,7 @@ impl Reloader {
             runtime,
             dir: dir.into(),
             known: Mutex::new(HashMap::new()),
+            replies: Mutex::new(None),
         }
     }
 
@@ -111,6 +135,23 @@ impl Reloader {
             });
             entry.error = k.error.clone();
         }
+        drop(known);
+        // A replies file shows only while it has an error, as a rule file
+        // does: "running" when replies from before are still in use. Not
+        // while no rule runs, so that the replies alone never make the
+        // engine look ready.
+        let replies = self.replies.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(Known { error: Some(e), .. }) = &*replies {
+            out.insert(
+                replies::FILE_NAME.to_string(),
+                FileStatus {
+                    id: replies::FILE_NAME.to_string(),
+                    running: set.replies.exists() && !set.rules.is_empty(),
+                    mode: super::RuleMode::Live,
+                    error: Some(e.clone()),
+                },
+            );
+        }
         out.into_values().collect()
     }
 
@@ -121,6 +162,7 @@ impl Reloader {
         let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
         let mut set: RuleSet = (*self.runtime.rules()).clone();
         let mut report = ReloadReport::default();
+        self.rescan_replies(&mut set, &mut report);
         for path in &files {
             let Ok(source) = std::fs::read_to_string(path) else {
                 // Vanished between listing and reading: the next rescan sees it.
@@ -160,10 +202,54 @@ impl Reloader {
                 report.removed.push(id);
             }
         }
-        if !report.loaded.is_empty() || !report.removed.is_empty() {
+        if !report.loaded.is_empty() || !report.removed.is_empty() || report.replies.is_some() {
             self.runtime.publish(set);
         }
         Ok(report)
+    }
+
+    /// Re-reads the replies file into `set` if it changed. One that does
+    /// not parse (or cannot be read) is reported once per content and the
+    /// previous replies stay; a deleted one leaves no replies.
+    fn rescan_replies(&self, set: &mut RuleSet, report: &mut ReloadReport) {
+        let path = replies::path_in(&self.dir);
+        let mut known = self.replies.lock().unwrap_or_else(|p| p.into_inner());
+        let text = match std::fs::read_to_string(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if known.take().is_some() {
+                    set.replies = Arc::new(Replies::none(&path));
+                    report.replies = Some(RepliesChange::Removed);
+                }
+                return;
+            }
+            read => read,
+        };
+        // A failure to read is hashed like content, so that the same
+        // failure is reported once, not at every rescan.
+        let hash = match &text {
+            Ok(t) => hash(t),
+            Err(e) => hash(&e.to_string()),
+        };
+        if known.as_ref().is_some_and(|k| k.hash == hash) {
+            return;
+        }
+        let parsed = text
+            .map_err(|e| replies::unreadable(&path, &e))
+            .and_then(|t| Replies::parse(&path, &t));
+        match parsed {
+            Ok(r) => {
+                report.replies = Some(RepliesChange::Loaded(r.len()));
+                set.replies = Arc::new(r);
+                *known = Some(Known { hash, error: None });
+            }
+            Err(e) => {
+                report.errors.push(e.clone());
+                *known = Some(Known {
+                    hash,
+                    error: Some(e),
+                });
+            }
+        }
     }
 
     /// Watches the directory until `shutdown`, rescanning on every change
@@ -222,8 +308,19 @@ pub(crate) fn log_report(report: &ReloadReport) {
     for id in &report.removed {
         tracing::info!(rule = %id, "rule removed (file deleted)");
     }
+    match report.replies {
+        Some(RepliesChange::Loaded(n)) => tracing::info!(replies = n, "canned replies loaded"),
+        Some(RepliesChange::Removed) => {
+            tracing::info!("canned replies removed (file deleted); rules calling canned() fail")
+        }
+        None => {}
+    }
     for e in &report.errors {
-        tracing::error!(rule = %super::rule_id(&e.path), error = %e, "rule failed to load; its previous version (if any) keeps running");
+        if replies::is_replies_file(&e.path) {
+            tracing::error!(file = %e.path.display(), error = %e, "canned replies failed to load; the previous replies (if any) stay in use");
+        } else {
+            tracing::error!(rule = %super::rule_id(&e.path), error = %e, "rule failed to load; its previous version (if any) keeps running");
+        }
     }
 }
 
@@ -261,7 +358,8 @@ fn start_watcher(dir: &Path, tx: tokio::sync::mpsc::UnboundedSender<()>) -> Opti
     Some(debouncer)
 }
 
-/// Whether a watcher event may have changed a rule file. Reading one is an
+/// Whether a watcher event may have changed a rule file or the replies
+/// file. Reading one is an
 /// event too (inotify's open and close): counted, every rescan would cause
 /// the next, and engines sharing a directory (workspaces with one rules
 /// directory) would wake each other for ever — 90% of their CPU in the
@@ -270,7 +368,7 @@ fn changes_a_rule(e: &notify::Event) -> bool {
     !matches!(e.kind, notify::EventKind::Access(_))
         && e.paths
             .iter()
-            .any(|p| is_rule_file(p) || is_atomic_writer_entry(p))
+            .any(|p| is_rule_file(p) || replies::is_replies_file(p) || is_atomic_writer_entry(p))
 }
 
 /// Whether a path is one of the entries through which Kubernetes (the
@@ -318,6 +416,8 @@ mod tests {
             "/r/b.rhai"
         )));
         assert!(!changes_a_rule(&event(written, "/r/notes.txt")));
+        // The canned replies are reloaded with the rules.
+        assert!(changes_a_rule(&event(written, "/r/replies.toml")));
     }
 
     #[test]

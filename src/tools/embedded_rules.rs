@@ -1,6 +1,7 @@
-//! The shipped rules that need no configuration, compiled into the binary:
-//! what the demo runs without a `rules/` directory, and what the benchmark
-//! and the tests use as "the shipped rules".
+//! The shipped rules that need no configuration, and the canned replies
+//! they send, compiled into the binary: what the demo runs without a
+//! `rules/` directory, and what the benchmark and the tests use as "the
+//! shipped rules".
 
 use std::path::Path;
 
@@ -34,11 +35,17 @@ pub const RULES: &[(&str, &str)] = &[
     ),
 ];
 
-/// Writes [`RULES`] into `dir`, creating it.
+/// The shipped `replies.toml`, the texts [`RULES`] send with `canned(…)`.
+/// Whole: it also holds the replies of the shipped rules that need
+/// configuration, which the embedded rules do not use.
+const REPLIES: &str = include_str!("../../rules/replies.toml");
+
+/// Writes [`RULES`] and the replies file into `dir`, creating it.
 pub fn write(dir: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     for (name, text) in RULES {
         std::fs::write(dir.join(name), text)?;
     }
+    std::fs::write(dir.join("replies.toml"), REPLIES)?;
     Ok(())
 }

@@ -473,7 +473,8 @@ fn take_notes(
                 rule, event, error, ..
             }) => seen.errors.push(format!(
                 "rule {rule} failed on {event}: {}",
-                error.replacen(&paths.0, &paths.1, 1)
+                // Every path: an unknown canned reply names the replies file too.
+                error.replace(&paths.0, &paths.1)
             )),
             Ok(_) => {}
             Err(broadcast::error::TryRecvError::Lagged(_)) => {}
@@ -506,7 +507,8 @@ fn diff_text(n: usize, step: &Step, expected: &[String], actual: &[(String, Stri
     out
 }
 
-/// The rules a scenario runs: the whole directory, or a copy of a subset.
+/// The rules a scenario runs: the whole directory, or a copy of a subset
+/// (with the directory's replies file).
 enum RuleDir {
     Whole(PathBuf),
     Subset(tempfile::TempDir),
@@ -525,6 +527,12 @@ impl RuleDir {
             let src = dir.join(format!("{id}.rhai"));
             std::fs::copy(&src, tmp.path().join(format!("{id}.rhai")))
                 .map_err(|e| format!("rule {id:?} ({}): {e}", src.display()))?;
+        }
+        // The rules of the subset send the directory's canned replies.
+        let replies = crate::rules::replies::path_in(dir);
+        if replies.is_file() {
+            std::fs::copy(&replies, crate::rules::replies::path_in(tmp.path()))
+                .map_err(|e| format!("{}: {e}", replies.display()))?;
         }
         Ok(RuleDir::Subset(tmp))
     }
