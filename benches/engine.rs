@@ -41,6 +41,7 @@ use skyrules::config::Config;
 use skyrules::hours::Calendars;
 use skyrules::rules::{EventData, Memory, RuleSet, Runtime, World};
 use skyrules::store::{Batch, Begin, Done, Intent, Pending, SqliteStore, Store};
+use skyrules::trace::{Decision, RuleSetVersion, RuleVersion, Step, Verdict};
 use skyrules::tracking::{
     diff, due_timers_in, Event, EventKind, SessionCycle, TimerSpec, Tracked, Tracker,
 };
@@ -726,7 +727,52 @@ struct StoreCycle {
     commit: Batch,
 }
 
-fn store_cycle(now: Timestamp) -> StoreCycle {
+/// A trace step as the engine writes one for a message event with the
+/// shipped rules: one rule's decision and two timers' due times.
+fn trace_step(e: &Event, rules: &Arc<RuleSetVersion>) -> Step {
+    let due = |rule: usize, timer: &str| Decision {
+        rule,
+        verdict: Verdict::NotDue,
+        detail: format!("{timer} due 2026-12-01T17:58:17Z"),
+    };
+    Step {
+        session_id: e.session_id.clone(),
+        seen_at: e.at,
+        at: e.at,
+        event: e.kind,
+        key: e.key().rsplit('|').next().unwrap_or_default().to_string(),
+        cause: String::new(),
+        rules: rules.clone(),
+        decisions: vec![
+            due(1, "idle 15m"),
+            Decision {
+                rule: 3,
+                verdict: Verdict::NoAction,
+                detail: String::new(),
+            },
+            due(5, "unanswered 10m"),
+        ],
+    }
+}
+
+fn store_cycle(now: Timestamp, traced: bool) -> StoreCycle {
+    let rules = Arc::new(RuleSetVersion::new(
+        [
+            "after-hours-reply",
+            "close-idle-ai-chats",
+            "escalate-failing-bot",
+            "escalate-on-keywords",
+            "escalate-on-request",
+            "release-silent-agent",
+        ]
+        .iter()
+        .map(|r| RuleVersion {
+            rule: r.to_string(),
+            version: "5392cd06".into(),
+            mode: "live".into(),
+        })
+        .collect(),
+    ));
     let all = details(3, 100, now);
     let sessions: Vec<Tracked> = all.iter().map(|d| diff(None, d.clone(), true).0).collect();
     let mut events = Vec::new();
@@ -754,11 +800,17 @@ fn store_cycle(now: Timestamp) -> StoreCycle {
             m.insert("failures".into(), 0.into());
             memory.push(("escalate-failing-bot".to_string(), m));
         }
+        let steps = if traced {
+            evs.iter().map(|e| trace_step(e, &rules)).collect()
+        } else {
+            Vec::new()
+        };
         finished.push(Done {
             session_id: t.session.session_id.clone(),
             keys,
             memory,
-            ..Done::default()
+            steps,
+            keep_steps: skyrules::trace::DEFAULT_TRACE_LENGTH,
         });
         events.push(Pending {
             tracked: t.clone(),
@@ -826,7 +878,8 @@ fn bench_store(c: &mut Criterion) {
         ..Batch::default()
     };
     store.commit(&others).unwrap();
-    let cycle = store_cycle(t0());
+    let cycle = store_cycle(t0(), false);
+    let traced = store_cycle(t0(), true);
     store.commit(&cycle.journal).unwrap();
     assert_eq!(store.pending_events().unwrap().len(), 10);
     store.commit(&cycle.commit).unwrap();
@@ -854,6 +907,20 @@ fn bench_store(c: &mut Criterion) {
                 store.commit(&cycle.journal).unwrap();
                 let t = Instant::now();
                 store.commit(black_box(&cycle.commit)).unwrap();
+                spent += t.elapsed();
+            }
+            spent
+        })
+    });
+    // The same with the decision trace: each handled event's step appended
+    // and the session's trace trimmed to its newest 200.
+    group.bench_function("cycle_commit_100_sessions_10_handled_traced", |b| {
+        b.iter_custom(|iters| {
+            let mut spent = Duration::ZERO;
+            for _ in 0..iters {
+                store.commit(&traced.journal).unwrap();
+                let t = Instant::now();
+                store.commit(black_box(&traced.commit)).unwrap();
                 spent += t.elapsed();
             }
             spent
