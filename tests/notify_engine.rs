@@ -74,6 +74,7 @@ async fn a_rule_notifies_a_webhook_once_per_session_within_the_window() {
             max_replies: 5,
             window: Duration::from_secs(600),
         },
+        pending_interval: std::time::Duration::ZERO,
         trace_length: skyrules::trace::DEFAULT_TRACE_LENGTH,
     };
     let (engine, report) = Engine::with_world(api, Arc::new(MemoryStore::new()), opts, world)

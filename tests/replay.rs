@@ -45,6 +45,7 @@ fn options() -> EngineOptions {
             max_replies: 5,
             window: Duration::from_secs(600),
         },
+        pending_interval: std::time::Duration::ZERO,
         trace_length: skyrules::trace::DEFAULT_TRACE_LENGTH,
     }
 }

@@ -19,6 +19,7 @@ mod hardening;
 mod notify;
 mod notify_engine;
 mod operability;
+mod poll_plan;
 mod properties;
 mod replay;
 mod replicas;

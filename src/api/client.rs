@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use futures::stream::{self, StreamExt};
 use governor::{DefaultDirectRateLimiter, Quota};
+
+use super::budget::{Budget, Lane};
 use reqwest::header::{HeaderMap, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
 use serde::de::{DeserializeOwned, DeserializeSeed, MapAccess, SeqAccess, Visitor};
@@ -127,6 +129,13 @@ pub struct ClientConfig {
     /// client; up to `max(1, rate)` may go out back to back. `None`:
     /// unlimited (SkyLight documents no limit).
     pub max_requests_per_second: Option<f64>,
+    /// Most requests sent in any sliding minute, every attempt counted,
+    /// shared by all clones (`api.max_requests_per_minute`); `None`: no
+    /// budget but the server's own rate-limit headers.
+    pub max_requests_per_minute: Option<usize>,
+    /// Of that budget, requests kept free of routine ones (the full walk)
+    /// for urgent ones (the pending fast lane, actions).
+    pub urgent_reserve: usize,
     /// Largest response body read, in bytes; a larger one is an error like
     /// a malformed body, and no more of it is held in memory.
     pub max_body: usize,
@@ -146,6 +155,8 @@ impl ClientConfig {
             timeout: Duration::from_secs(10),
             retry: RetryPolicy::default(),
             max_requests_per_second: None,
+            max_requests_per_minute: None,
+            urgent_reserve: 0,
             max_body: DEFAULT_MAX_BODY,
             workspace: crate::config::DEFAULT_WORKSPACE.to_string(),
             key_source: "SKYLIGHT_API_KEY or `api.api_key_file` in the config".to_string(),
@@ -261,6 +272,8 @@ pub struct Client {
     retry: RetryPolicy,
     clock: Arc<ServerClock>,
     limiter: Option<Arc<DefaultDirectRateLimiter>>,
+    budget: Arc<Budget>,
+    lane: Lane,
     max_body: usize,
     workspace: Arc<str>,
     key_source: Arc<str>,
@@ -329,11 +342,31 @@ impl Client {
             retry: config.retry,
             clock: Arc::new(ServerClock::default()),
             limiter,
+            budget: Arc::new(Budget::new(
+                config.max_requests_per_minute,
+                config.urgent_reserve,
+            )),
+            lane: Lane::Urgent,
             max_body: config.max_body,
             workspace: config.workspace.into(),
             key_source: config.key_source.into(),
             tenure: None,
         })
+    }
+
+    /// This client with its requests in `lane` of the key's budget (same
+    /// pool, clock and budget).
+    pub(crate) fn in_lane(&self, lane: Lane) -> Client {
+        Client {
+            lane,
+            ..self.clone()
+        }
+    }
+
+    /// The key's budget per minute (`api.max_requests_per_minute`), and
+    /// what of it routine requests may spend.
+    pub(crate) fn budget_per_minute(&self) -> Option<(usize, usize)> {
+        Some((self.budget.per_minute()?, self.budget.routine_per_minute()?))
     }
 
     /// This client, sending actions (every request but a `GET`) only while
@@ -708,6 +741,7 @@ impl Client {
     ) -> Result<T, Fail> {
         // Every request waits its turn, retries included; the wait is not
         // part of the request's latency.
+        let _ticket = self.budget.acquire(self.lane).await;
         if let Some(limiter) = &self.limiter {
             limiter.until_ready().await;
         }
@@ -743,6 +777,7 @@ impl Client {
         let status = resp.status();
         let headers = resp.headers().clone();
         self.clock.observe(&headers);
+        self.budget.observe(&headers);
         let body = crate::net::read_body(resp, self.max_body)
             .await
             .map_err(|e| {

@@ -38,6 +38,10 @@ pub(crate) struct BenchArgs {
     /// 0 turns the trace off, to measure what it costs
     #[arg(long, default_value_t = crate::trace::DEFAULT_TRACE_LENGTH)]
     trace_length: usize,
+    /// The pending fast lane's interval (`engine.pending_interval`); 0s
+    /// turns it off, to compare with the full walk alone
+    #[arg(long, default_value = "1s")]
+    pending_interval: String,
     /// SkyLight accounts, each its own simulator with --sessions chats, run
     /// by one process on one state (PostgreSQL when SKYRULES_BENCH_STATE_URL
     /// names a database to spare, else SQLite)
@@ -69,6 +73,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
         poll_interval: dur("--poll-interval", &a.poll_interval)?,
         seed: a.seed,
         trace_length: a.trace_length,
+        pending_interval: dur("--pending-interval", &a.pending_interval)?,
     };
     if a.workspaces == 0 {
         return Err(UserError("--workspaces must be at least 1".into()).into());

@@ -71,6 +71,7 @@ pub fn engine_options(ws: &Workspace) -> EngineOptions {
             max_replies: ws.guard.max_replies,
             window: ws.guard.window,
         },
+        pending_interval: ws.engine.pending_interval,
         trace_length: ws.engine.trace_length,
     }
 }

@@ -76,6 +76,9 @@ pub struct ApiConfig {
     /// unlimited.
     #[serde(deserialize_with = "rate")]
     pub max_requests_per_second: Option<f64>,
+    /// Most requests to SkyLight in any minute with this key, every
+    /// attempt counted; the poll plan fits in it. Unset: no budget.
+    pub max_requests_per_minute: Option<u64>,
     /// Largest response body read from SkyLight, in bytes (`"16MiB"` or a
     /// number of bytes in the file).
     #[serde(deserialize_with = "size")]
@@ -90,6 +93,7 @@ impl Default for ApiConfig {
             timeout: Duration::from_secs(10),
             max_attempts: 5,
             max_requests_per_second: None,
+            max_requests_per_minute: None,
             max_body: crate::api::client::DEFAULT_MAX_BODY as u64,
         }
     }
@@ -104,6 +108,10 @@ pub struct EngineConfig {
     /// Time between two polls of the session list.
     #[serde(deserialize_with = "duration")]
     pub poll_interval: Duration,
+    /// Time between two looks at the chats waiting for a human (the
+    /// pending fast lane); zero turns it off.
+    #[serde(deserialize_with = "duration")]
+    pub pending_interval: Duration,
     /// The state database file (SQLite), unless a PostgreSQL URL is given.
     pub state_path: PathBuf,
     /// File holding a PostgreSQL URL to keep the state in instead
@@ -132,6 +140,7 @@ impl Default for EngineConfig {
         EngineConfig {
             rules_dir: PathBuf::from("rules"),
             poll_interval: Duration::from_secs(5),
+            pending_interval: Duration::from_secs(1),
             state_path: PathBuf::from("skyrules.db"),
             state_url_file: None,
             dry_run: false,
@@ -356,6 +365,20 @@ impl Config {
                     &format!("must be a positive number, not {rate}"),
                 ));
             }
+        }
+        if self.api.max_requests_per_minute == Some(0) {
+            return Err(bad(
+                "api.max_requests_per_minute",
+                "must be at least 1 (leave it unset for no budget)",
+            ));
+        }
+        if !self.engine.pending_interval.is_zero()
+            && self.engine.pending_interval < Duration::from_millis(100)
+        {
+            return Err(bad(
+                "engine.pending_interval",
+                "must be at least 100ms (or 0s to turn the pending fast lane off)",
+            ));
         }
         if self.api.max_body < 1024 {
             return Err(bad("api.max_body", "must be at least 1KiB"));

@@ -36,6 +36,9 @@ pub struct WorkspaceConfig {
     pub poll_interval: Option<Duration>,
     /// Log actions instead of taking them; else `engine.dry_run`.
     pub dry_run: Option<bool>,
+    /// This account's request budget per minute; else
+    /// `api.max_requests_per_minute`.
+    pub max_requests_per_minute: Option<u64>,
     /// This account's reply-loop guard; else `[guard]`.
     pub guard: Option<GuardOverride>,
 }
@@ -154,6 +157,11 @@ impl Workspace {
         c.timeout = self.api.timeout;
         c.retry.max_attempts = self.api.max_attempts;
         c.max_requests_per_second = self.api.max_requests_per_second;
+        c.max_requests_per_minute = self
+            .api
+            .max_requests_per_minute
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+        c.urgent_reserve = crate::api::budget::urgent_reserve(self.engine.pending_interval);
         c.max_body = usize::try_from(self.api.max_body).unwrap_or(usize::MAX);
         Ok(c)
     }
@@ -219,6 +227,9 @@ impl Config {
             api.base_url = u.clone();
         }
         api.api_key_file = w.api_key_file.clone();
+        if let Some(n) = w.max_requests_per_minute {
+            api.max_requests_per_minute = Some(n);
+        }
         let mut engine = self.engine.clone();
         if let (Some(d), false) = (&w.rules_dir, flags.rules_dir) {
             engine.rules_dir = d.clone();

@@ -11,6 +11,7 @@
 mod duplicates;
 mod emit;
 mod explain;
+mod plan;
 mod recovery;
 mod reloads;
 mod runner;
@@ -32,7 +33,7 @@ use crate::rules::{Action, RuleError, Runtime, World};
 use crate::store::{Batch, Store, StoreError};
 use crate::telemetry::status::{Board, SessionView, SharedBoard, TimerView};
 use crate::tracking::EventKind;
-use crate::tracking::{SessionCycle, Watcher};
+use crate::tracking::{SessionCycle, Sweep, Watcher};
 use runner::Runner;
 use session::Handled;
 
@@ -56,6 +57,9 @@ pub struct EngineOptions {
     pub rules_dir: PathBuf,
     /// Time between polls.
     pub poll_interval: Duration,
+    /// Time between looks at the chats waiting for a human (the pending
+    /// fast lane); zero: off.
+    pub pending_interval: Duration,
     /// Log actions instead of taking them.
     pub dry_run: bool,
     /// Sessions processed at once.
@@ -99,6 +103,18 @@ pub enum Note {
         /// when nothing changed. The actions' intents and outcomes are not
         /// counted.
         commits: usize,
+    },
+    /// A look at the chats waiting for a human (the pending fast lane)
+    /// finished; the full walk's [`Note::Cycle`]s are apart.
+    PendingSwept {
+        /// Chats listed as waiting for a human.
+        listed: usize,
+        /// Detail reads made.
+        details_read: usize,
+        /// Events produced.
+        events: usize,
+        /// Wall time of the sweep: poll, rules, actions, commit.
+        elapsed: Duration,
     },
     /// A poll failed; the loop carries on.
     PollFailed {
@@ -373,11 +389,35 @@ impl Engine {
 
         let mut polled_once = false;
         let mut refused: u32 = 0;
-        let mut tick = tokio::time::interval(self.opts.poll_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut plan = plan::Plan::new(
+            self.opts.poll_interval,
+            self.opts.pending_interval,
+            self.api.budget_per_minute(),
+        );
+        self.show_plan(&plan);
+        let mut tick = every(plan.walk_every(), false);
+        // The fast lane's first look waits a whole interval: the first
+        // walk comes first.
+        let mut pending = plan.pending_every().map(|p| every(p, true));
         loop {
             tokio::select! {
+                biased;
                 _ = shutdown.cancelled() => break,
+                _ = async {
+                    match pending.as_mut() {
+                        Some(p) => p.tick().await,
+                        None => std::future::pending().await,
+                    }
+                }, if polled_once => {
+                    match self.sweep(&mut watcher, Sweep::Pending, &shutdown).await {
+                        Ok((CycleEnd::Interrupted, _)) => break,
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, "the look at chats waiting for a human failed; the full walk carries on");
+                        }
+                    }
+                    continue;
+                }
                 _ = tick.tick() => {}
             }
             if last_purge.is_none_or(|t| t.elapsed() >= PURGE_EVERY) {
@@ -390,12 +430,19 @@ impl Engine {
             {
                 self.handle_waiting_journal().await;
             }
-            match self.cycle(&mut watcher, &shutdown).await {
-                Ok(CycleEnd::Done) => {
+            // A first start's baseline reads every chat once: not what a
+            // walk costs.
+            let baseline = !watcher.baselined();
+            match self.sweep(&mut watcher, Sweep::Full, &shutdown).await {
+                Ok((CycleEnd::Done, requests)) => {
                     polled_once = true;
                     refused = 0;
+                    if !baseline && plan.after_walk(requests) {
+                        self.show_plan(&plan);
+                        tick = every(plan.walk_every(), true);
+                    }
                 }
-                Ok(CycleEnd::Interrupted) => break,
+                Ok((CycleEnd::Interrupted, _)) => break,
                 // A wrong key or address at start is a config error to fix,
                 // not an outage to wait out: alone, the process stops on it.
                 Err(e @ (ApiError::Unauthorized { .. } | ApiError::Redirected { .. }))
@@ -560,14 +607,26 @@ impl Engine {
         watcher: &mut Watcher,
         shutdown: &CancellationToken,
     ) -> Result<CycleEnd, ApiError> {
+        Ok(self.sweep(watcher, Sweep::Full, shutdown).await?.0)
+    }
+
+    /// One poll of `sweep`'s chats, handled and committed like a cycle;
+    /// also returns the requests its listing and reads took (what the poll
+    /// plan fits into the budget).
+    async fn sweep(
+        &self,
+        watcher: &mut Watcher,
+        sweep: Sweep,
+        shutdown: &CancellationToken,
+    ) -> Result<(CycleEnd, usize), ApiError> {
         let started = std::time::Instant::now();
         let timers = self.runtime.rules().timers();
-        let baseline = !watcher.baselined();
+        let baseline = sweep == Sweep::Full && !watcher.baselined();
         let (tx, rx) = mpsc::unbounded_channel::<SessionCycle>();
         let produce = async {
             let mut polled = tokio::select! {
                 _ = shutdown.cancelled() => None,
-                r = watcher.poll(&timers, self.runtime.calendars(), &tx) => Some(r),
+                r = watcher.poll(sweep, &timers, self.runtime.calendars(), &tx) => Some(r),
             };
             if let Some(Ok(cycle)) = &mut polled {
                 for sc in cycle.sessions.drain(..) {
@@ -590,8 +649,9 @@ impl Engine {
             baseline && matches!(polled, Some(Ok(_))) && handled.end == CycleEnd::Done;
         let commits = handled.commits + self.commit(std::mem::take(&mut handled.batch)).await;
         let cycle = match polled {
-            None => return Ok(CycleEnd::Interrupted),
+            None => return Ok((CycleEnd::Interrupted, 0)),
             Some(Ok(c)) => c,
+            Some(Err(e)) if sweep == Sweep::Pending => return Err(e),
             Some(Err(e)) => {
                 crate::telemetry::metrics::poll(self.api.workspace(), false, started.elapsed());
                 self.board
@@ -602,7 +662,27 @@ impl Engine {
             }
         };
         if handled.end == CycleEnd::Interrupted {
-            return Ok(CycleEnd::Interrupted);
+            return Ok((CycleEnd::Interrupted, 0));
+        }
+        let requests = cycle
+            .listed
+            .div_ceil(crate::api::client::MAX_PER_PAGE as usize)
+            .max(1)
+            + cycle.details_read;
+        if sweep == Sweep::Pending {
+            tracing::debug!(
+                listed = cycle.listed,
+                details_read = cycle.details_read,
+                events = handled.events,
+                "looked at the chats waiting for a human"
+            );
+            let _ = self.notes.send(Note::PendingSwept {
+                listed: cycle.listed,
+                details_read: cycle.details_read,
+                events: handled.events,
+                elapsed: started.elapsed(),
+            });
+            return Ok((CycleEnd::Done, requests));
         }
         self.update_board(watcher, &timers, cycle.now);
         tracing::debug!(
@@ -628,7 +708,26 @@ impl Engine {
             elapsed: started.elapsed(),
             commits,
         });
-        Ok(CycleEnd::Done)
+        Ok((CycleEnd::Done, requests))
+    }
+
+    /// Logs the poll plan and puts its note on the board.
+    fn show_plan(&self, plan: &plan::Plan) {
+        match plan.note() {
+            Some(note) => tracing::warn!(
+                walk_every = %humantime::format_duration(plan.walk_every()),
+                "{note}"
+            ),
+            None => tracing::debug!(
+                walk_every = %humantime::format_duration(plan.walk_every()),
+                pending_every = ?plan.pending_every(),
+                "poll plan"
+            ),
+        }
+        let mut board = self.board.write().unwrap_or_else(|p| p.into_inner());
+        board.plan_note = plan.note().map(str::to_string);
+        // Readiness allows three walks' time since the last good poll.
+        board.poll_interval = plan.walk_every();
     }
 
     /// Takes the poll's sessions as they come and runs their events,
@@ -759,4 +858,13 @@ impl Engine {
             Err(e) => tracing::warn!(error = %e, "cannot purge old sessions from the state store"),
         }
     }
+}
+
+/// A timer ticking every `period` that delays (never bursts) after a slow
+/// tick; its first tick at once, or after one period when `later`.
+fn every(period: Duration, later: bool) -> tokio::time::Interval {
+    let start = tokio::time::Instant::now() + if later { period } else { Duration::ZERO };
+    let mut t = tokio::time::interval_at(start, period);
+    t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    t
 }

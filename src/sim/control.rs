@@ -35,6 +35,7 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
             post(add_fault).get(list_faults).delete(clear_faults),
         )
         .route("/requests", get(list_requests).delete(clear_requests))
+        .route("/rate-limit", post(set_rate_limit))
 }
 
 /// Parses a JSON body; an empty body is `{}`.
@@ -177,4 +178,34 @@ async fn list_requests(State(shared): State<Arc<Shared>>) -> Response {
 async fn clear_requests(State(shared): State<Arc<Shared>>) -> Response {
     shared.world().requests.clear();
     respond(StatusCode::OK, json!({"cleared": true}))
+}
+
+/// `POST /_sim/rate-limit {"per_minute": N}` or `{"limit": N,
+/// "window_secs": S}`: limits the public API to N requests per window
+/// (`null` or `0`: no limit).
+async fn set_rate_limit(
+    State(shared): State<Arc<Shared>>,
+    body: Bytes,
+) -> Result<Response, SimError> {
+    let body = body_object(&body)?;
+    let number = |key: &str| -> Result<Option<u64>, SimError> {
+        match body.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v.as_u64().map(Some).ok_or_else(|| {
+                SimError::BadRequest(format!("{key} must be a whole number or null"))
+            }),
+        }
+    };
+    let limit = number("limit")?
+        .or(number("per_minute")?)
+        .filter(|n| *n > 0);
+    let window = number("window_secs")?.unwrap_or(60);
+    let limit = limit.map(|n| u32::try_from(n).unwrap_or(u32::MAX));
+    shared
+        .rate()
+        .set(limit, std::time::Duration::from_secs(window));
+    Ok(respond(
+        StatusCode::OK,
+        json!({ "limit": limit, "window_secs": window }),
+    ))
 }

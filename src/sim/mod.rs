@@ -15,6 +15,7 @@ mod api;
 mod bot;
 mod control;
 mod faults;
+mod ratelimit;
 pub(crate) use faults::MAX_RECORDS as REQUEST_LOG_CAP;
 mod state;
 mod traffic;
@@ -75,6 +76,7 @@ impl Default for SimConfig {
 /// State shared by the HTTP handlers, the ticker and the handle.
 pub(crate) struct Shared {
     world: Mutex<SimState>,
+    rate: Mutex<ratelimit::RateLimit>,
     api_key: String,
     addr: SocketAddr,
 }
@@ -83,6 +85,11 @@ impl Shared {
     /// Locks the world for one operation; never hold the guard across `.await`.
     pub(crate) fn world(&self) -> MutexGuard<'_, SimState> {
         self.world.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The API's rate limit, if one is set.
+    pub(crate) fn rate(&self) -> MutexGuard<'_, ratelimit::RateLimit> {
+        self.rate.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -140,6 +147,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .nest("/_sim", control::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(from_fn_with_state(shared.clone(), ratelimit::layer))
         .layer(from_fn_with_state(shared.clone(), api::require_key))
         .layer(from_fn_with_state(shared.clone(), faults::fault_layer))
         .layer(from_fn_with_state(shared.clone(), date_layer))
@@ -222,6 +230,17 @@ impl SimHandle {
             .post_message(id, sender, Some(&text), "text")
     }
 
+    /// Limits the public API to `limit` requests per fixed `window`
+    /// (`None`: no limit), as `POST /_sim/rate-limit` does.
+    pub fn set_rate_limit(&self, limit: Option<u32>, window: std::time::Duration) {
+        self.shared.rate().set(limit, window);
+    }
+
+    /// Requests refused with a 429 by the rate limit since it was set.
+    pub fn rate_limited(&self) -> u64 {
+        self.shared.rate().refused
+    }
+
     /// The visitor presses "talk to a human".
     pub fn request_human(&self, id: &str) -> Result<Session, SimError> {
         self.shared.world().request_human(id)
@@ -295,6 +314,7 @@ pub async fn start(config: SimConfig, bind: SocketAddr) -> std::io::Result<SimHa
     let addr = listener.local_addr()?;
     let shared = Arc::new(Shared {
         world: Mutex::new(SimState::new(&config)),
+        rate: Mutex::new(ratelimit::RateLimit::default()),
         api_key: config.api_key.clone(),
         addr,
     });

@@ -139,8 +139,24 @@ async fn readyz(State(s): State<AppState>) -> Response {
             })
         })
         .collect();
+    // What the request budget does to the poll plan: said, but no reason
+    // to take the service out of rotation.
+    let notes: Vec<String> = s
+        .boards
+        .iter()
+        .filter_map(|b| {
+            let b = read(b);
+            b.plan_note.as_ref().map(|n| {
+                if several {
+                    format!("note: workspace {}: {n}\n", b.workspace)
+                } else {
+                    format!("note: {n}\n")
+                }
+            })
+        })
+        .collect();
     if why.is_empty() {
-        (StatusCode::OK, "ready\n").into_response()
+        (StatusCode::OK, format!("ready\n{}", notes.concat())).into_response()
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -181,6 +197,7 @@ async fn status_json(State(s): State<AppState>) -> Response {
                 "not_ready_because": readiness.err(),
                 "dry_run": b.dry_run,
                 "lease": b.lease,
+                "poll_plan_note": b.plan_note,
                 "sessions": b.sessions,
                 "actions": b.actions,
                 "rules": b.rules,
@@ -273,6 +290,9 @@ fn workspace_section(h: &mut String, b: &Board, heading: &str) {
 
     if let Some(l) = &b.lease {
         let _ = write!(h, "<div>{}</div>", lease_line(l));
+    }
+    if let Some(n) = &b.plan_note {
+        let _ = write!(h, "<div class=warn>{}</div>", esc(n));
     }
     let _ = write!(h, "<h3>Active sessions</h3>");
     if b.sessions.is_empty() {

@@ -98,6 +98,9 @@ pub struct Board {
     pub store_error: Option<String>,
     /// The lease, when replicas share the state; `None` for one process.
     pub lease: Option<LeaseView>,
+    /// What the request budget does to the configured poll intervals,
+    /// when it changes them.
+    pub plan_note: Option<String>,
 }
 
 impl Board {

@@ -158,6 +158,7 @@ async fn start_engine(
             max_replies: 5,
             window: Duration::from_secs(600),
         },
+        pending_interval: Duration::from_secs(1),
         trace_length: crate::trace::DEFAULT_TRACE_LENGTH,
     };
     let world = crate::rules::World {
@@ -427,7 +428,7 @@ fn narrate(n: &Note, s: &mut DemoSummary) -> Option<String> {
             }
             format!("rules reloaded: {}", parts.join("; "))
         }
-        Note::Cycle { .. } => return None,
+        Note::Cycle { .. } | Note::PendingSwept { .. } => return None,
     })
 }
 

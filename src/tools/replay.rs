@@ -166,6 +166,7 @@ async fn run_history(
         dry_run: true,
         max_concurrency: 8,
         guard: opts.guard,
+        pending_interval: std::time::Duration::ZERO,
         trace_length: crate::trace::DEFAULT_TRACE_LENGTH,
     };
     let world = crate::rules::World {

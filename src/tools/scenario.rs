@@ -245,6 +245,7 @@ async fn run_inner(rules_dir: &Path, s: &Scenario, world: World) -> Result<(), S
             max_replies: s.max_replies.unwrap_or(5),
             window: Duration::from_secs(600),
         },
+        pending_interval: std::time::Duration::ZERO,
         trace_length: crate::trace::DEFAULT_TRACE_LENGTH,
     };
     let (h, report) = Harness::start(opts, world).await?;

@@ -21,7 +21,7 @@ mod tracker;
 
 pub use diff::{diff, Tracked, RECENT_MESSAGES};
 pub use event::{Event, EventKind, TimerSpec};
-pub use poll::{Cycle, Watcher};
+pub use poll::{Cycle, Sweep, Watcher};
 pub(crate) use sla_facts::SlaState;
 pub(crate) use timers::running_timers;
 pub use timers::{due_timers, due_timers_in};

@@ -13,11 +13,24 @@ use tokio::sync::mpsc;
 use super::diff::Tracked;
 use super::event::TimerSpec;
 use super::tracker::{SessionCycle, TrackedMap, Tracker};
-use crate::api::{ApiError, Client, ListQuery, Session, SessionDetail, SessionStatus, Timestamp};
+use crate::api::{
+    ApiError, Client, HandledBy, Lane, ListQuery, Session, SessionDetail, SessionStatus, Timestamp,
+};
 use crate::hours::Calendars;
 
 /// Detail reads in flight at once.
 const DETAIL_CONCURRENCY: usize = 8;
+
+/// What a poll looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sweep {
+    /// Every active chat: the source of truth, with the chats that left
+    /// the list and every due timer.
+    Full,
+    /// Only the chats waiting for a human (`handled_by=pending`), as
+    /// urgent requests: their changes and their due timers, at once.
+    Pending,
+}
 
 /// The result of one poll.
 #[derive(Debug)]
@@ -76,19 +89,30 @@ impl Watcher {
     /// only postpones that session to the next poll.
     ///
     /// Long on purpose: the walk of the list and the detail reads run interleaved in one `select!` loop, whose state is shared.
+    ///
+    /// A [`Sweep::Pending`] poll lists only the chats waiting for a human:
+    /// a chat that changed is read and handled as in a full walk (whose
+    /// next pass then finds it unchanged, so nothing fires twice); nothing
+    /// is taken for gone, and only the listed chats' timers are checked.
     pub async fn poll(
         &mut self,
+        sweep: Sweep,
         timers: &[TimerSpec],
         calendars: &Calendars,
         early: &mpsc::UnboundedSender<SessionCycle>,
     ) -> Result<Cycle, ApiError> {
+        let full = sweep == Sweep::Full;
         let query = ListQuery {
             status: Some(SessionStatus::Active),
+            handled_by: (!full).then_some(HandledBy::Pending),
             per_page: Some(crate::api::client::MAX_PER_PAGE),
             ..ListQuery::default()
         };
-        let baseline = !self.tracker.baselined();
-        let api = &self.api;
+        let baseline = full && !self.tracker.baselined();
+        let client = self
+            .api
+            .in_lane(if full { Lane::Routine } else { Lane::Urgent });
+        let api = &client;
         let tracker = &mut self.tracker;
         let mut read: HashSet<String> = HashSet::new();
         let mut details_read = 0;
@@ -142,7 +166,11 @@ impl Watcher {
         let now = api.clock().now();
         // A session that left the active list is read once more to learn
         // that (and how) it ended.
-        let to_read = tracker.gone(&listed_ids);
+        let to_read = if full {
+            tracker.gone(&listed_ids)
+        } else {
+            Vec::new()
+        };
         details_read += to_read.len();
         let details: Vec<(String, Result<SessionDetail, ApiError>)> = stream::iter(to_read)
             .map(|id| read_detail(api, id))
@@ -157,7 +185,9 @@ impl Watcher {
             }
         }
         out.extend(tracker.due(&read, &listed_ids, timers, now, calendars));
-        tracker.set_baselined();
+        if full {
+            tracker.set_baselined();
+        }
         Ok(Cycle {
             now,
             baseline,

@@ -125,6 +125,7 @@ pub fn engine_options(
             max_replies,
             window: std::time::Duration::from_secs(600),
         },
+        pending_interval: std::time::Duration::ZERO,
         trace_length: skyrules::trace::DEFAULT_TRACE_LENGTH,
     }
 }

@@ -54,6 +54,8 @@ pub struct BenchOptions {
     /// Events each session's decision trace keeps (0: no trace), to
     /// measure what the trace costs.
     pub trace_length: usize,
+    /// The pending fast lane's interval (zero: off, the full walk alone).
+    pub pending_interval: Duration,
 }
 
 /// The engine's memory at one moment of the measured run.
@@ -164,6 +166,8 @@ pub struct BenchReport {
     /// The engine's memory at even steps over the run, for growth over a
     /// long run.
     pub memory_timeline: Vec<MemoryPoint>,
+    /// The pending fast lane's interval, ms (0: off).
+    pub pending_interval_ms: u64,
     /// Events each session's decision trace keeps (0: trace off).
     pub trace_length: usize,
     /// Decision-trace steps in the state at the end.
@@ -549,6 +553,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
         heap_last_mib: heap.last().copied().unwrap_or(0.0),
         sim_peak_rss_mib: sim_peak,
         memory_timeline: timeline,
+        pending_interval_ms: opts.pending_interval.as_millis() as u64,
         trace_length: opts.trace_length,
         trace_steps,
         trace_bytes_per_session: trace_bytes as f64 / tracked.max(1) as f64,
@@ -606,6 +611,7 @@ fn engine_options(rules_dir: &Path, opts: &BenchOptions) -> EngineOptions {
             max_replies: 5,
             window: Duration::from_secs(600),
         },
+        pending_interval: opts.pending_interval,
         trace_length: opts.trace_length,
     }
 }
