@@ -42,6 +42,9 @@ pub(crate) struct BenchArgs {
     /// turns it off, to compare with the full walk alone
     #[arg(long, default_value = "1s")]
     pending_interval: String,
+    /// Each key's request budget per minute (`api.max_requests_per_minute`)
+    #[arg(long, value_name = "N")]
+    max_requests_per_minute: Option<usize>,
     /// SkyLight accounts, each its own simulator with --sessions chats, run
     /// by one process on one state (PostgreSQL when SKYRULES_BENCH_STATE_URL
     /// names a database to spare, else SQLite)
@@ -74,7 +77,11 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
         seed: a.seed,
         trace_length: a.trace_length,
         pending_interval: dur("--pending-interval", &a.pending_interval)?,
+        max_requests_per_minute: a.max_requests_per_minute,
     };
+    if opts.max_requests_per_minute == Some(0) {
+        return Err(UserError("--max-requests-per-minute must be at least 1".into()).into());
+    }
     if a.workspaces == 0 {
         return Err(UserError("--workspaces must be at least 1".into()).into());
     }

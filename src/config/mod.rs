@@ -767,6 +767,49 @@ window = "10m"
     }
 
     #[test]
+    fn the_budget_and_the_fast_lane_reach_the_client_and_bad_values_name_their_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        std::fs::write(&key, "sk_test\n").unwrap();
+        let c = parse(&format!(
+            "[api]\napi_key_file = {:?}\nmax_requests_per_minute = 600\n[engine]\npending_interval = \"2s\"\n",
+            key.display().to_string()
+        ))
+        .unwrap();
+        assert_eq!(c.engine.pending_interval, Duration::from_secs(2));
+        let cc = c.workspace(None).unwrap().client_config().unwrap();
+        assert_eq!(cc.max_requests_per_minute, Some(600));
+        assert_eq!(
+            cc.urgent_reserve, 60,
+            "twice the fast lane's 30 looks a minute"
+        );
+        let d = parse("").unwrap();
+        assert_eq!(
+            d.engine.pending_interval,
+            Duration::from_secs(1),
+            "on by default"
+        );
+        assert_eq!(d.api.max_requests_per_minute, None, "no budget by default");
+        for (text, key) in [
+            (
+                "[api]\nmax_requests_per_minute = 0\n",
+                "api.max_requests_per_minute",
+            ),
+            (
+                "[engine]\npending_interval = \"10ms\"\n",
+                "engine.pending_interval",
+            ),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(key), "{e}");
+        }
+        assert!(
+            parse("[engine]\npending_interval = \"0s\"\n").is_ok(),
+            "0s: off"
+        );
+    }
+
+    #[test]
     fn max_requests_per_second_is_optional_and_passed_to_the_client() {
         let dir = tempfile::tempdir().unwrap();
         let key = dir.path().join("key");

@@ -280,6 +280,12 @@ impl Config {
                     "a workspace name is lowercase letters, digits and '-', starting with a letter or digit",
                 ));
             }
+            if w.max_requests_per_minute == Some(0) {
+                return Err(bad(
+                    &key("max_requests_per_minute"),
+                    "must be at least 1 (leave it out for the shared budget, or none)",
+                ));
+            }
             let source = match (&w.api_key_env, &w.api_key_file) {
                 (Some(_), Some(_)) => {
                     return Err(bad(

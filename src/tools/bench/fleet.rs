@@ -16,10 +16,10 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    cpu_seconds, create_sessions, drive_traffic, memory_mib, spawn_sim, BenchOptions, Millis,
-    SimProcess, BENCH_KEY,
+    cpu_seconds, create_sessions, drive_traffic, memory_mib, message_handled, reactions,
+    request_log, spawn_sim, BenchOptions, Millis, Posted, SimProcess,
 };
-use crate::api::{ApiKey, Client, ClientConfig};
+use crate::api::Client;
 use crate::engine::{Engine, Note};
 use crate::store::{
     AuditEntry, AuditFilter, Batch, Begin, Intent, Loaded, Pending, Store, StoreError,
@@ -66,6 +66,13 @@ pub struct FleetReport {
     pub cpu_ms_per_workspace_cycle: f64,
     /// Human requests the traffic made.
     pub human_requests: usize,
+    /// Human request → take-over over every workspace, simulator clock.
+    pub reaction_ms: Millis,
+    /// A visitor message sent → its engine handling its event, over every
+    /// workspace.
+    pub message_reaction_ms: Millis,
+    /// The busiest workspace's requests per minute (one key's).
+    pub max_requests_per_minute: f64,
     /// Take-overs the engines sent.
     pub take_overs: usize,
 }
@@ -191,7 +198,7 @@ pub async fn run(opts: BenchOptions, workspaces: usize) -> anyhow::Result<FleetR
     let mut engines = Vec::new();
     for (w, sim) in sims.iter().enumerate() {
         let name = format!("bench-{run_id}-{w}");
-        let mut config = ClientConfig::new(sim.base.clone(), ApiKey::new(BENCH_KEY));
+        let mut config = super::client_config(sim, &opts);
         config.workspace = name.clone();
         let api = Client::new(config)?;
         let (mut engine, _) = Engine::new(
@@ -221,26 +228,37 @@ pub async fn run(opts: BenchOptions, workspaces: usize) -> anyhow::Result<FleetR
     }
     let cpu_before = cpu_seconds(&me);
     let traffic_stop = CancellationToken::new();
+    let _ = futures::future::join_all(
+        sims.iter()
+            .map(|sim| http.delete(format!("{}/requests", sim.control)).send()),
+    )
+    .await;
+    let measured = Instant::now();
+    let posted: Vec<Posted> = sims.iter().map(|_| Posted::default()).collect();
     let traffic: Vec<_> = sims
         .iter()
-        .map(|sim| {
+        .zip(&posted)
+        .map(|(sim, posted)| {
             tokio::spawn(drive_traffic(
                 http.clone(),
                 sim.control.clone(),
                 opts.clone(),
                 ids.clone(),
+                posted.clone(),
                 traffic_stop.clone(),
             ))
         })
         .collect();
-    let (per_workspace, state_commits) = collect_cycles(&mut notes, opts.duration).await;
+    let (per_workspace, state_commits, message_ms) =
+        collect_cycles(&mut notes, &posted, opts.duration).await;
     traffic_stop.cancel();
     // Human requests of the last interval are answered by the next poll.
     tokio::time::sleep(opts.poll_interval * 2).await;
-    let mut asked = 0;
+    let mut asked = Vec::new();
     for t in traffic {
-        asked += t.await.map(|t| t.asked.len()).unwrap_or(0);
+        asked.push(t.await.map(|t| t.asked).unwrap_or_default());
     }
+    let minutes = measured.elapsed().as_secs_f64() / 60.0;
     let cpu = cpu_seconds(&me) - cpu_before;
     let rss = memory_mib(&me, "VmRSS:");
     stop.cancel();
@@ -248,9 +266,16 @@ pub async fn run(opts: BenchOptions, workspaces: usize) -> anyhow::Result<FleetR
         let _ = t.await;
     }
     let mut take_overs = 0;
-    for sim in &sims {
+    let mut reaction = Vec::new();
+    let mut max_rpm: f64 = 0.0;
+    for (sim, asked) in sims.iter().zip(&asked) {
         take_overs += take_overs_sent(&http, sim).await?;
+        reaction.extend(reactions(&http, sim, asked).await?.ms);
+        let log = request_log(&http, sim).await?;
+        let sent = log.list + log.pending_lists + log.detail + log.actions;
+        max_rpm = max_rpm.max(sent as f64 / minutes.max(1e-9));
     }
+    let asked: usize = asked.iter().map(Vec::len).sum();
     for mut sim in sims {
         let _ = sim.child.kill().await;
     }
@@ -278,6 +303,9 @@ pub async fn run(opts: BenchOptions, workspaces: usize) -> anyhow::Result<FleetR
         cpu_ms_per_workspace_cycle: cpu * 1000.0 / cycles.max(1) as f64,
         human_requests: asked,
         take_overs,
+        reaction_ms: Millis::of(reaction),
+        message_reaction_ms: Millis::of(message_ms),
+        max_requests_per_minute: max_rpm,
     })
 }
 
@@ -285,8 +313,10 @@ pub async fn run(opts: BenchOptions, workspaces: usize) -> anyhow::Result<FleetR
 /// the engines' notes over `duration`.
 async fn collect_cycles(
     notes: &mut [broadcast::Receiver<Note>],
+    posted: &[Posted],
     duration: Duration,
-) -> (Vec<Vec<f64>>, usize) {
+) -> (Vec<Vec<f64>>, usize, Vec<f64>) {
+    let mut message_ms = Vec::new();
     let until = Instant::now() + duration;
     let mut per_workspace: Vec<Vec<f64>> = vec![Vec::new(); notes.len()];
     let mut state_commits = 0usize;
@@ -300,6 +330,9 @@ async fn collect_cycles(
                         per_workspace[w].push(elapsed.as_secs_f64() * 1000.0);
                         state_commits += commits;
                     }
+                    Ok(n @ Note::Event { .. }) => {
+                        message_ms.extend(message_handled(&posted[w], &n));
+                    }
                     Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) => {}
                     Err(_) => break,
                 }
@@ -307,7 +340,7 @@ async fn collect_cycles(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    (per_workspace, state_commits)
+    (per_workspace, state_commits, message_ms)
 }
 
 /// Take-over requests a simulator received, from its request log.
@@ -354,7 +387,10 @@ pub fn render(r: &FleetReport) -> String {
          resident per workspace      {wmib:.2} MiB before its first chat\n\
          resident at the end         {rss:.1} MiB\n\
          CPU per workspace-cycle     {cpu:.2} ms\n\
-         human requests / take-overs {asked} / {t}\n",
+         human requests / take-overs {asked} / {t}\n\
+         reaction p50 / p99          {r50:.0} / {r99:.0} ms (human request → take-over)\n\
+         message reaction p50 / p99  {m50:.0} / {m99:.0} ms (visitor message → handled)\n\
+         busiest workspace           {rpm:.0} requests per minute\n",
         w = r.workspaces,
         s = r.sessions_per_workspace,
         c = r.changed_per_cycle,
@@ -377,5 +413,10 @@ pub fn render(r: &FleetReport) -> String {
         cpu = r.cpu_ms_per_workspace_cycle,
         asked = r.human_requests,
         t = r.take_overs,
+        r50 = r.reaction_ms.p50,
+        r99 = r.reaction_ms.p99,
+        m50 = r.message_reaction_ms.p50,
+        m99 = r.message_reaction_ms.p99,
+        rpm = r.max_requests_per_minute,
     )
 }

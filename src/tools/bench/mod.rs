@@ -56,6 +56,8 @@ pub struct BenchOptions {
     pub trace_length: usize,
     /// The pending fast lane's interval (zero: off, the full walk alone).
     pub pending_interval: Duration,
+    /// The key's request budget per minute (`api.max_requests_per_minute`).
+    pub max_requests_per_minute: Option<usize>,
 }
 
 /// The engine's memory at one moment of the measured run.
@@ -136,6 +138,12 @@ pub struct BenchReport {
     pub state_commits_per_cycle: f64,
     /// Human request → take-over, both as stamped by the simulator.
     pub reaction_ms: Millis,
+    /// A visitor message sent → the engine handling its event.
+    pub message_reaction_ms: Millis,
+    /// Average list requests per cycle of the pending fast lane.
+    pub pending_requests_per_cycle: f64,
+    /// Every request the engine sent, per minute (this one key's).
+    pub requests_per_minute: f64,
     /// Human requests never taken over in a chat still open (should be 0).
     pub reactions_missed: usize,
     /// Human requests in chats that ended before they were taken over.
@@ -168,6 +176,8 @@ pub struct BenchReport {
     pub memory_timeline: Vec<MemoryPoint>,
     /// The pending fast lane's interval, ms (0: off).
     pub pending_interval_ms: u64,
+    /// The request budget per minute, if one was set.
+    pub max_requests_per_minute: Option<usize>,
     /// Events each session's decision trace keeps (0: trace off).
     pub trace_length: usize,
     /// Decision-trace steps in the state at the end.
@@ -355,6 +365,26 @@ struct Traffic {
     failures: usize,
 }
 
+/// Visitor messages the traffic sent that the engine has not handled yet:
+/// when each chat's oldest went out. The engine's `Event` note for the
+/// chat's `visitor_message` takes it off, and the time between is that
+/// message's reaction time.
+type Posted = Arc<std::sync::Mutex<std::collections::HashMap<String, Instant>>>;
+
+/// Takes a handled visitor message off `posted`; its reaction time, ms.
+fn message_handled(posted: &Posted, note: &Note) -> Option<f64> {
+    let Note::Event {
+        session_id,
+        kind: crate::tracking::EventKind::VisitorMessage,
+        ..
+    } = note
+    else {
+        return None;
+    };
+    let sent = posted.lock().ok()?.remove(session_id)?;
+    Some(sent.elapsed().as_secs_f64() * 1000.0)
+}
+
 /// The id of the benchmark's chat number `n`.
 fn bench_id(n: u32) -> String {
     format!("sess_bench{n:07}")
@@ -367,6 +397,7 @@ async fn drive_traffic(
     control: String,
     opts: BenchOptions,
     mut ids: Vec<u32>,
+    posted: Posted,
     stop: CancellationToken,
 ) -> Traffic {
     let changed = changed_per_cycle(&opts);
@@ -392,6 +423,9 @@ async fn drive_traffic(
             let num = ids[slot];
             let id = bench_id(num);
             let r = if n < changed {
+                if let Ok(mut p) = posted.lock() {
+                    p.entry(id.clone()).or_insert_with(Instant::now);
+                }
                 let r = post(
                     &http,
                     format!("{control}/sessions/{id}/messages"),
@@ -482,14 +516,16 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
     let me = std::process::id().to_string();
     let (cpu_before, sim_cpu_before) = (cpu_seconds(&me), cpu_seconds(&sim.pid));
     let traffic_stop = CancellationToken::new();
+    let posted = Posted::default();
     let traffic = tokio::spawn(drive_traffic(
         http.clone(),
         sim.control.clone(),
         opts.clone(),
         ids,
+        posted.clone(),
         traffic_stop.clone(),
     ));
-    let samples = sample(&mut notes, &rules, &opts, &me).await?;
+    let samples = sample(&mut notes, &rules, &opts, &me, &posted).await?;
     traffic_stop.cancel();
     let traffic = traffic.await?;
     // Human requests from the last interval are answered by the next poll.
@@ -518,6 +554,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
     };
     let Samples {
         cycle_ms,
+        message_ms,
         commits,
         rss,
         heap,
@@ -539,6 +576,10 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
         state_commits_per_cycle: commits as f64 / cycles,
         cycle_ms: Millis::of(cycle_ms),
         reaction_ms: Millis::of(reactions.ms),
+        message_reaction_ms: Millis::of(message_ms),
+        pending_requests_per_cycle: log.pending_lists as f64 / all_cycles,
+        requests_per_minute: (log.list + log.pending_lists + log.detail + log.actions) as f64
+            / (log.covers.unwrap_or(opts.duration).as_secs_f64() / 60.0).max(1e-9),
         reactions_missed: reactions.missed,
         reactions_moot: reactions.ended_first,
         traffic_errors: traffic.failures,
@@ -554,6 +595,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
         sim_peak_rss_mib: sim_peak,
         memory_timeline: timeline,
         pending_interval_ms: opts.pending_interval.as_millis() as u64,
+        max_requests_per_minute: opts.max_requests_per_minute,
         trace_length: opts.trace_length,
         trace_steps,
         trace_bytes_per_session: trace_bytes as f64 / tracked.max(1) as f64,
@@ -588,7 +630,7 @@ async fn create_sessions(
 /// The engine under test, on a SQLite state in `dir` and the rules in
 /// `dir/rules`, as `skyrules run` would run it.
 async fn start_engine(sim: &SimProcess, dir: &Path, opts: &BenchOptions) -> anyhow::Result<Engine> {
-    let api = Client::new(ClientConfig::new(sim.base.clone(), ApiKey::new(BENCH_KEY)))?;
+    let api = Client::new(client_config(sim, opts))?;
     let state = dir.join("bench.db");
     let store = tokio::task::spawn_blocking(move || SqliteStore::open(&state)).await??;
     let (engine, _) = Engine::new(
@@ -598,6 +640,14 @@ async fn start_engine(sim: &SimProcess, dir: &Path, opts: &BenchOptions) -> anyh
     )
     .await?;
     Ok(engine)
+}
+
+/// The client of one simulator's key, with the benchmark's budget.
+fn client_config(sim: &SimProcess, opts: &BenchOptions) -> ClientConfig {
+    let mut c = ClientConfig::new(sim.base.clone(), ApiKey::new(BENCH_KEY));
+    c.max_requests_per_minute = opts.max_requests_per_minute;
+    c.urgent_reserve = crate::api::budget::urgent_reserve(opts.pending_interval);
+    c
 }
 
 /// The benchmark's engine settings, as `skyrules run` has them by default.
@@ -640,6 +690,7 @@ async fn first_cycle(
 #[derive(Default)]
 struct Samples {
     cycle_ms: Vec<f64>,
+    message_ms: Vec<f64>,
     commits: usize,
     rss: Vec<f64>,
     heap: Vec<f64>,
@@ -674,6 +725,7 @@ async fn sample(
     rules: &Path,
     opts: &BenchOptions,
     me: &str,
+    posted: &Posted,
 ) -> anyhow::Result<Samples> {
     const RELOADS: u32 = 3;
     let mut out = Samples::default();
@@ -700,6 +752,11 @@ async fn sample(
             Ok(Note::Cycle {
                 elapsed, commits, ..
             }) => out.cycle(elapsed, commits, me, measured.elapsed(), step),
+            Ok(n @ Note::Event { .. }) => {
+                if let Some(ms) = message_handled(posted, &n) {
+                    out.message_ms.push(ms);
+                }
+            }
             Ok(Note::Reloaded { loaded, .. }) if loaded.iter().any(|r| r == "zz-bench-reload") => {
                 if let Some(t) = reload_started.take() {
                     out.reload_ms.push(t.elapsed().as_secs_f64() * 1000.0);
@@ -728,12 +785,16 @@ async fn drain(notes: &mut broadcast::Receiver<Note>, period: Duration) -> usize
 /// The simulator's request log, counted by kind.
 struct RequestCounts {
     list: usize,
+    /// List requests of the pending fast lane (`handled_by=pending`).
+    pending_lists: usize,
     detail: usize,
     actions: usize,
     /// The log reached its cap and keeps only the newest requests.
     full: bool,
     /// The time the log spans, when it is full.
     span: Option<Duration>,
+    /// The time between its first and last request.
+    covers: Option<Duration>,
 }
 
 /// Reads and counts the simulator's request log.
@@ -741,12 +802,21 @@ async fn request_log(http: &reqwest::Client, sim: &SimProcess) -> anyhow::Result
     let requests = get(http, format!("{}/requests", sim.control)).await?;
     let records = requests.as_array().map(Vec::as_slice).unwrap_or_default();
     let (mut list, mut detail, mut actions) = (0usize, 0usize, 0usize);
+    let mut pending_lists = 0usize;
     for r in records {
         let path = r["path"].as_str().unwrap_or("");
         if r["method"] == "POST" {
             actions += 1;
         } else if path.ends_with("/sessions") {
-            list += 1;
+            if r["query"]
+                .as_str()
+                .unwrap_or("")
+                .contains("handled_by=pending")
+            {
+                pending_lists += 1;
+            } else {
+                list += 1;
+            }
         } else {
             detail += 1;
         }
@@ -756,19 +826,22 @@ async fn request_log(http: &reqwest::Client, sim: &SimProcess) -> anyhow::Result
     let full = records.len() >= crate::sim::REQUEST_LOG_CAP;
     let stamp =
         |r: &Value| chrono::DateTime::parse_from_rfc3339(r["at"].as_str().unwrap_or("")).ok();
-    let span = match (
+    let covers = match (
         records.first().and_then(stamp),
         records.last().and_then(stamp),
     ) {
-        (Some(a), Some(b)) if full => (b - a).to_std().ok(),
+        (Some(a), Some(b)) => (b - a).to_std().ok(),
         _ => None,
     };
+    let span = covers.filter(|_| full);
     Ok(RequestCounts {
         list,
+        pending_lists,
         detail,
         actions,
         full,
         span,
+        covers,
     })
 }
 
@@ -843,6 +916,8 @@ pub fn render(r: &BenchReport) -> String {
          \n  requests per cycle       {:.1} list pages + {:.1} session reads + {:.1} actions{}\
          \n  state commits            {:.2} per cycle (sessions, events, rule memory), + 2 per action (intent, outcome) = {:.1} in all\
          \n  reaction latency         {} ({} take-overs, {} missed, {} chats ended first; request → take-over, simulator clock)\
+         \n  message reaction         {} ({} visitor messages; sent → the engine handling its event)\
+         \n  poll plan                walk every {} ms, pending fast lane {}; {:.1} fast-lane lists per cycle; {:.0} requests per minute in all{}\
          \n  traffic errors           {} (the benchmark's own requests that failed)\
          \n  hot reload               {} ({} reloads; file written → rule live)\
          \n  engine CPU               {:.1} s over the measured run (simulator: {:.1} s)\
@@ -877,6 +952,20 @@ pub fn render(r: &BenchReport) -> String {
         r.reaction_ms.count,
         r.reactions_missed,
         r.reactions_moot,
+        ms(&r.message_reaction_ms),
+        r.message_reaction_ms.count,
+        r.poll_interval_ms,
+        if r.pending_interval_ms == 0 {
+            "off".to_string()
+        } else {
+            format!("every {} ms", r.pending_interval_ms)
+        },
+        r.pending_requests_per_cycle,
+        r.requests_per_minute,
+        match r.max_requests_per_minute {
+            Some(n) => format!(" (budget {n})"),
+            None => String::new(),
+        },
         r.traffic_errors,
         ms(&r.hot_reload_ms),
         r.hot_reload_ms.count,
