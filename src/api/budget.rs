@@ -14,16 +14,20 @@ use std::time::{Duration, Instant};
 
 use reqwest::header::HeaderMap;
 
-/// How urgent a request is: urgent ones (the pending fast lane, actions)
-/// may spend the whole budget; routine ones (the full walk and its reads)
-/// leave a reserve for them.
+/// How urgent a request is, most urgent first: when the budget is short,
+/// the pending fast lane and actions go before the full walk's list pages,
+/// and those before its detail reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Lane {
-    /// A human request waiting, or an action a rule asked for.
+    /// A human request waiting, or an action a rule asked for: may spend
+    /// the whole budget.
     #[default]
     Urgent,
-    /// The full walk: list pages and detail reads.
-    Routine,
+    /// The full walk's list pages: leave the urgent reserve.
+    Walk,
+    /// The full walk's detail reads: leave the urgent reserve and a tenth
+    /// of the rest for list pages.
+    Read,
 }
 
 /// The sliding window a budget counts in.
@@ -68,9 +72,11 @@ impl Drop for Ticket<'_> {
 
 impl Budget {
     /// A budget of `per_minute` requests (none: only the server's own
-    /// limit is heeded), `reserve` of them kept for urgent requests.
-    pub(crate) fn new(per_minute: Option<usize>, reserve: usize) -> Budget {
-        let reserve = per_minute.map_or(0, |n| reserve.min(n / 2));
+    /// limit is heeded), of which the walk leaves `looks` (what the fast
+    /// lane needs), and at least a quarter for actions, to urgent
+    /// requests; never more than half.
+    pub(crate) fn new(per_minute: Option<usize>, looks: usize) -> Budget {
+        let reserve = per_minute.map_or(0, |n| looks.max(n / 4).min(n / 2));
         Budget {
             per_minute,
             reserve,
@@ -83,7 +89,7 @@ impl Budget {
         self.per_minute
     }
 
-    /// What routine requests may spend per minute.
+    /// What the full walk (list pages and reads) may spend per minute.
     pub(crate) fn routine_per_minute(&self) -> Option<usize> {
         self.per_minute.map(|n| n - self.reserve)
     }
@@ -112,10 +118,12 @@ impl Budget {
     }
 
     fn limit(&self, lane: Lane) -> Option<usize> {
-        match lane {
-            Lane::Urgent => self.per_minute,
-            Lane::Routine => self.routine_per_minute(),
-        }
+        let walk = self.routine_per_minute()?;
+        Some(match lane {
+            Lane::Urgent => self.per_minute?,
+            Lane::Walk => walk,
+            Lane::Read => walk - walk / 10,
+        })
     }
 
     /// Reads the server's rate-limit headers from a response (whose
@@ -180,9 +188,10 @@ impl State {
     }
 }
 
-/// Requests per minute kept for urgent ones: twice what the pending fast
-/// lane lists per minute (its page, and a read or an action beside it);
-/// none without the fast lane. The budget caps it at half.
+/// Requests per minute the pending fast lane needs kept for it: twice
+/// what it lists per minute (its page, and a read or an action beside
+/// it); none without the fast lane. The budget keeps at least a quarter
+/// for urgent requests anyway (actions), and at most half.
 pub(crate) fn urgent_reserve(pending_interval: Duration) -> usize {
     if pending_interval.is_zero() {
         return 0;
@@ -211,13 +220,17 @@ mod tests {
         let t0 = Instant::now();
         let mut s = b.inner.lock().unwrap();
         for i in 0..6 {
-            assert_eq!(s.wait(t0, b.limit(Lane::Routine)), None, "routine {i}");
+            assert_eq!(s.wait(t0, b.limit(Lane::Walk)), None, "walk {i}");
             s.sent.push_back(t0 + Duration::from_millis(i));
         }
         assert_eq!(
-            s.wait(t0, b.limit(Lane::Routine)),
+            s.wait(t0, b.limit(Lane::Walk)),
             Some(t0 + WINDOW),
-            "routine stops at 10 - 4"
+            "the walk stops at 10 - 4"
+        );
+        assert!(
+            s.wait(t0, b.limit(Lane::Read)).is_some(),
+            "reads stop before it"
         );
         for _ in 0..4 {
             assert_eq!(s.wait(t0, b.limit(Lane::Urgent)), None);
@@ -241,10 +254,7 @@ mod tests {
     fn the_servers_remaining_is_spent_then_its_reset_waited_for() {
         let b = Budget::new(None, 4);
         let now = Instant::now();
-        assert_eq!(
-            b.inner.lock().unwrap().wait(now, b.limit(Lane::Routine)),
-            None
-        );
+        assert_eq!(b.inner.lock().unwrap().wait(now, b.limit(Lane::Walk)), None);
         let mut h = HeaderMap::new();
         h.insert("x-ratelimit-remaining", "2".parse().unwrap());
         h.insert("x-ratelimit-reset", "2".parse().unwrap());

@@ -109,10 +109,16 @@ impl Watcher {
             ..ListQuery::default()
         };
         let baseline = full && !self.tracker.baselined();
-        let client = self
-            .api
-            .in_lane(if full { Lane::Routine } else { Lane::Urgent });
-        let api = &client;
+        let (lister, reader) = if full {
+            (self.api.in_lane(Lane::Walk), self.api.in_lane(Lane::Read))
+        } else {
+            (
+                self.api.in_lane(Lane::Urgent),
+                self.api.in_lane(Lane::Urgent),
+            )
+        };
+        let api = &lister;
+        let reads_api = &reader;
         let tracker = &mut self.tracker;
         let mut read: HashSet<String> = HashSet::new();
         let mut details_read = 0;
@@ -130,7 +136,7 @@ impl Watcher {
             loop {
                 while inflight.len() < DETAIL_CONCURRENCY {
                     let Some(id) = queue.pop_front() else { break };
-                    inflight.push(read_detail(api, id));
+                    inflight.push(read_detail(reads_api, id));
                 }
                 tokio::select! {
                     page = pages.recv(), if listing => match page {
@@ -173,7 +179,7 @@ impl Watcher {
         };
         details_read += to_read.len();
         let details: Vec<(String, Result<SessionDetail, ApiError>)> = stream::iter(to_read)
-            .map(|id| read_detail(api, id))
+            .map(|id| read_detail(reads_api, id))
             .buffer_unordered(DETAIL_CONCURRENCY)
             .collect()
             .await;

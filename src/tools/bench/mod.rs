@@ -144,6 +144,11 @@ pub struct BenchReport {
     pub pending_requests_per_cycle: f64,
     /// Every request the engine sent, per minute (this one key's).
     pub requests_per_minute: f64,
+    /// The most requests the key sent in any 60 s of the measured run.
+    pub busiest_minute: usize,
+    /// How often the full walk ran on average, ms (the poll interval, or
+    /// longer when the budget stretched it).
+    pub walk_every_ms: f64,
     /// Human requests never taken over in a chat still open (should be 0).
     pub reactions_missed: usize,
     /// Human requests in chats that ended before they were taken over.
@@ -580,6 +585,8 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
         pending_requests_per_cycle: log.pending_lists as f64 / all_cycles,
         requests_per_minute: (log.list + log.pending_lists + log.detail + log.actions) as f64
             / (log.covers.unwrap_or(opts.duration).as_secs_f64() / 60.0).max(1e-9),
+        busiest_minute: log.busiest_minute,
+        walk_every_ms: opts.duration.as_secs_f64() * 1000.0 / cycles,
         reactions_missed: reactions.missed,
         reactions_moot: reactions.ended_first,
         traffic_errors: traffic.failures,
@@ -795,6 +802,8 @@ struct RequestCounts {
     span: Option<Duration>,
     /// The time between its first and last request.
     covers: Option<Duration>,
+    /// The most requests in any 60 s of the log.
+    busiest_minute: usize,
 }
 
 /// Reads and counts the simulator's request log.
@@ -834,6 +843,16 @@ async fn request_log(http: &reqwest::Client, sim: &SimProcess) -> anyhow::Result
         _ => None,
     };
     let span = covers.filter(|_| full);
+    let mut times: Vec<_> = records.iter().filter_map(stamp).collect();
+    times.sort();
+    let mut busiest_minute = 0;
+    let mut first = 0;
+    for (i, t) in times.iter().enumerate() {
+        while *t - times[first] >= chrono::Duration::seconds(60) {
+            first += 1;
+        }
+        busiest_minute = busiest_minute.max(i + 1 - first);
+    }
     Ok(RequestCounts {
         list,
         pending_lists,
@@ -842,6 +861,7 @@ async fn request_log(http: &reqwest::Client, sim: &SimProcess) -> anyhow::Result
         full,
         span,
         covers,
+        busiest_minute,
     })
 }
 
@@ -917,7 +937,7 @@ pub fn render(r: &BenchReport) -> String {
          \n  state commits            {:.2} per cycle (sessions, events, rule memory), + 2 per action (intent, outcome) = {:.1} in all\
          \n  reaction latency         {} ({} take-overs, {} missed, {} chats ended first; request → take-over, simulator clock)\
          \n  message reaction         {} ({} visitor messages; sent → the engine handling its event)\
-         \n  poll plan                walk every {} ms, pending fast lane {}; {:.1} fast-lane lists per cycle; {:.0} requests per minute in all{}\
+         \n  poll plan                a full walk every {:.0} ms (poll interval {} ms), pending fast lane {}; {:.1} fast-lane lists per cycle; {:.0} requests per minute in all, at most {} in any minute{}\
          \n  traffic errors           {} (the benchmark's own requests that failed)\
          \n  hot reload               {} ({} reloads; file written → rule live)\
          \n  engine CPU               {:.1} s over the measured run (simulator: {:.1} s)\
@@ -954,6 +974,7 @@ pub fn render(r: &BenchReport) -> String {
         r.reactions_moot,
         ms(&r.message_reaction_ms),
         r.message_reaction_ms.count,
+        r.walk_every_ms,
         r.poll_interval_ms,
         if r.pending_interval_ms == 0 {
             "off".to_string()
@@ -962,6 +983,7 @@ pub fn render(r: &BenchReport) -> String {
         },
         r.pending_requests_per_cycle,
         r.requests_per_minute,
+        r.busiest_minute,
         match r.max_requests_per_minute {
             Some(n) => format!(" (budget {n})"),
             None => String::new(),
