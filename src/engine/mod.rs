@@ -399,6 +399,7 @@ impl Engine {
         // The fast lane's first look waits a whole interval: the first
         // walk comes first.
         let mut pending = plan.pending_every().map(|p| every(p, true));
+        let mut pending_failing = false;
         loop {
             tokio::select! {
                 biased;
@@ -411,10 +412,14 @@ impl Engine {
                 }, if polled_once => {
                     match self.sweep(&mut watcher, Sweep::Pending, &shutdown).await {
                         Ok((CycleEnd::Interrupted, _)) => break,
-                        Ok(_) => {}
-                        Err(e) => {
+                        Ok(_) => pending_failing = false,
+                        // Once per outage, not every second: the full
+                        // walk reports the outage too.
+                        Err(e) if !pending_failing => {
+                            pending_failing = true;
                             tracing::warn!(error = %e, "the look at chats waiting for a human failed; the full walk carries on");
                         }
+                        Err(e) => tracing::debug!(error = %e, "the look at chats waiting for a human failed again"),
                     }
                     continue;
                 }
