@@ -410,7 +410,7 @@ impl Engine {
                         None => std::future::pending().await,
                     }
                 }, if polled_once => {
-                    match self.sweep(&mut watcher, Sweep::Pending, &shutdown).await {
+                    match self.sweep(&mut watcher, Sweep::Pending, None, &shutdown).await {
                         Ok((CycleEnd::Interrupted, _)) => break,
                         Ok(_) => pending_failing = false,
                         // Once per outage, not every second: the full
@@ -438,7 +438,10 @@ impl Engine {
             // A first start's baseline reads every chat once: not what a
             // walk costs.
             let baseline = !watcher.baselined();
-            match self.sweep(&mut watcher, Sweep::Full, &shutdown).await {
+            match self
+                .sweep(&mut watcher, Sweep::Full, plan.pending_every(), &shutdown)
+                .await
+            {
                 Ok((CycleEnd::Done, requests)) => {
                     polled_once = true;
                     refused = 0;
@@ -612,16 +615,20 @@ impl Engine {
         watcher: &mut Watcher,
         shutdown: &CancellationToken,
     ) -> Result<CycleEnd, ApiError> {
-        Ok(self.sweep(watcher, Sweep::Full, shutdown).await?.0)
+        Ok(self.sweep(watcher, Sweep::Full, None, shutdown).await?.0)
     }
 
     /// One poll of `sweep`'s chats, handled and committed like a cycle;
     /// also returns the requests its listing and reads took (what the poll
     /// plan fits into the budget).
+    ///
+    /// `looks`: during a full walk, how often the chats waiting for a
+    /// human are looked at too (the fast lane's interval).
     async fn sweep(
         &self,
         watcher: &mut Watcher,
         sweep: Sweep,
+        looks: Option<Duration>,
         shutdown: &CancellationToken,
     ) -> Result<(CycleEnd, usize), ApiError> {
         let started = std::time::Instant::now();
@@ -631,7 +638,7 @@ impl Engine {
         let produce = async {
             let mut polled = tokio::select! {
                 _ = shutdown.cancelled() => None,
-                r = watcher.poll(sweep, &timers, self.runtime.calendars(), &tx) => Some(r),
+                r = watcher.poll_with(sweep, looks, &timers, self.runtime.calendars(), &tx) => Some(r),
             };
             if let Some(Ok(cycle)) = &mut polled {
                 for sc in cycle.sessions.drain(..) {

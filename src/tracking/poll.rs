@@ -6,6 +6,7 @@
 //! it is read. The bookkeeping is the tracker's.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::Duration;
 
 use futures::stream::{self, FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
@@ -101,24 +102,51 @@ impl Watcher {
         calendars: &Calendars,
         early: &mpsc::UnboundedSender<SessionCycle>,
     ) -> Result<Cycle, ApiError> {
+        self.poll_with(sweep, None, timers, calendars, early).await
+    }
+
+    /// [`Watcher::poll`], and during a full walk a look at the chats
+    /// waiting for a human every `looks` (the pending fast lane), so that
+    /// a walk slowed by the request budget does not hold a human request
+    /// back: a waiting chat that changed is read at once, ahead of the
+    /// walk's own reads and as an urgent request, and one with a timer due
+    /// has it fired. Each chat is still read at most once per poll, so
+    /// nothing fires twice.
+    ///
+    /// Long on purpose: the walk of the list, the looks and the detail reads run interleaved in one `select!` loop, whose state is shared.
+    pub(crate) async fn poll_with(
+        &mut self,
+        sweep: Sweep,
+        looks: Option<Duration>,
+        timers: &[TimerSpec],
+        calendars: &Calendars,
+        early: &mpsc::UnboundedSender<SessionCycle>,
+    ) -> Result<Cycle, ApiError> {
         let full = sweep == Sweep::Full;
-        let query = ListQuery {
+        let pending_query = ListQuery {
             status: Some(SessionStatus::Active),
-            handled_by: (!full).then_some(HandledBy::Pending),
+            handled_by: Some(HandledBy::Pending),
             per_page: Some(crate::api::client::MAX_PER_PAGE),
             ..ListQuery::default()
         };
+        let query = if full {
+            ListQuery {
+                handled_by: None,
+                ..pending_query.clone()
+            }
+        } else {
+            pending_query.clone()
+        };
         let baseline = full && !self.tracker.baselined();
+        let urgent_client = self.api.in_lane(Lane::Urgent);
         let (lister, reader) = if full {
             (self.api.in_lane(Lane::Walk), self.api.in_lane(Lane::Read))
         } else {
-            (
-                self.api.in_lane(Lane::Urgent),
-                self.api.in_lane(Lane::Urgent),
-            )
+            (urgent_client.clone(), urgent_client.clone())
         };
         let api = &lister;
         let reads_api = &reader;
+        let urgent_api = &urgent_client;
         let tracker = &mut self.tracker;
         let mut read: HashSet<String> = HashSet::new();
         let mut details_read = 0;
@@ -131,24 +159,73 @@ impl Watcher {
         };
         let reads = async {
             let mut queue: VecDeque<String> = VecDeque::new();
+            // Waiting chats found by a look: read first, as urgent.
+            let mut urgent: VecDeque<String> = VecDeque::new();
+            let mut started: HashSet<String> = HashSet::new();
             let mut inflight = FuturesUnordered::new();
+            let mut looking = FuturesUnordered::new();
+            let mut tick = looks.filter(|_| full).map(|p| {
+                let mut t = tokio::time::interval_at(tokio::time::Instant::now() + p, p);
+                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                t
+            });
             let mut listing = true;
             loop {
                 while inflight.len() < DETAIL_CONCURRENCY {
-                    let Some(id) = queue.pop_front() else { break };
-                    inflight.push(read_detail(reads_api, id));
+                    let (id, client) = match urgent.pop_front() {
+                        Some(id) => (id, urgent_api),
+                        None => match queue.pop_front() {
+                            Some(id) => (id, reads_api),
+                            None => break,
+                        },
+                    };
+                    if started.insert(id.clone()) {
+                        inflight.push(read_detail(client, id));
+                    }
                 }
+                let busy = listing || !inflight.is_empty();
                 tokio::select! {
-                    page = pages.recv(), if listing => match page {
-                        Some(page) => {
-                            for s in page {
-                                if tracker.wants(&s) && read.insert(s.session_id.clone()) {
-                                    queue.push_back(s.session_id);
+                    biased;
+                    Some(found) = looking.next(), if !looking.is_empty() => {
+                        let found: Result<Vec<Session>, ApiError> = found;
+                        match found {
+                            Ok(waiting) => {
+                                let now = api.clock().now();
+                                for s in waiting {
+                                    let id = s.session_id.clone();
+                                    if read.contains(&id) {
+                                        // Queued by the walk, not begun:
+                                        // moved ahead.
+                                        if !started.contains(&id) {
+                                            urgent.push_back(id);
+                                        }
+                                    } else if tracker.wants(&s) {
+                                        read.insert(id.clone());
+                                        urgent.push_back(id);
+                                    } else if let Some(sc) = tracker.due_for(&id, timers, now, calendars) {
+                                        read.insert(id);
+                                        let _ = early.send(sc);
+                                    }
                                 }
                             }
+                            Err(e) => tracing::debug!(error = %e, "a look at the chats waiting for a human during the walk failed"),
                         }
-                        None => listing = false,
-                    },
+                    }
+                    _ = async {
+                        match tick.as_mut() {
+                            Some(t) => t.tick().await,
+                            None => std::future::pending().await,
+                        }
+                    }, if busy && looking.is_empty() && tick.is_some() => {
+                        let q = pending_query.clone();
+                        looking.push(async move {
+                            let mut waiting = Vec::new();
+                            urgent_api
+                                .walk_sessions(&q, |page| waiting.extend(page))
+                                .await
+                                .map(|_| waiting)
+                        });
+                    }
                     Some((id, result)) = inflight.next(), if !inflight.is_empty() => {
                         details_read += 1;
                         let now = api.clock().now();
@@ -163,6 +240,16 @@ impl Watcher {
                             }
                         }
                     }
+                    page = pages.recv(), if listing => match page {
+                        Some(page) => {
+                            for s in page {
+                                if tracker.wants(&s) && read.insert(s.session_id.clone()) {
+                                    queue.push_back(s.session_id);
+                                }
+                            }
+                        }
+                        None => listing = false,
+                    },
                     else => break,
                 }
             }

@@ -146,6 +146,25 @@ impl Tracker {
         })
     }
 
+    /// One tracked session's due timers, checked in place; `None` when it
+    /// has none (or is not tracked).
+    pub(crate) fn due_for(
+        &mut self,
+        id: &str,
+        timers: &[TimerSpec],
+        now: Timestamp,
+        calendars: &Calendars,
+    ) -> Option<SessionCycle> {
+        let t = self.tracked.get_mut(id)?;
+        let due = due_timers_in(t, timers, now, calendars);
+        (!due.is_empty()).then(|| SessionCycle {
+            tracked: Tracked::clone(t),
+            events: due,
+            changed: true,
+            finished: false,
+        })
+    }
+
     /// The due timers of listed sessions not read this poll, checked in
     /// place: only a session with a due timer is copied out.
     pub fn due(
