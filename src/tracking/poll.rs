@@ -163,6 +163,9 @@ impl Watcher {
             let mut urgent: VecDeque<String> = VecDeque::new();
             let mut started: HashSet<String> = HashSet::new();
             let mut inflight = FuturesUnordered::new();
+            // Apart from the walk's: those may all be waiting on the
+            // budget, which urgent reads need not.
+            let mut urgent_inflight = FuturesUnordered::new();
             let mut looking = FuturesUnordered::new();
             let mut tick = looks.filter(|_| full).map(|p| {
                 let mut t = tokio::time::interval_at(tokio::time::Instant::now() + p, p);
@@ -171,16 +174,16 @@ impl Watcher {
             });
             let mut listing = true;
             loop {
-                while inflight.len() < DETAIL_CONCURRENCY {
-                    let (id, client) = match urgent.pop_front() {
-                        Some(id) => (id, urgent_api),
-                        None => match queue.pop_front() {
-                            Some(id) => (id, reads_api),
-                            None => break,
-                        },
-                    };
+                while urgent_inflight.len() < DETAIL_CONCURRENCY {
+                    let Some(id) = urgent.pop_front() else { break };
                     if started.insert(id.clone()) {
-                        inflight.push(read_detail(client, id));
+                        urgent_inflight.push(read_detail(urgent_api, id));
+                    }
+                }
+                while inflight.len() < DETAIL_CONCURRENCY {
+                    let Some(id) = queue.pop_front() else { break };
+                    if started.insert(id.clone()) {
+                        inflight.push(read_detail(reads_api, id));
                     }
                 }
                 let busy = listing || !inflight.is_empty();
@@ -226,7 +229,7 @@ impl Watcher {
                                 .map(|_| waiting)
                         });
                     }
-                    Some((id, result)) = inflight.next(), if !inflight.is_empty() => {
+                    Some((id, result)) = next_read(&mut urgent_inflight, &mut inflight), if !urgent_inflight.is_empty() || !inflight.is_empty() => {
                         details_read += 1;
                         let now = api.clock().now();
                         match tracker.absorb(&id, result, timers, now, calendars) {
@@ -288,6 +291,19 @@ impl Watcher {
             listed: listed_ids.len(),
             details_read,
         })
+    }
+}
+
+/// The next detail read to finish, the urgent ones first when both are.
+async fn next_read<F: std::future::Future<Output = (String, Result<SessionDetail, ApiError>)>>(
+    urgent: &mut FuturesUnordered<F>,
+    walk: &mut FuturesUnordered<F>,
+) -> Option<(String, Result<SessionDetail, ApiError>)> {
+    tokio::select! {
+        biased;
+        Some(r) = urgent.next(), if !urgent.is_empty() => Some(r),
+        Some(r) = walk.next(), if !walk.is_empty() => Some(r),
+        else => None,
     }
 }
 
