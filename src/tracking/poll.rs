@@ -89,8 +89,6 @@ impl Watcher {
     /// keep their new state, nothing else changes. A failed detail read
     /// only postpones that session to the next poll.
     ///
-    /// Long on purpose: the walk of the list and the detail reads run interleaved in one `select!` loop, whose state is shared.
-    ///
     /// A [`Sweep::Pending`] poll lists only the chats waiting for a human:
     /// a chat that changed is read and handled as in a full walk (whose
     /// next pass then finds it unchanged, so nothing fires twice); nothing
