@@ -240,6 +240,24 @@ pub struct Entry {
     pub detail: String,
 }
 
+impl Entry {
+    /// A rule that had no handler for the event: timelines put these on
+    /// one line per event rather than a line each.
+    pub fn is_idle(&self) -> bool {
+        self.outcome == Verdict::NoHandler && self.rule.is_some()
+    }
+
+    /// Whether `other` is a decision about the same event.
+    fn same_event(&self, other: &Entry) -> bool {
+        self.key == other.key && self.seen_at == other.seen_at && self.event == other.event
+    }
+}
+
+/// A timeline's entries, one slice per event, in order.
+pub fn by_event(entries: &[Entry]) -> impl Iterator<Item = &[Entry]> {
+    entries.chunk_by(Entry::same_event)
+}
+
 /// A stored trace that cannot be read back.
 #[derive(Debug, thiserror::Error)]
 #[error("session {session_id}: its stored decision trace is unreadable ({message})")]

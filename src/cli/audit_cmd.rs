@@ -7,8 +7,7 @@ use anyhow::Context;
 use clap::Args;
 use comfy_table::{presets, ContentArrangement, Table};
 
-use super::UserError;
-use crate::config::{parse_duration, Config};
+use crate::config::Config;
 use crate::store::AuditFilter;
 
 /// Flags of `skyrules audit`.
@@ -38,20 +37,8 @@ pub async fn run(
     workspace: Option<&str>,
     a: AuditArgs,
 ) -> anyhow::Result<ExitCode> {
-    let since = match &a.since {
-        Some(s) => {
-            let d = parse_duration(s).map_err(|e| UserError(format!("--since: {e}")))?;
-            let d = chrono::Duration::from_std(d)
-                .map_err(|_| UserError(format!("--since {s:?} is too long")))?;
-            Some(chrono::Utc::now() - d)
-        }
-        None => None,
-    };
-    let name = config.workspace(workspace)?.name;
-    let path = a.state_path.unwrap_or(config.engine.state_path.clone());
-    let store = crate::store::open_read_only(&path, config.state_url()?.as_deref())
-        .await?
-        .workspace(&name);
+    let since = super::since_time(a.since.as_deref())?;
+    let (store, _, _) = super::read_state(&config, workspace, a.state_path).await?;
     let filter = AuditFilter {
         session_id: a.session_id,
         rule: a.rule,

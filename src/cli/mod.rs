@@ -31,6 +31,37 @@ use crate::store::StoreError;
 
 pub(crate) use logging::LogFormat;
 
+/// A `--since` window as a length of time, checked.
+fn since_span(flag_value: &str) -> Result<chrono::Duration, UserError> {
+    let d = crate::config::parse_duration(flag_value)
+        .map_err(|e| UserError(format!("--since: {e}")))?;
+    chrono::Duration::from_std(d)
+        .map_err(|_| UserError(format!("--since {flag_value:?} is too long")))
+}
+
+/// `--since DURATION`, when given, as the time that long ago.
+fn since_time(flag_value: Option<&str>) -> Result<Option<crate::api::Timestamp>, UserError> {
+    flag_value
+        .map(|s| since_span(s).map(|d| chrono::Utc::now() - d))
+        .transpose()
+}
+
+/// One workspace's state, opened to read while an engine may run (the
+/// reporting commands): the store's view, the workspace's name and where
+/// the state is (`--state`, else `engine.state_path`).
+async fn read_state(
+    config: &Config,
+    workspace: Option<&str>,
+    state_path: Option<PathBuf>,
+) -> anyhow::Result<(std::sync::Arc<dyn crate::store::Store>, String, PathBuf)> {
+    let name = config.workspace(workspace)?.name;
+    let path = state_path.unwrap_or(config.engine.state_path.clone());
+    let store = crate::store::open_read_only(&path, config.state_url()?.as_deref())
+        .await?
+        .workspace(&name);
+    Ok((store, name, path))
+}
+
 /// An error the user can fix (bad arguments, input or rules): exit code 1.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]

@@ -49,16 +49,10 @@ fn state_now(sessions: &[Tracked], latest_action: Option<Timestamp>) -> Timestam
 
 /// Reads the state file (without locking it) and reports.
 pub async fn run(config: Config, workspace: Option<&str>, a: SlaArgs) -> anyhow::Result<ExitCode> {
-    let since = parse_duration(&a.since).map_err(|e| UserError(format!("--since: {e}")))?;
+    let span = super::since_span(&a.since)?;
     let silence =
         parse_duration(&a.agent_silence).map_err(|e| UserError(format!("--agent-silence: {e}")))?;
-    let span = chrono::Duration::from_std(since)
-        .map_err(|_| UserError(format!("--since {:?} is too long", a.since)))?;
-    let name = config.workspace(workspace)?.name;
-    let path = a.state_path.unwrap_or(config.engine.state_path.clone());
-    let store = crate::store::open_read_only(&path, config.state_url()?.as_deref())
-        .await?
-        .workspace(&name);
+    let (store, _, _) = super::read_state(&config, workspace, a.state_path).await?;
     let (from, until, sessions, breaches) = tokio::task::spawn_blocking(move || {
         let sessions = store.sessions_since(chrono::DateTime::<chrono::Utc>::MIN_UTC)?;
         let until = state_now(&sessions, store.latest_action_at()?);

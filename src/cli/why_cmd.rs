@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::Args;
 
 use super::UserError;
-use crate::config::{parse_duration, Config};
+use crate::config::Config;
 use crate::trace::{Entry, Verdict};
 
 /// Flags of `skyrules why`.
@@ -36,20 +36,8 @@ pub(crate) struct WhyArgs {
 /// Prints one session's decision trace. Reads the state without locking
 /// it, so it works while the engine runs.
 pub async fn run(config: Config, workspace: Option<&str>, a: WhyArgs) -> anyhow::Result<ExitCode> {
-    let since = match &a.since {
-        Some(s) => {
-            let d = parse_duration(s).map_err(|e| UserError(format!("--since: {e}")))?;
-            let d = chrono::Duration::from_std(d)
-                .map_err(|_| UserError(format!("--since {s:?} is too long")))?;
-            Some(chrono::Utc::now() - d)
-        }
-        None => None,
-    };
-    let name = config.workspace(workspace)?.name;
-    let path = a.state_path.unwrap_or(config.engine.state_path.clone());
-    let store = crate::store::open_read_only(&path, config.state_url()?.as_deref())
-        .await?
-        .workspace(&name);
+    let since = super::since_time(a.since.as_deref())?;
+    let (store, name, path) = super::read_state(&config, workspace, a.state_path).await?;
     let id = a.session_id.clone();
     let rows = tokio::task::spawn_blocking(move || store.trace(&id))
         .await
@@ -117,24 +105,15 @@ fn timeline(session_id: &str, workspace: &str, entries: &[Entry], colour: bool) 
         return out;
     }
     // Rules without a handler share a line: they do not set the widths.
-    let shown = || {
-        entries
-            .iter()
-            .filter(|e| !(e.outcome == Verdict::NoHandler && e.rule.is_some()))
-    };
+    let shown = || entries.iter().filter(|e| !e.is_idle());
     let rule_w = shown()
         .map(|e| e.rule.as_deref().unwrap_or("-").len())
         .max()
         .unwrap_or(1);
     let outcome_w = shown().map(|e| e.outcome.name().len()).max().unwrap_or(1);
     let mut events = 0;
-    let mut i = 0;
-    while i < entries.len() {
-        let head = &entries[i];
-        let mut j = i;
-        while j < entries.len() && same_event(&entries[j], head) {
-            j += 1;
-        }
+    for event in crate::trace::by_event(entries) {
+        let head = &event[0];
         events += 1;
         out.push_str(&format!(
             "{}  {}  {}\n",
@@ -142,17 +121,12 @@ fn timeline(session_id: &str, workspace: &str, entries: &[Entry], colour: bool) 
             paint("1", &head.event),
             head.cause
         ));
-        let mut idle = Vec::new();
-        for e in &entries[i..j] {
-            if e.outcome == Verdict::NoHandler && e.rule.is_some() {
-                idle.push(e.rule.clone().unwrap_or_default());
-                continue;
-            }
+        for e in event.iter().filter(|e| !e.is_idle()) {
             let outcome = format!("{:outcome_w$}", e.outcome.name());
             let version = e.version.as_deref().unwrap_or("");
             out.push_str(
                 format!(
-                    "    {:rule_w$}  {}  {}  {}\n",
+                    "    {:rule_w$}  {}  {}  {}",
                     e.rule.as_deref().unwrap_or("-"),
                     paint("2", &format!("{version:8}")),
                     paint(verdict_colour(e.outcome), &outcome),
@@ -162,23 +136,22 @@ fn timeline(session_id: &str, workspace: &str, entries: &[Entry], colour: bool) 
             );
             out.push('\n');
         }
+        let idle: Vec<&str> = event
+            .iter()
+            .filter(|e| e.is_idle())
+            .filter_map(|e| e.rule.as_deref())
+            .collect();
         if !idle.is_empty() {
             out.push_str(&format!(
                 "    {}\n",
                 paint("2", &format!("no handler: {}", idle.join(", ")))
             ));
         }
-        i = j;
     }
     out.push_str(&format!(
         "{events} event(s) of session {session_id} (workspace {workspace})\n"
     ));
     out
-}
-
-/// Whether two entries are decisions about one event.
-fn same_event(a: &Entry, b: &Entry) -> bool {
-    a.key == b.key && a.seen_at == b.seen_at && a.event == b.event
 }
 
 /// ANSI colour of a verdict: green acted, red failed, yellow held back,

@@ -638,7 +638,7 @@ impl Engine {
         let produce = async {
             let mut polled = tokio::select! {
                 _ = shutdown.cancelled() => None,
-                r = watcher.poll_with(sweep, looks, &timers, self.runtime.calendars(), &tx) => Some(r),
+                r = watcher.poll(sweep, looks, &timers, self.runtime.calendars(), &tx) => Some(r),
             };
             if let Some(Ok(cycle)) = &mut polled {
                 for sc in cycle.sessions.drain(..) {

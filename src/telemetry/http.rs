@@ -410,18 +410,16 @@ fn session_link(session_id: &str, workspace: &str) -> String {
     )
 }
 
-/// Percent-encodes everything but unreserved characters, for a path
+/// Everything but RFC 3986's unreserved characters, encoded in a path
 /// segment or a query value.
+const UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 fn percent(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(s, UNRESERVED).to_string()
 }
 
 /// Query of `/sessions/{id}`.
@@ -552,14 +550,8 @@ fn timeline_page(id: &str, workspace: &str, rule: Option<&str>, entries: &[Entry
         h,
         "<table id=timeline><tr><th>Time</th><th>Event</th><th>Rule</th><th class=hide-sm>Version</th><th>Outcome</th><th>Detail</th></tr>"
     );
-    let mut i = 0;
-    while i < entries.len() {
-        let head = &entries[i];
-        let mut j = i;
-        while j < entries.len() && entries[j].key == head.key && entries[j].seen_at == head.seen_at
-        {
-            j += 1;
-        }
+    for event in crate::trace::by_event(entries) {
+        let head = &event[0];
         let _ = write!(
             h,
             "<tr class=event><td>{}</td><td colspan=5><b>{}</b> <span class=muted>{}</span></td></tr>",
@@ -567,12 +559,7 @@ fn timeline_page(id: &str, workspace: &str, rule: Option<&str>, entries: &[Entry
             esc(&head.event),
             esc(&head.cause)
         );
-        let mut idle = Vec::new();
-        for e in &entries[i..j] {
-            if e.outcome == Verdict::NoHandler && e.rule.is_some() {
-                idle.push(esc(e.rule.as_deref().unwrap_or_default()));
-                continue;
-            }
+        for e in event.iter().filter(|e| !e.is_idle()) {
             let _ = write!(
                 h,
                 "<tr class=decision><td></td><td></td><td>{}</td><td class=hide-sm><code>{}</code></td><td class={}>{}</td><td>{}</td></tr>",
@@ -583,6 +570,11 @@ fn timeline_page(id: &str, workspace: &str, rule: Option<&str>, entries: &[Entry
                 esc(&e.detail)
             );
         }
+        let idle: Vec<String> = event
+            .iter()
+            .filter(|e| e.is_idle())
+            .filter_map(|e| e.rule.as_deref().map(esc))
+            .collect();
         if !idle.is_empty() {
             let _ = write!(
                 h,
@@ -590,7 +582,6 @@ fn timeline_page(id: &str, workspace: &str, rule: Option<&str>, entries: &[Entry
                 idle.join(", ")
             );
         }
-        i = j;
     }
     let _ = write!(h, "</table></body></html>");
     h

@@ -93,26 +93,16 @@ impl Watcher {
     /// a chat that changed is read and handled as in a full walk (whose
     /// next pass then finds it unchanged, so nothing fires twice); nothing
     /// is taken for gone, and only the listed chats' timers are checked.
-    pub async fn poll(
-        &mut self,
-        sweep: Sweep,
-        timers: &[TimerSpec],
-        calendars: &Calendars,
-        early: &mpsc::UnboundedSender<SessionCycle>,
-    ) -> Result<Cycle, ApiError> {
-        self.poll_with(sweep, None, timers, calendars, early).await
-    }
-
-    /// [`Watcher::poll`], and during a full walk a look at the chats
-    /// waiting for a human every `looks` (the pending fast lane), so that
-    /// a walk slowed by the request budget does not hold a human request
-    /// back: a waiting chat that changed is read at once, ahead of the
-    /// walk's own reads and as an urgent request, and one with a timer due
-    /// has it fired. Each chat is still read at most once per poll, so
-    /// nothing fires twice.
+    ///
+    /// During a full walk, every `looks` the chats waiting for a human
+    /// are looked at too (the pending fast lane), so that a walk slowed by
+    /// the request budget does not hold a human request back: a waiting
+    /// chat that changed is read at once, ahead of the walk's own reads and
+    /// as an urgent request, and one with a timer due has it fired. Each
+    /// chat is still read at most once per poll, so nothing fires twice.
     ///
     /// Long on purpose: the walk of the list, the looks and the detail reads run interleaved in one `select!` loop, whose state is shared.
-    pub(crate) async fn poll_with(
+    pub async fn poll(
         &mut self,
         sweep: Sweep,
         looks: Option<Duration>,
@@ -278,7 +268,17 @@ impl Watcher {
                 out.push(sc);
             }
         }
-        out.extend(tracker.due(&read, &listed_ids, timers, now, calendars));
+        if full {
+            out.extend(tracker.due(&read, &listed_ids, timers, now, calendars));
+        } else {
+            // Only the few waiting chats: not a pass over every tracked one.
+            out.extend(
+                listed_ids
+                    .iter()
+                    .filter(|id| !read.contains(*id))
+                    .filter_map(|id| tracker.due_for(id, timers, now, calendars)),
+            );
+        }
         if full {
             tracker.set_baselined();
         }
