@@ -6,7 +6,7 @@
 
 use std::fs;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -172,30 +172,16 @@ fn said(log: &Path, message: &str) -> usize {
         .count()
 }
 
-/// The status page's row for `id`, if it has one.
-fn status_row(listen: &str, id: &str) -> Option<Value> {
-    let (200, body) = util::http_get(listen, "/status.json").ok()? else {
-        return None;
-    };
-    let board: Value = serde_json::from_str(&body).ok()?;
-    board["workspaces"][0]["rules"]
-        .as_array()?
-        .iter()
-        .find(|r| r["id"] == id)
-        .cloned()
-}
-
 fn engine(sim: &BlockingSim, dir: &Path, log: &Path, listen: &str) -> Running {
-    let mut cmd: Command = util::skyrules_command();
-    cmd.env("SKYLIGHT_API_KEY", KEY)
-        .current_dir(dir)
-        .args(["--base-url", &sim.base_url(), "--log-format", "json", "run"])
-        .args(["--rules", "rules", "--state", "state.db"])
-        .args(["--poll-interval", "200ms", "--listen", listen])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(log).expect("log file"));
-    Running(cmd.spawn().expect("spawn skyrules run"))
+    Running::logged(
+        util::skyrules_command()
+            .env("SKYLIGHT_API_KEY", KEY)
+            .current_dir(dir)
+            .args(["--base-url", &sim.base_url(), "--log-format", "json", "run"])
+            .args(["--rules", "rules", "--state", "state.db"])
+            .args(["--poll-interval", "200ms", "--listen", listen]),
+        log,
+    )
 }
 
 #[test]
@@ -215,7 +201,7 @@ fn a_running_engine_sends_the_canned_text_and_the_edited_one_after_a_save() {
     let _engine = engine(&sim, dir.path(), &log, &listen);
     let stderr = || fs::read_to_string(&log).unwrap_or_default();
     assert!(
-        wait_until(LIMIT, || status_row(&listen, "greet").is_some()),
+        wait_until(LIMIT, || util::rule_status(&listen, "greet").is_some()),
         "the engine runs: {}",
         stderr()
     );
@@ -249,11 +235,10 @@ fn a_running_engine_sends_the_canned_text_and_the_edited_one_after_a_save() {
     // text is still sent.
     save(&replies, "greeting = \"Unclosed\n");
     assert!(
-        wait_until(LIMIT, || status_row(&listen, "replies.toml").is_some_and(
-            |r| r["error"]
+        wait_until(LIMIT, || util::rule_status(&listen, "replies.toml")
+            .is_some_and(|r| r["error"]
                 .as_str()
-                .is_some_and(|e| e.contains("replies.toml:1:"))
-        )),
+                .is_some_and(|e| e.contains("replies.toml:1:")))),
         "the status page shows the error: {}",
         stderr()
     );
@@ -279,7 +264,8 @@ fn a_running_engine_sends_the_canned_text_and_the_edited_one_after_a_save() {
     // and sends nothing rather than an empty reply.
     save(&replies, "hello = \"Hi\"\n");
     assert!(
-        wait_until(LIMIT, || status_row(&listen, "replies.toml").is_none()
+        wait_until(LIMIT, || util::rule_status(&listen, "replies.toml")
+            .is_none()
             && said(&log, "canned replies loaded") >= 3),
         "the fixed file is loaded: {}",
         stderr()

@@ -13,7 +13,6 @@
 use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -104,18 +103,14 @@ fn hot_reload_follows_a_configmap_swap_of_data() {
     );
     let log = dir.path().join("run.err");
     let listen = util::free_addr();
-    let _engine = Running(
+    let _engine = Running::logged(
         util::skyrules_command()
             .env("SKYLIGHT_API_KEY", KEY)
             .current_dir(dir.path())
             .args(["--base-url", &sim.base_url(), "--log-format", "json", "run"])
             .args(["--rules", "rules", "--state", "state.db"])
-            .args(["--poll-interval", "200ms", "--listen", &listen])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("spawn skyrules run"),
+            .args(["--poll-interval", "200ms", "--listen", &listen]),
+        &log,
     );
     let stderr = || fs::read_to_string(&log).unwrap_or_default();
 

@@ -6,7 +6,6 @@
 //! HTTP, counted in the simulator's request log.
 
 use std::fs;
-use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::json;
@@ -55,25 +54,18 @@ fn fast_looks(sim: &BlockingSim) -> usize {
 }
 
 fn take_overs(sim: &BlockingSim) -> usize {
-    sim.requests()
-        .iter()
-        .filter(|r| r.method == "POST" && r.path.ends_with("/take-over"))
-        .count()
+    util::count(&sim.requests(), "POST", "/take-over")
 }
 
 /// `skyrules run` in `dir` with `config` as its skyrules.toml.
 fn run(dir: &std::path::Path, sim: &BlockingSim, config: &str, listen: &str) -> Running {
     fs::write(dir.join("skyrules.toml"), config).expect("config");
-    Running(
+    Running::logged(
         util::skyrules_command()
             .env("SKYLIGHT_API_KEY", KEY)
             .current_dir(dir)
-            .args(["--base-url", &sim.base_url(), "run", "--listen", listen])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(dir.join("run.err")).expect("log file"))
-            .spawn()
-            .expect("spawn skyrules run"),
+            .args(["--base-url", &sim.base_url(), "run", "--listen", listen]),
+        &dir.join("run.err"),
     )
 }
 

@@ -3,10 +3,9 @@
 //! reload. A real `skyrules run` against the simulator over HTTP.
 
 use std::fs;
-use std::process::Stdio;
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::util::{self, agent_texts, logged, wait_until, BlockingSim, Running};
 
@@ -15,23 +14,12 @@ const LIMIT: Duration = Duration::from_secs(60);
 
 /// Message sends the simulator received.
 fn sends(sim: &BlockingSim) -> usize {
-    sim.requests()
-        .iter()
-        .filter(|r| r.method == "POST" && r.path.ends_with("/messages"))
-        .count()
+    util::count(&sim.requests(), "POST", "/messages")
 }
 
 /// The rule's mode on the status page.
 fn mode_shown(listen: &str, rule: &str) -> Option<String> {
-    let (200, body) = util::http_get(listen, "/status.json").ok()? else {
-        return None;
-    };
-    let board: Value = serde_json::from_str(&body).ok()?;
-    board["workspaces"][0]["rules"]
-        .as_array()?
-        .iter()
-        .find(|r| r["id"] == rule)
-        .and_then(|r| r["mode"].as_str().map(str::to_string))
+    util::rule_status(listen, rule).and_then(|r| r["mode"].as_str().map(str::to_string))
 }
 
 const LIVE: &str = r#"on("visitor_message", |ev| ev.reply("live " + ev.message.id));"#;
@@ -50,19 +38,15 @@ fn a_shadow_rule_sends_nothing_an_off_rule_does_not_run_and_reload_switches_them
     .expect("rule");
     let log = dir.path().join("run.err");
     let listen = util::free_addr();
-    let _engine = Running(
+    let _engine = Running::logged(
         util::skyrules_command()
             .env("SKYLIGHT_API_KEY", KEY)
             .current_dir(dir.path())
             .args(["--base-url", &sim.base_url(), "--log-format", "json"])
             .args(["--log-level", "skyrules=debug", "run"])
             .args(["--rules", "rules", "--state", "state.db"])
-            .args(["--poll-interval", "200ms", "--listen", &listen])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("spawn skyrules run"),
+            .args(["--poll-interval", "200ms", "--listen", &listen]),
+        &log,
     );
     let stderr = || fs::read_to_string(&log).unwrap_or_default();
     assert!(

@@ -5,7 +5,7 @@
 //! as a new rule version.
 
 use std::fs;
-use std::process::{Output, Stdio};
+use std::process::Output;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -98,18 +98,14 @@ fn why_explains_every_rule_decision_for_a_chat_without_its_texts() {
     }
     let log = dir.path().join("run.err");
     let listen = util::free_addr();
-    let _engine = Running(
+    let _engine = Running::logged(
         util::skyrules_command()
             .env("SKYLIGHT_API_KEY", KEY)
             .current_dir(dir.path())
             .args(["--base-url", &sim.base_url(), "run"])
             .args(["--rules", "rules", "--state", "state.db"])
-            .args(["--poll-interval", "200ms", "--listen", &listen])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("spawn skyrules run"),
+            .args(["--poll-interval", "200ms", "--listen", &listen]),
+        &log,
     );
     let stderr = || fs::read_to_string(&log).unwrap_or_default();
     assert!(
@@ -173,10 +169,7 @@ fn why_explains_every_rule_decision_for_a_chat_without_its_texts() {
         "each entry names its rule file's version: {message:#?}"
     );
     assert_eq!(
-        sim.requests()
-            .iter()
-            .filter(|r| r.method == "POST" && r.path.ends_with("/messages"))
-            .count(),
+        util::count(&sim.requests(), "POST", "/messages"),
         0,
         "the shadow rule reached no endpoint"
     );
@@ -218,16 +211,8 @@ fn why_explains_every_rule_decision_for_a_chat_without_its_texts() {
     )
     .expect("rule");
     assert!(
-        wait_until(LIMIT, || util::http_get(&listen, "/status.json").is_ok_and(
-            |(_, b)| {
-                serde_json::from_str::<Value>(&b).is_ok_and(|v| {
-                    v["workspaces"][0]["rules"].as_array().is_some_and(|r| {
-                        r.iter()
-                            .any(|r| r["id"] == "shadowed" && r["mode"] == "live")
-                    })
-                })
-            }
-        )),
+        wait_until(LIMIT, || util::rule_status(&listen, "shadowed")
+            .is_some_and(|r| r["mode"] == "live")),
         "reloaded: {}",
         stderr()
     );

@@ -324,6 +324,34 @@ fn dechunk(mut s: &str) -> String {
 /// happens.
 pub struct Running(pub std::process::Child);
 
+impl Running {
+    /// Starts `cmd` with no stdin, stdout discarded and stderr (its log)
+    /// written to `log`.
+    pub fn logged(cmd: &mut std::process::Command, log: &std::path::Path) -> Running {
+        use std::process::Stdio;
+        Running(
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(log).expect("log file"))
+                .spawn()
+                .expect("spawn skyrules"),
+        )
+    }
+}
+
+/// Rule (or file) `id`'s row on the status page of the first workspace.
+pub fn rule_status(listen: &str, id: &str) -> Option<serde_json::Value> {
+    let (200, body) = http_get(listen, "/status.json").ok()? else {
+        return None;
+    };
+    let board: serde_json::Value = serde_json::from_str(&body).ok()?;
+    board["workspaces"][0]["rules"]
+        .as_array()?
+        .iter()
+        .find(|r| r["id"] == id)
+        .cloned()
+}
+
 impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.0.kill();
