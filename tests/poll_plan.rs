@@ -1,7 +1,8 @@
 //! The poll plan (issue: poll planning): a human request is handled by the
 //! pending fast lane long before the next full walk, and the walk then
 //! fires nothing again for it; a tight request budget stretches the walk
-//! and is never exceeded; the server's rate-limit headers slow the client
+//! and is never exceeded, and a walk it holds up does not hold up a human
+//! request; the server's rate-limit headers slow the client
 //! before a 429. Real `skyrules run` processes against the simulator over
 //! HTTP, counted in the simulator's request log.
 
@@ -195,6 +196,54 @@ fn a_tight_budget_stretches_the_walk_and_is_never_exceeded() {
         .max()
         .unwrap_or(0);
     assert!(most <= 40, "{most} requests in one minute, budget 40");
+}
+
+#[test]
+fn a_walk_held_up_by_the_budget_does_not_hold_up_a_human_request() {
+    let sim = BlockingSim::start(util::quiet(KEY));
+    let waiting = util::create(&sim, json!({ "visitor_name": "Will Ask" }));
+    let dir = tempfile::tempdir().expect("tempdir");
+    rules_dir(dir.path());
+    let listen = util::free_addr();
+    // 40 a minute: the walk's reads may use 18 of them, the fast lane
+    // (every 6 s) and actions all 40.
+    let config = "[api]\nmax_requests_per_minute = 40\n[engine]\npoll_interval = \"1s\"\npending_interval = \"6s\"\nstate_path = \"state.db\"\n";
+    let _engine = run(dir.path(), &sim, config, &listen);
+    let stderr = || fs::read_to_string(dir.path().join("run.err")).unwrap_or_default();
+    assert!(
+        wait_until(LIMIT, || util::http_get(&listen, "/readyz")
+            .is_ok_and(|(code, _)| code == 200)),
+        "the baseline: {}",
+        stderr()
+    );
+    // 30 new chats at once: the next walk must read them all, which the
+    // budget spreads over minutes.
+    let new: Vec<String> = (0..30)
+        .map(|i| util::create(&sim, json!({ "visitor_name": format!("New {i}") })))
+        .collect();
+    let reads_of_new = || {
+        sim.requests()
+            .iter()
+            .filter(|r| r.method == "GET" && new.iter().any(|id| r.path.ends_with(id.as_str())))
+            .count()
+    };
+    assert!(
+        wait_until(LIMIT, || reads_of_new() >= 1),
+        "the walk starts reading them: {}",
+        stderr()
+    );
+    sim.request_human(&waiting).expect("request a human");
+    assert!(
+        wait_until(LIMIT, || take_overs(&sim) == 1),
+        "taken over: {}",
+        stderr()
+    );
+    let read = reads_of_new();
+    assert!(
+        read < new.len(),
+        "taken over during the walk (the fast lane looked inside it), not after: {read} of {} new chats read",
+        new.len()
+    );
 }
 
 #[test]
