@@ -133,8 +133,9 @@ pub struct ClientConfig {
     /// shared by all clones (`api.max_requests_per_minute`); `None`: no
     /// budget but the server's own rate-limit headers.
     pub max_requests_per_minute: Option<usize>,
-    /// Of that budget, requests kept free of routine ones (the full walk)
-    /// for urgent ones (the pending fast lane, actions).
+    /// What the pending fast lane needs per minute, kept free of the full
+    /// walk for urgent requests; the budget keeps at least a quarter of
+    /// itself for them (actions) anyway, and at most half.
     pub urgent_reserve: usize,
     /// Largest response body read, in bytes; a larger one is an error like
     /// a malformed body, and no more of it is held in memory.
